@@ -1,0 +1,62 @@
+"""sqstaskmaster: run uncooperative, CPU-heavy, hours-long tasks on workers fed by SQS.
+
+Importing the package is cheap: the names below are imported on first use,
+so ``import sqstaskmaster`` works without boto3 (for example at build time).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__
+
+_LAZY = {
+    # The 0.0.11 compatibility layer
+    "TaskManager": "task_manager",
+    "MessageHandler": "message_handler",
+    "LocalQueue": "local",
+    "LocalMessage": "local",
+    "Provisioner": "queue_scale",
+    "ServiceState": "queue_scale",
+    # Timing
+    "SignalTimer": "timer",
+    # Errors
+    "SQSTaskMasterError": "errors",
+    "HandlerThreadError": "errors",
+    "HardTimeoutError": "errors",
+    "TaskStuckError": "errors",
+    "MessageTooLargeError": "errors",
+    "EncodeError": "errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'sqstaskmaster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import (
+        EncodeError,
+        HandlerThreadError,
+        HardTimeoutError,
+        MessageTooLargeError,
+        SQSTaskMasterError,
+        TaskStuckError,
+    )
+    from .local import LocalMessage, LocalQueue
+    from .message_handler import MessageHandler
+    from .queue_scale import Provisioner, ServiceState
+    from .task_manager import TaskManager
+    from .timer import SignalTimer

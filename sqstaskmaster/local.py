@@ -1,0 +1,119 @@
+"""LocalQueue: an in-memory stand-in for an SQS queue, for tests in one process.
+
+It checks the interface between a producer and a consumer (the message
+content, TaskManager's serialization, MessageHandler's execution), not SQS
+behaviour: there are no visibility timeouts, retries or dead-letter queues.
+For those, use :mod:`sqstaskmaster.testing`, which runs a real
+SQS-compatible server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import time
+from typing import Any, ClassVar, Dict, List, Optional
+
+logger = logging.getLogger(__name__)
+
+
+class LocalMessage:
+    """A received message: read-only ``body``, ``attributes``, ``message_attributes``."""
+
+    def __init__(
+        self,
+        body: str,
+        attributes: Dict[str, Any],
+        message_attributes: Dict[str, Any],
+    ) -> None:
+        self._body = body
+        self._attributes = attributes
+        self._message_attributes = message_attributes
+
+    @property
+    def body(self) -> str:
+        return self._body
+
+    @property
+    def attributes(self) -> Dict[str, Any]:
+        return self._attributes
+
+    @property
+    def message_attributes(self) -> Dict[str, Any]:
+        return self._message_attributes
+
+    def change_visibility(self, **kwargs: Any) -> None:
+        """Does nothing: a local queue has no visibility timeout."""
+        logger.info("noop change visibility %s", kwargs)
+
+    def delete(self) -> None:
+        """Does nothing: a received local message is already gone from the queue."""
+        logger.info("noop delete")
+
+    def __repr__(self) -> str:
+        return f"LocalMessage(body={self._body!r})"
+
+
+class LocalQueue:
+    """An in-memory FIFO queue; every LocalQueue of one URL shares one queue."""
+
+    local_queues: ClassVar[Dict[str, queue.SimpleQueue[LocalMessage]]] = {}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queue = LocalQueue.local_queues.setdefault(url, queue.SimpleQueue())
+
+    def load(self) -> None:
+        """Does nothing: the attributes are always current."""
+        logger.info("Noop load!")
+
+    @property
+    def attributes(self) -> Dict[str, Any]:
+        return {
+            "QueueArn": "LocalQueue replacing: " + self.url,
+            "ApproximateNumberOfMessages": self.queue.qsize(),
+            "ApproximateNumberOfMessagesNotVisible": 0,
+            "ApproximateNumberOfMessagesDelayed": 0,
+            "FifoQueue": True,
+            "ContentBasedDeduplication": False,
+        }
+
+    def purge(self) -> None:
+        """Empty the queue without blocking."""
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def send_message(
+        self,
+        MessageBody: str,
+        MessageAttributes: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Dict[str, Any]:
+        """Enqueue a message; other SQS keywords are accepted and ignored."""
+        self.queue.put(LocalMessage(MessageBody, {}, MessageAttributes or {}))
+        digest = hashlib.md5(MessageBody.encode("utf-8")).hexdigest()  # noqa: S324 (as SQS does)
+        return {"MD5OfMessageBody": digest}
+
+    def receive_messages(
+        self, WaitTimeSeconds: float = 20, MaxNumberOfMessages: int = 1, **kwargs: Any
+    ) -> List[LocalMessage]:
+        """Up to ``MaxNumberOfMessages`` in FIFO order, waiting ``WaitTimeSeconds`` at most."""
+        deadline = time.monotonic() + WaitTimeSeconds
+        received: List[LocalMessage] = []
+        while len(received) < MaxNumberOfMessages:
+            try:
+                if received:
+                    received.append(self.queue.get_nowait())
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        received.append(self.queue.get_nowait())
+                    else:
+                        received.append(self.queue.get(timeout=left))
+            except queue.Empty:
+                break
+        return received

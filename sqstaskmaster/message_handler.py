@@ -1,0 +1,201 @@
+"""MessageHandler: run one SQS message's task under a heartbeat and a hard timeout.
+
+The 0.0.11 contract (SPEC.md) in short::
+
+    with MyHandler(message, sqs_timeout=30, alarm_timeout=25, hard_timeout=300) as handler:
+        handler.run()
+
+On entry the message's visibility is set to ``sqs_timeout`` and a timer starts;
+every ``alarm_timeout`` seconds, while ``running()`` is true, the visibility is
+extended again (the heartbeat); at ``hard_timeout`` seconds after construction
+``TimeoutError`` interrupts ``run()``. On a clean exit the message is deleted;
+on an error it is reported through ``notify``, logged, and left for SQS to
+redeliver.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from types import TracebackType
+from typing import Any, Dict, Optional, Type
+
+from botocore.exceptions import ClientError
+
+from .errors import HardTimeoutError, TaskStuckError
+from .timer import SignalTimer
+
+logger = logging.getLogger(__name__)
+
+
+def message_id_of(message: Any) -> Optional[str]:
+    """The SQS message id, or None for messages without one (LocalMessage)."""
+    return getattr(message, "message_id", None)
+
+
+def failure_context(message: Any) -> Dict[str, Any]:
+    """The notify context 0.0.11 passes for a message: its body and attributes."""
+    return {"body": message.body, **(message.attributes or {})}
+
+
+class MessageHandler(abc.ABC):
+    """Base class for the code that handles one message; see the module docstring.
+
+    Subclasses implement :meth:`run`, :meth:`running` and :meth:`notify`.
+    ``sqs_timeout``, ``alarm_timeout`` and ``hard_timeout`` are seconds.
+    """
+
+    def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
+        if alarm_timeout <= 0:
+            raise ValueError("Alarm timeout must be an integer greater than zero")
+        if sqs_timeout <= 0:
+            raise ValueError("SQS timeout must be an integer greater than zero")
+        if hard_timeout <= 0:
+            raise ValueError("Hard timeout must be an integer greater than zero")
+        if alarm_timeout + 1 >= sqs_timeout:
+            raise ValueError(
+                f"Alarm timeout {alarm_timeout:d} is to long to reset "
+                f"the sqs timeout {sqs_timeout:d}"
+            )
+        self._message = message
+        self.sqs_timeout = sqs_timeout
+        self.alarm_timeout = alarm_timeout
+        self.hard_timeout = hard_timeout
+        # The hard-timeout clock starts here, at construction, as in 0.0.11.
+        self._start_time = time.time()
+        self._start_monotonic = time.monotonic()
+        self._timer: Optional[SignalTimer] = None
+
+    # -- the subclass's part ------------------------------------------------
+
+    @abc.abstractmethod
+    def run(self) -> Any:
+        """Do the task's work."""
+
+    @abc.abstractmethod
+    def running(self) -> bool:
+        """Whether the task is still making progress; checked before each heartbeat."""
+
+    @abc.abstractmethod
+    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+        """Report an error to a notification service; errors are already logged."""
+
+    # -- helpers ------------------------------------------------------------
+
+    @property
+    def message_id(self) -> Optional[str]:
+        """The id of the message being handled (None for a LocalMessage)."""
+        return message_id_of(self._message)
+
+    @property
+    def deadline(self) -> float:
+        """The hard deadline as a ``time.monotonic()`` value."""
+        return self._start_monotonic + self.hard_timeout
+
+    def elapsed(self) -> float:
+        """Seconds since construction (the hard-timeout clock)."""
+        return time.monotonic() - self._start_monotonic
+
+    def _safe_notify(self, exception: BaseException, context: Optional[Dict[str, Any]]) -> None:
+        try:
+            self.notify(exception, context=context)
+        except Exception:
+            logger.exception(
+                "notify raised while reporting %r for message %s", exception, self.message_id
+            )
+
+    def extend_visibility(self) -> None:
+        """Set the message's visibility to ``sqs_timeout`` again; errors are reported."""
+        try:
+            self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
+        except ClientError as error:
+            logger.exception(
+                "failed to extend visibility of message %s to %s s",
+                self.message_id,
+                self.sqs_timeout,
+            )
+            self._safe_notify(error, failure_context(self._message))
+
+    def _heartbeat(self) -> None:
+        if not self.running():
+            raise TaskStuckError(
+                f"Handler is stuck on message {self.message_id}: running() returned False "
+                f"after {self.elapsed():.1f} s, so the heartbeat stopped",
+                self.message_id,
+                self.elapsed(),
+            )
+        logger.debug("heartbeat for message %s after %.1f s", self.message_id, self.elapsed())
+        self.extend_visibility()
+
+    def _hard_timeout(self) -> None:
+        elapsed = self.elapsed()
+        logger.error(
+            "message %s hit its hard timeout of %s s after %.3f s",
+            self.message_id,
+            self.hard_timeout,
+            elapsed,
+        )
+        raise HardTimeoutError("Hit Hard Timeout for message handler", self.hard_timeout, elapsed)
+
+    def delete_message(self) -> None:
+        """Delete the message after success; a ClientError is reported, not raised."""
+        try:
+            self._message.delete()
+        except ClientError as error:
+            logger.exception("failed to delete message %s", self._message)
+            self._safe_notify(error, failure_context(self._message))
+
+    def report_failure(self, exception: BaseException) -> None:
+        """notify and log a failed task; the message is left for SQS to redeliver.
+
+        Called while the exception is being handled, so the log has its traceback.
+        """
+        self._safe_notify(exception, failure_context(self._message))
+        logger.exception("Failed for message: %s", self._message)
+
+    # -- the context manager --------------------------------------------------
+
+    def __enter__(self) -> MessageHandler:
+        timer = SignalTimer(
+            self.alarm_timeout,
+            self.deadline,
+            self._heartbeat,
+            self._hard_timeout,
+            owner=type(self).__name__,
+            protected=_protected_codes(type(self)),
+        )
+        timer.start()
+        self._timer = timer
+        try:
+            self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
+        except BaseException:
+            timer.stop()
+            self._timer = None
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if exc is None:
+            self.delete_message()
+            return False
+        self.report_failure(exc)
+        return isinstance(exc, Exception)
+
+
+def _protected_codes(handler_type: type) -> frozenset:
+    """Code objects of the exit path: an alarm landing there must not raise."""
+    codes = {MessageHandler.__exit__.__code__}
+    exit_method = getattr(handler_type, "__exit__", None)
+    code = getattr(exit_method, "__code__", None)
+    if code is not None:
+        codes.add(code)
+    return frozenset(codes)

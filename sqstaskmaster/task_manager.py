@@ -1,0 +1,181 @@
+"""TaskManager: the producer and consumer ends of one SQS queue (0.0.11's API).
+
+The wire format is 0.0.11's, byte for byte, so a mixed fleet of 0.0.11 and
+this package can share a queue in both directions::
+
+    body = {"task": "<name>", "kwargs": {...}}   # json.dumps, default separators,
+                                                 # unknown types through str()
+    MessageAttributes = {"service_name": {"StringValue": <sender>, "DataType": "String"}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+from .local import LocalQueue
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_TIME_S = 20
+MAX_VISIBILITY_TIMEOUT_S = 12 * 60 * 60
+
+Notify = Callable[..., Any]
+
+
+def encode_body(task: Any, kwargs: Dict[str, Any]) -> str:
+    """The message body 0.0.11 sends for ``task`` with ``kwargs``."""
+    return json.dumps({"task": task, "kwargs": kwargs}, default=str)
+
+
+def service_name_attribute(sender_name: str) -> Dict[str, Dict[str, str]]:
+    """The ``service_name`` message attribute every 0.0.11 message carries."""
+    return {"service_name": {"StringValue": sender_name, "DataType": "String"}}
+
+
+class TaskManager:
+    """Submit tasks to an SQS queue and iterate over the tasks it delivers.
+
+    ``sqs_url`` is the queue URL. ``notify(exception, context=...)`` is called
+    for messages that cannot be decoded. ``queue_constructor`` is None (boto3)
+    or :class:`~sqstaskmaster.local.LocalQueue`. ``sender_name`` goes into each
+    message's ``service_name`` attribute.
+
+    New in 0.1: ``session`` (a ``boto3.session.Session``) or ``sqs`` (an SQS
+    service resource) selects the endpoint, region and credentials without
+    touching the environment; with neither, ``boto3.resource("sqs")`` is used
+    as in 0.0.11.
+    """
+
+    def __init__(
+        self,
+        sqs_url: str,
+        notify: Optional[Notify] = None,
+        queue_constructor: Optional[type] = None,
+        sender_name: Optional[str] = None,
+        *,
+        session: Any = None,
+        sqs: Any = None,
+    ) -> None:
+        self.url = sqs_url
+        self.sender_name = sender_name
+        self._notify = notify
+        if queue_constructor is None:
+            if sqs is None:
+                if session is None:
+                    import boto3
+
+                    sqs = boto3.resource("sqs")
+                else:
+                    sqs = session.resource("sqs")
+            elif session is not None:
+                raise TypeError("TaskManager takes a session or an sqs resource, not both")
+            self.sqs = sqs
+            self.queue = sqs.Queue(sqs_url)
+        elif isinstance(queue_constructor, type) and issubclass(queue_constructor, LocalQueue):
+            self.queue = queue_constructor(sqs_url)
+        else:
+            raise TypeError(
+                f"TaskManager invalid queue_constructor type {queue_constructor!r}: "
+                "pass None for SQS through boto3, or LocalQueue for in-memory tests"
+            )
+
+    @property
+    def sender(self) -> str:
+        """The ``service_name`` attribute value sent with each message."""
+        if self.sender_name is None:
+            return "Unknown sender to: " + self.url
+        return self.sender_name
+
+    def attributes(self) -> Dict[str, Any]:
+        """Reload the queue and return its attributes."""
+        self.queue.load()
+        return self.queue.attributes
+
+    def purge(self) -> None:
+        """Delete every message in the queue."""
+        self.queue.purge()
+
+    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+        """Pass an error to the notify callable given at construction, if any."""
+        if self._notify is not None:
+            self._notify(exception, context=context)
+
+    def submit(self, task: Any, **kwargs: Any) -> Any:
+        """Send one task; every keyword becomes one of the task's kwargs."""
+        body = encode_body(task, kwargs)
+        response = self.queue.send_message(
+            MessageBody=body, MessageAttributes=service_name_attribute(self.sender)
+        )
+        logger.debug(
+            "submitted task %s as message %s",
+            task,
+            response.get("MessageId") if isinstance(response, dict) else None,
+        )
+        return response
+
+    def task_generator(
+        self, wait_time: int = 20, sqs_timeout: int = 20
+    ) -> Iterator[Tuple[Any, Any, Any]]:
+        """Yield ``(task, kwargs, message)`` forever, one message per poll.
+
+        ``wait_time`` is the long-poll wait (0 to 20 seconds); ``sqs_timeout``
+        the visibility timeout each received message starts with (0 to 43200
+        seconds). A message that is not JSON or lacks ``task`` or ``kwargs``
+        is notified, logged and skipped, and left for SQS to redeliver (and a
+        redrive policy to dead-letter). Errors from SQS itself propagate.
+        """
+        if not 0 <= wait_time <= MAX_WAIT_TIME_S:
+            raise ValueError(f"Invalid polling wait time {wait_time}; must be between 0 and 20")
+        if not 0 <= sqs_timeout <= MAX_VISIBILITY_TIMEOUT_S:
+            raise ValueError(
+                f"Invalid sqs timeout {sqs_timeout} seconds; must be between 0 and 12 hours"
+            )
+        return self._generate(wait_time, sqs_timeout)
+
+    def receive(self, wait_time: int, sqs_timeout: int) -> list:
+        """One poll for at most one message, exactly as 0.0.11 makes it."""
+        return self.queue.receive_messages(
+            AttributeNames=["All"],
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=wait_time,
+            VisibilityTimeout=sqs_timeout,
+        )
+
+    def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:
+        """``(task, kwargs)`` of a message, or None after notifying and logging."""
+        body = message.body
+        try:
+            content = json.loads(body)
+        except ValueError as error:
+            self.notify(error, context={"body": body, **(message.attributes or {})})
+            logger.exception("failed to decode message %s with %s", body, message.attributes)
+            return None
+        try:
+            return content["task"], content["kwargs"]
+        except (KeyError, TypeError) as key_error:
+            self.notify(key_error, context={"body": body, **(message.attributes or {})})
+            logger.exception(
+                "failed to get required field %s from content %s with %s",
+                key_error,
+                body,
+                message.attributes,
+            )
+            return None
+
+    def _generate(self, wait_time: int, sqs_timeout: int) -> Iterator[Tuple[Any, Any, Any]]:
+        while True:
+            messages = self.receive(wait_time, sqs_timeout)
+            if not messages:
+                logger.info("Waiting for work from SQS!")
+                continue
+            for message in messages:
+                decoded = self.decode(message)
+                if decoded is None:
+                    continue
+                task, kwargs = decoded
+                logger.debug(
+                    "received task %s in message %s", task, getattr(message, "message_id", None)
+                )
+                yield task, kwargs, message

@@ -1,0 +1,147 @@
+"""The signal-mode timer: heartbeats and a hard deadline from one ITIMER_REAL.
+
+0.0.11 armed ``signal.alarm(alarm_timeout)`` and only looked at the hard
+timeout when that alarm rang, so a task overran its deadline by up to
+``alarm_timeout`` seconds. Here one interval timer is always armed for the
+*nearer* of the next heartbeat and the deadline, with ``setitimer``'s
+microsecond resolution, so the deadline fires on time whatever the heartbeat
+period is.
+
+The timer is armed by :meth:`SignalTimer.start` and disarmed by
+:meth:`SignalTimer.stop`, which also restores the SIGALRM handler and any
+pending interval timer that were there before. A SIGALRM that arrives after
+``stop`` began, or while a protected frame (the handler's ``__exit__``) is
+running, is ignored: once the body has finished, nothing raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import CodeType, FrameType
+from typing import Any, Callable, FrozenSet, Optional
+
+logger = logging.getLogger(__name__)
+
+# setitimer(…, 0) disarms the timer, so "fire now" is spelled as a tiny delay.
+_SOONEST_S = 1e-6
+# Once the deadline fired, fire again this often until the body has left:
+# libraries that catch TimeoutError (urllib3 treats it as a socket timeout and
+# retries) must not be able to swallow the hard timeout.
+DEADLINE_REPEAT_S = 0.5
+
+
+def _let_pending_handlers_run() -> None:
+    """A Python-level call: CPython runs tripped signal handlers on entry."""
+
+
+class SignalTimer:
+    """Calls ``on_heartbeat`` every ``interval_s`` seconds and ``on_deadline`` at ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` value. Both callbacks run inside the
+    SIGALRM handler, in the main thread, interrupting whatever Python code is
+    running; ``on_deadline`` is expected to raise. ``protected`` holds code
+    objects during whose execution (anywhere on the stack) the timer stays
+    silent, so an alarm that lands in the handler's exit path cannot raise.
+    """
+
+    def __init__(
+        self,
+        interval_s: float,
+        deadline: float,
+        on_heartbeat: Callable[[], None],
+        on_deadline: Callable[[], None],
+        *,
+        owner: str = "MessageHandler",
+        protected: FrozenSet[CodeType] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"Heartbeat interval must be positive, got {interval_s!r} seconds")
+        self.interval_s = float(interval_s)
+        self.deadline = float(deadline)
+        self._on_heartbeat = on_heartbeat
+        self._on_deadline = on_deadline
+        self._owner = owner
+        self._protected = protected
+        self._clock = clock
+        self._active = False
+        self._started_at = 0.0
+        self._next_heartbeat = 0.0
+        self._previous_handler: Any = None
+        self._previous_timer = (0.0, 0.0)
+
+    @property
+    def active(self) -> bool:
+        """True between start() and stop()."""
+        return self._active
+
+    def start(self) -> None:
+        """Install the SIGALRM handler and arm the timer; main thread only."""
+        # Imported here: errors imports nothing from us, but keep the timer's
+        # import graph flat for the child processes that import it.
+        from .errors import HandlerThreadError
+
+        if threading.current_thread() is not threading.main_thread():
+            raise HandlerThreadError(self._owner, threading.current_thread().name)
+        if self._active:
+            raise RuntimeError(f"{self._owner}: timer already started")
+        now = self._clock()
+        self._started_at = now
+        self._next_heartbeat = now + self.interval_s
+        self._previous_handler = signal.getsignal(signal.SIGALRM)
+        self._previous_timer = signal.getitimer(signal.ITIMER_REAL)
+        signal.signal(signal.SIGALRM, self._handle)
+        self._active = True
+        self._arm(now)
+
+    def stop(self) -> None:
+        """Disarm, then put back the previous handler and what was left of its timer."""
+        if not self._active:
+            return
+        self._active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        # An alarm delivered just before the disarm has tripped the C-level
+        # flag; let it reach our (now inactive) handler rather than the
+        # restored one.
+        _let_pending_handlers_run()
+        previous = self._previous_handler
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+        remaining, interval = self._previous_timer
+        if remaining > 0:
+            left = remaining - (self._clock() - self._started_at)
+            signal.setitimer(signal.ITIMER_REAL, max(left, _SOONEST_S), interval)
+
+    def _arm(self, now: float) -> None:
+        if now >= self.deadline:
+            delay = _SOONEST_S
+        else:
+            delay = min(self._next_heartbeat, self.deadline) - now
+        signal.setitimer(signal.ITIMER_REAL, max(delay, _SOONEST_S))
+
+    def _in_protected_frame(self, frame: Optional[FrameType]) -> bool:
+        while frame is not None:
+            if frame.f_code in self._protected:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if not self._active or self._in_protected_frame(frame):
+            return
+        now = self._clock()
+        if now >= self.deadline:
+            signal.setitimer(signal.ITIMER_REAL, DEADLINE_REPEAT_S)
+            self._on_deadline()
+            return
+        heartbeat_due = now >= self._next_heartbeat
+        if heartbeat_due:
+            while self._next_heartbeat <= now:
+                self._next_heartbeat += self.interval_s
+        # Re-arm before the heartbeat's network call, so a slow or failing
+        # extension can neither stop later heartbeats nor delay the deadline.
+        self._arm(now)
+        if heartbeat_due:
+            self._on_heartbeat()
