@@ -28,6 +28,9 @@ from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
 
+# SQS never lets a message stay invisible longer than 12 hours after its first receive.
+SQS_VISIBILITY_BUDGET_S = 12 * 60 * 60
+
 
 def message_id_of(message: Any) -> Optional[str]:
     """The SQS message id, or None for messages without one (LocalMessage)."""
@@ -66,6 +69,9 @@ class MessageHandler(abc.ABC):
         self._start_time = time.time()
         self._start_monotonic = time.monotonic()
         self._timer: Optional[SignalTimer] = None
+        # Set by __exit__: the exception the body ended with (None on success).
+        self.error: Optional[BaseException] = None
+        self.finished = False
 
     # -- the subclass's part ------------------------------------------------
 
@@ -105,10 +111,35 @@ class MessageHandler(abc.ABC):
                 "notify raised while reporting %r for message %s", exception, self.message_id
             )
 
-    def extend_visibility(self) -> None:
-        """Set the message's visibility to ``sqs_timeout`` again; errors are reported."""
+    def visibility_budget_left(self) -> float:
+        """Seconds of visibility SQS still grants this message (12 hours from first receive).
+
+        SQS refuses to extend a message's visibility past 12 hours after its
+        first receive; ``ApproximateFirstReceiveTimestamp`` (milliseconds)
+        dates it. Without that attribute the handler's construction is used.
+        """
+        attributes = getattr(self._message, "attributes", None) or {}
+        stamp = attributes.get("ApproximateFirstReceiveTimestamp")
         try:
-            self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
+            first_receive = int(stamp) / 1000.0
+        except (TypeError, ValueError):
+            first_receive = self._start_time
+        return SQS_VISIBILITY_BUDGET_S - (time.time() - first_receive)
+
+    def extend_visibility(self) -> None:
+        """Set the message's visibility to ``sqs_timeout`` again; errors are reported.
+
+        Never asks for more than the 12-hour budget has left.
+        """
+        timeout = min(self.sqs_timeout, int(self.visibility_budget_left()))
+        if timeout <= 0:
+            logger.warning(
+                "message %s has used its 12-hour visibility budget; not extending",
+                self.message_id,
+            )
+            return
+        try:
+            self._message.change_visibility(VisibilityTimeout=timeout)
         except ClientError as error:
             logger.exception(
                 "failed to extend visibility of message %s to %s s",
@@ -184,6 +215,8 @@ class MessageHandler(abc.ABC):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        self.finished = True
+        self.error = exc
         if exc is None:
             self.delete_message()
             return False
