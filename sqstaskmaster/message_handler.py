@@ -225,10 +225,11 @@ class MessageHandler(abc.ABC):
 
 
 def _protected_codes(handler_type: type) -> frozenset:
-    """Code objects of the exit path: an alarm landing there must not raise."""
-    codes = {MessageHandler.__exit__.__code__}
-    exit_method = getattr(handler_type, "__exit__", None)
-    code = getattr(exit_method, "__code__", None)
-    if code is not None:
-        codes.add(code)
+    """Code objects of the enter and exit paths: an alarm landing there must not raise."""
+    codes = set()
+    for owner in (MessageHandler, handler_type):
+        for name in ("__enter__", "__exit__"):
+            code = getattr(getattr(owner, name, None), "__code__", None)
+            if code is not None:
+                codes.add(code)
     return frozenset(codes)

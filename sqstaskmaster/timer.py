@@ -11,7 +11,8 @@ The timer is armed by :meth:`SignalTimer.start` and disarmed by
 :meth:`SignalTimer.stop`, which also restores the SIGALRM handler and any
 pending interval timer that were there before. A SIGALRM that arrives after
 ``stop`` began, or while a protected frame (the handler's ``__exit__``) is
-running, is ignored: once the body has finished, nothing raises.
+running, is ignored: once the body has finished, nothing raises. One that
+lands in ``__enter__`` is deferred by a millisecond, into the body.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _SOONEST_S = 1e-6
 # libraries that catch TimeoutError (urllib3 treats it as a socket timeout and
 # retries) must not be able to swallow the hard timeout.
 DEADLINE_REPEAT_S = 0.5
+# An alarm that lands in a protected frame (the handler's __enter__ or
+# __exit__) is looked at again after this delay.
+PROTECTED_RETRY_S = 0.001
 
 
 def _let_pending_handlers_run() -> None:
@@ -43,8 +47,8 @@ class SignalTimer:
     ``deadline`` is a ``time.monotonic()`` value. Both callbacks run inside the
     SIGALRM handler, in the main thread, interrupting whatever Python code is
     running; ``on_deadline`` is expected to raise. ``protected`` holds code
-    objects during whose execution (anywhere on the stack) the timer stays
-    silent, so an alarm that lands in the handler's exit path cannot raise.
+    objects during whose execution (anywhere on the stack) the timer defers
+    itself, so an alarm cannot raise out of the handler's enter or exit path.
     """
 
     def __init__(
@@ -129,7 +133,12 @@ class SignalTimer:
         return False
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        if not self._active or self._in_protected_frame(frame):
+        if not self._active:
+            return
+        if self._in_protected_frame(frame):
+            # Entering or leaving: look again shortly. If this was the exit
+            # path, stop() disarms first and the retry never comes.
+            signal.setitimer(signal.ITIMER_REAL, PROTECTED_RETRY_S)
             return
         now = self._clock()
         if now >= self.deadline:
