@@ -21,10 +21,19 @@ _LAZY = {
     "ServiceState": "queue_scale",
     # Timing
     "SignalTimer": "timer",
+    # Process isolation
+    "IsolatedMessageHandler": "isolation",
+    "run_in_child": "isolation",
+    # Running tasks
+    "Worker": "worker",
+    "RetryPolicy": "worker",
     # Errors
     "SQSTaskMasterError": "errors",
     "HandlerThreadError": "errors",
     "HardTimeoutError": "errors",
+    "ChildTaskError": "errors",
+    "ChildDiedError": "errors",
+    "IsolationUnavailableError": "errors",
     "TaskStuckError": "errors",
     "MessageTooLargeError": "errors",
     "EncodeError": "errors",
@@ -48,15 +57,20 @@ def __dir__() -> list:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import (
+        ChildDiedError,
+        ChildTaskError,
         EncodeError,
         HandlerThreadError,
         HardTimeoutError,
+        IsolationUnavailableError,
         MessageTooLargeError,
         SQSTaskMasterError,
         TaskStuckError,
     )
+    from .isolation import IsolatedMessageHandler, run_in_child
     from .local import LocalMessage, LocalQueue
     from .message_handler import MessageHandler
     from .queue_scale import Provisioner, ServiceState
     from .task_manager import TaskManager
     from .timer import SignalTimer
+    from .worker import RetryPolicy, Worker

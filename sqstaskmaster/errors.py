@@ -8,7 +8,8 @@ written for 0.0.11 still catches them.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 
 class SQSTaskMasterError(Exception):
@@ -39,6 +40,63 @@ class HardTimeoutError(SQSTaskMasterError, TimeoutError):
         super().__init__(message)
 
 
+class ChildTaskError(SQSTaskMasterError):
+    """A task run in an isolated child process raised; carries the child's exception as text."""
+
+    def __init__(
+        self, type_name: str, message: str, traceback: str, pid: Optional[int] = None
+    ) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.pid = pid
+        super().__init__(
+            f"{type_name}: {message} (raised by the task in its isolated child process {pid}; "
+            "the child's traceback is in this error's traceback attribute and in the log)"
+        )
+
+
+class ChildDiedError(SQSTaskMasterError):
+    """An isolated task's child process died (signal or exit) without reporting a result."""
+
+    def __init__(
+        self,
+        pid: int,
+        signal_name: Optional[str] = None,
+        signal_number: Optional[int] = None,
+        exit_code: Optional[int] = None,
+    ) -> None:
+        self.pid = pid
+        self.signal_name = signal_name
+        self.signal_number = signal_number
+        self.exit_code = exit_code
+        if signal_name is not None:
+            how = (
+                f"was killed by signal {signal_name} ({signal_number}) before reporting a "
+                "result: a crash in native code (SIGSEGV, SIGABRT, SIGBUS) or the "
+                "out-of-memory killer (SIGKILL). Check the kernel log and the memory limit."
+            )
+        else:
+            how = (
+                f"exited with code {exit_code} before reporting a result: the task ended "
+                "its process itself (os._exit, os.exec*). Let run() return or raise instead."
+            )
+        super().__init__(f"The isolated task's child process {pid} {how}")
+
+
+class IsolationUnavailableError(SQSTaskMasterError, RuntimeError):
+    """Process isolation was asked for on a platform without os.fork."""
+
+    def __init__(self, handler_name: str, platform: str) -> None:
+        self.handler_name = handler_name
+        self.platform = platform
+        super().__init__(
+            f"{handler_name} asks for process isolation, which needs os.fork, but this "
+            f"platform ({platform}) has no fork. Run the worker on Linux, or set "
+            "isolate = False on the handler class to use the signal mode."
+        )
+
+
 class TaskStuckError(SQSTaskMasterError, RuntimeError):
     """The handler's running() reported that the task stopped making progress."""
 
@@ -51,24 +109,129 @@ class TaskStuckError(SQSTaskMasterError, RuntimeError):
 class MessageTooLargeError(SQSTaskMasterError, ValueError):
     """A message would exceed the queue's MaximumMessageSize; nothing was sent."""
 
-    def __init__(self, task: Any, size: int, limit: int) -> None:
+    def __init__(self, task: Any, size: int, limit: int, index: Optional[int] = None) -> None:
         self.task = task
         self.size = size
         self.limit = limit
+        self.index = index
+        where = "" if index is None else f" (entry {index} of the batch)"
         super().__init__(
-            f"Task {task!r}: message is {size} bytes (body plus attributes, UTF-8), over the "
-            f"queue's MaximumMessageSize of {limit} bytes; nothing was sent. Pass a reference "
-            "(for example an S3 key) instead of the data itself."
+            f"Task {task!r}{where}: message is {size} bytes (body plus attributes, UTF-8), "
+            f"over the queue's MaximumMessageSize of {limit} bytes; nothing was sent. Pass a "
+            "reference (for example an S3 key) instead of the data itself."
         )
 
 
 class EncodeError(SQSTaskMasterError, ValueError):
     """A task's kwargs cannot be encoded as JSON, even through str()."""
 
-    def __init__(self, task: Any, error: BaseException) -> None:
+    def __init__(self, task: Any, error: BaseException, index: Optional[int] = None) -> None:
         self.task = task
         self.error = error
+        self.index = index
+        where = "" if index is None else f" (entry {index} of the batch)"
         super().__init__(
-            f"Task {task!r}: kwargs cannot be encoded as JSON ({type(error).__name__}: {error}); "
-            "nothing was sent. Pass plain JSON values (no circular structures)."
+            f"Task {task!r}{where}: kwargs cannot be encoded as JSON "
+            f"({type(error).__name__}: {error}); nothing was sent. Pass plain JSON values "
+            "(no circular structures)."
+        )
+
+
+@dataclass(frozen=True)
+class FailedEntry:
+    """One message of a batch submission that was not sent, and SQS's reason."""
+
+    index: int
+    task: Any
+    code: str
+    message: str
+    sender_fault: bool
+
+
+class BatchSendError(SQSTaskMasterError):
+    """Some messages of a batch submission were not sent; lists them and the ids of those sent."""
+
+    def __init__(self, failed: Sequence[FailedEntry], message_ids: Sequence[Optional[str]]) -> None:
+        self.failed = list(failed)
+        self.message_ids = list(message_ids)
+        sent = sum(1 for message_id in self.message_ids if message_id is not None)
+        listed = "; ".join(
+            f"entry {entry.index} task {entry.task!r}: {entry.code} {entry.message}".rstrip()
+            for entry in self.failed[:10]
+        )
+        more = f"; and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
+        super().__init__(
+            f"{len(self.failed)} of {len(self.message_ids)} messages were not sent ({sent} "
+            f"were): {listed}{more}. The error's failed attribute lists every unsent entry by "
+            "its index in the input, and message_ids the ids of those sent (None if unsent): "
+            "fix the cause and submit the failed entries again."
+        )
+
+
+class InvalidTaskMessageError(SQSTaskMasterError, ValueError):
+    """A message decoded as JSON but its task is not a string or its kwargs not an object."""
+
+    def __init__(self, message_id: Optional[str], task: Any, kwargs: Any) -> None:
+        self.message_id = message_id
+        self.task = task
+        self.kwargs = kwargs
+        super().__init__(
+            f"Message {message_id}: task must be a string and kwargs a JSON object, got task "
+            f"{task!r} ({type(task).__name__}) and kwargs of type {type(kwargs).__name__}; "
+            "the message was not run and is left to the queue's redrive policy. Fix the producer."
+        )
+
+
+class UnknownTaskError(SQSTaskMasterError, LookupError):
+    """A message names a task that the worker's registry does not have."""
+
+    def __init__(self, message_id: Optional[str], task: str, known: Any) -> None:
+        self.message_id = message_id
+        self.task = task
+        self.known = sorted(known)
+        super().__init__(
+            f"Message {message_id}: unknown task {task!r}; this worker knows {self.known}. "
+            "The message was not run and is left to the queue's redrive policy: register the "
+            "task in the worker's app, or fix the producer."
+        )
+
+
+class VisibilityBudgetError(SQSTaskMasterError, TimeoutError):
+    """A task's hard timeout does not fit in what is left of SQS's 12-hour visibility budget."""
+
+    def __init__(self, message_id: Optional[str], task: str, hard_timeout: float, left: float):
+        self.message_id = message_id
+        self.task = task
+        self.hard_timeout = hard_timeout
+        self.left = left
+        super().__init__(
+            f"Task {task!r} in message {message_id} was refused before it started: its hard "
+            f"timeout of {hard_timeout} s does not fit in the {max(left, 0.0):.0f} s left of "
+            "SQS's 12-hour visibility budget (counted from the message's first receive), so "
+            "another worker could receive it while it runs. Lower the hard timeout, or split "
+            "the task; the message is handed back to the queue."
+        )
+
+
+class WorkerShutdownError(SQSTaskMasterError):
+    """The worker stopped a running task at shutdown (grace expired or second signal)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"Task stopped by worker shutdown ({reason}); its message is handed back to the "
+            "queue with visibility 0. Raise --shutdown-grace if tasks should get longer."
+        )
+
+
+class AppImportError(SQSTaskMasterError, ImportError):
+    """The worker's APP (module:attribute) cannot be imported or is not a worker or a dict."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        self.spec = spec
+        self.reason = reason
+        super().__init__(
+            f"Cannot load worker app {spec!r}: {reason}. APP is 'module:attribute', naming a "
+            "Worker or a dict of task name -> MessageHandler subclass or function, importable "
+            "from the current directory."
         )

@@ -47,7 +47,17 @@ class MessageHandler(abc.ABC):
 
     Subclasses implement :meth:`run`, :meth:`running` and :meth:`notify`.
     ``sqs_timeout``, ``alarm_timeout`` and ``hard_timeout`` are seconds.
+
+    With ``isolate = True`` on a subclass, ``run()`` runs in a forked child
+    process while this process heartbeats and enforces the hard timeout
+    without signals (see :mod:`sqstaskmaster.isolation`); ``kill_grace_s`` is
+    the seconds between SIGTERM and SIGKILL when that child is stopped.
     """
+
+    isolate: bool = False
+    kill_grace_s: float = 1.0
+    # Set while an isolated handler is entered (an isolation._IsolationState).
+    _isolation: Any = None
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
         if alarm_timeout <= 0:
@@ -119,7 +129,7 @@ class MessageHandler(abc.ABC):
         dates it. Without that attribute the handler's construction is used.
         """
         attributes = getattr(self._message, "attributes", None) or {}
-        stamp = attributes.get("ApproximateFirstReceiveTimestamp")
+        stamp: Any = attributes.get("ApproximateFirstReceiveTimestamp")
         try:
             first_receive = int(stamp) / 1000.0
         except (TypeError, ValueError):
@@ -188,6 +198,11 @@ class MessageHandler(abc.ABC):
     # -- the context manager --------------------------------------------------
 
     def __enter__(self) -> MessageHandler:
+        if self.isolate:
+            from .isolation import enter_isolated
+
+            enter_isolated(self)
+            return self
         timer = SignalTimer(
             self.alarm_timeout,
             self.deadline,
@@ -215,6 +230,10 @@ class MessageHandler(abc.ABC):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        if self._isolation is not None:
+            from .isolation import exit_isolated
+
+            exit_isolated(self)
         self.finished = True
         self.error = exc
         if exc is None:

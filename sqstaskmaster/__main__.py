@@ -1,0 +1,8 @@
+"""``python -m sqstaskmaster``: the same command as the ``sqstaskmaster`` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

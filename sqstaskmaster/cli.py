@@ -1,0 +1,383 @@
+"""The ``sqstaskmaster`` command (also ``python -m sqstaskmaster``).
+
+::
+
+    sqstaskmaster demo                                   # try it: embedded server, no AWS
+    sqstaskmaster worker app:worker --queue-url URL      # run tasks
+    sqstaskmaster submit URL TASK --kwargs '{"x": 1}'    # send one task
+    sqstaskmaster stats URL                              # queue depths (and its DLQ's)
+    sqstaskmaster purge URL [--yes]                      # empty a queue
+
+Exit codes are named below (``RET_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+from typing import Any, Dict, List, Optional
+
+logger = logging.getLogger(__name__)
+
+RET_OK = 0  # done; for a worker: stopped cleanly (signal, burst end)
+RET_ERROR = 1  # an unexpected error (traceback logged)
+RET_USAGE = 2  # bad arguments or settings
+RET_IMPORT = 3  # the worker's APP cannot be imported
+RET_CONNECT = 4  # SQS cannot be reached, or the queue does not exist
+RET_KILLED = 5  # a worker process had to be killed at shutdown
+
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+_REGION_IN_URL = re.compile(r"(?:sqs\.|^)([a-z]{2}(?:-[a-z]+)+-\d)\.")
+
+
+def region_from_url(url: str) -> Optional[str]:
+    """The AWS region named in an SQS queue URL's host, if any."""
+    host = re.sub(r"^[a-z]+://", "", url).split("/", 1)[0]
+    match = _REGION_IN_URL.search(host)
+    return match.group(1) if match else None
+
+
+def make_session(region: Optional[str], url: Optional[str] = None) -> Any:
+    """A boto3 session; the region is ``region``, boto3's configured one, or the URL's."""
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    if session.region_name is None and url:
+        guessed = region_from_url(url)
+        if guessed:
+            session = boto3.session.Session(region_name=guessed)
+    return session
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:attribute`` (attribute may be dotted) from the current directory."""
+    from .errors import AppImportError
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise AppImportError(spec, "expected the form module:attribute")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise AppImportError(spec, f"import of {module_name!r} failed ({error})") from error
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise AppImportError(spec, f"{module_name!r} has no attribute {attribute!r}")
+    return value
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url", help="SQS endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)"
+    )
+    parser.add_argument("--region", help="AWS region (default: boto3's, else the queue URL's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from .worker import DEFAULT_POLL_WAIT_S, DEFAULT_SHUTDOWN_GRACE_S, RetryPolicy
+
+    defaults = RetryPolicy()
+    parser = argparse.ArgumentParser(
+        prog="sqstaskmaster",
+        description="Run uncooperative, hours-long Python tasks on workers fed by Amazon SQS.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    demo = commands.add_parser("demo", help="see a worker keep its promises (no AWS needed)")
+    demo.add_argument("--queue-url", help="use this queue instead of an embedded server")
+    _add_connection(demo)
+    demo.add_argument(
+        "--json", action="store_true", help="print the summary as JSON on the last line"
+    )
+
+    worker = commands.add_parser("worker", help="run a worker on a queue")
+    worker.add_argument("app", metavar="APP", help="module:attribute, a Worker or a dict")
+    worker.add_argument("--queue-url", help="the queue to consume (default: the Worker's)")
+    _add_connection(worker)
+    worker.add_argument(
+        "--processes", "-p", help="worker processes, a number or 'auto' (default 1)"
+    )
+    worker.add_argument("--sqs-timeout", type=int, help="visibility per heartbeat, s (30)")
+    worker.add_argument("--alarm-timeout", type=int, help="heartbeat period, s (sqs/3)")
+    worker.add_argument("--hard-timeout", type=int, help="default hard timeout, s (14400)")
+    worker.add_argument(
+        "--shutdown-grace",
+        type=float,
+        help=f"seconds a task may go on after SIGTERM (default {DEFAULT_SHUTDOWN_GRACE_S:g})",
+    )
+    worker.add_argument(
+        "--poll-wait", type=int, help=f"long-poll slice, 0-20 s (default {DEFAULT_POLL_WAIT_S})"
+    )
+    mode = worker.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--signal-mode",
+        dest="isolate",
+        action="store_false",
+        default=None,
+        help="run tasks in the worker process under SIGALRM, not in a forked child",
+    )
+    mode.add_argument("--isolate", dest="isolate", action="store_true", default=None)
+    worker.add_argument("--burst-tasks", type=int, help="stop after this many tasks")
+    worker.add_argument("--burst-idle", type=float, help="stop after this many idle seconds")
+    worker.add_argument(
+        "--retry-first", type=float, help=f"first retry delay, s (default {defaults.first_s:g})"
+    )
+    worker.add_argument(
+        "--retry-factor", type=float, help=f"retry delay factor (default {defaults.factor:g})"
+    )
+    worker.add_argument(
+        "--retry-max", type=float, help=f"longest retry delay, s (default {defaults.max_s:g})"
+    )
+    worker.add_argument("--retry-jitter", choices=["equal", "full", "none"], help="(default equal)")
+
+    submit = commands.add_parser("submit", help="send one task")
+    submit.add_argument("url", metavar="URL")
+    submit.add_argument("task", metavar="TASK")
+    submit.add_argument("--kwargs", default="{}", help="the task's kwargs, a JSON object")
+    _add_connection(submit)
+
+    stats = commands.add_parser("stats", help="show a queue's depths")
+    stats.add_argument("url", metavar="URL")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_connection(stats)
+
+    purge = commands.add_parser("purge", help="delete every message of a queue")
+    purge.add_argument("url", metavar="URL")
+    purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    _add_connection(purge)
+    return parser
+
+
+def _task_manager(args: argparse.Namespace, url: str) -> Any:
+    from .task_manager import TaskManager
+
+    session = make_session(args.region, url)
+    return TaskManager(url, sqs=session.resource("sqs", endpoint_url=args.endpoint_url))
+
+
+def _connection_errors() -> tuple:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``worker APP``: load the app, apply the options, run (supervised when -p > 1)."""
+    from .errors import AppImportError
+    from .worker import RetryPolicy, Worker
+
+    try:
+        app = load_app(args.app)
+    except AppImportError as error:
+        logger.error("%s", error)
+        return RET_IMPORT
+    if isinstance(app, Worker):
+        worker = app
+    elif isinstance(app, dict):
+        worker = Worker(app)
+    else:
+        logger.error("%s", AppImportError(args.app, f"it is a {type(app).__name__}"))
+        return RET_IMPORT
+    options = {
+        "sqs_timeout": args.sqs_timeout,
+        "alarm_timeout": args.alarm_timeout,
+        "hard_timeout": args.hard_timeout,
+        "shutdown_grace_s": args.shutdown_grace,
+        "poll_wait_s": args.poll_wait,
+        "isolate": args.isolate,
+        "burst_tasks": args.burst_tasks,
+        "burst_idle_s": args.burst_idle,
+        "processes": args.processes,
+        "queue_url": args.queue_url,
+        "endpoint_url": args.endpoint_url,
+    }
+    worker = worker.replace(**options)
+    retry = {
+        "first_s": args.retry_first,
+        "factor": args.retry_factor,
+        "max_s": args.retry_max,
+        "jitter": args.retry_jitter,
+    }
+    try:
+        worker.retry = RetryPolicy(
+            **{
+                field: (value if value is not None else getattr(worker.retry, field))
+                for field, value in retry.items()
+            }
+        )
+        if not worker.queue_url:
+            raise ValueError("no queue: pass --queue-url URL (or set queue_url on the Worker)")
+        if not worker.registry:
+            raise ValueError(f"app {args.app!r} registers no task")
+        worker.check()
+        from .supervisor import resolve_processes
+
+        resolve_processes(worker.processes)
+    except ValueError as error:
+        logger.error("worker settings: %s", error)
+        return RET_USAGE
+    if worker.session is None:
+        worker.session = make_session(args.region, worker.queue_url)
+    try:
+        # Fail fast (before forking) when the queue cannot be reached.
+        sqs = worker.session.resource("sqs", endpoint_url=worker.endpoint_url)
+        sqs.meta.client.get_queue_attributes(QueueUrl=worker.queue_url, AttributeNames=["QueueArn"])
+    except _connection_errors() as error:
+        logger.error("cannot reach queue %s: %s", worker.queue_url, error)
+        return RET_CONNECT
+    return worker.run()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``submit URL TASK``: send one task; prints its message id."""
+    try:
+        kwargs = json.loads(args.kwargs)
+    except ValueError as error:
+        logger.error("--kwargs is not JSON (%s): %r", error, args.kwargs)
+        return RET_USAGE
+    if not isinstance(kwargs, dict):
+        logger.error("--kwargs must be a JSON object, got %r", args.kwargs)
+        return RET_USAGE
+    try:
+        response = _task_manager(args, args.url).submit(args.task, **kwargs)
+    except _connection_errors() as error:
+        logger.error("cannot send to %s: %s", args.url, error)
+        return RET_CONNECT
+    print(response.get("MessageId", ""))
+    return RET_OK
+
+
+def queue_stats(sqs: Any, url: str) -> Dict[str, Any]:
+    """Depths of a queue (and of its dead-letter queue when a redrive policy names one)."""
+    client = sqs.meta.client
+    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    stats: Dict[str, Any] = {
+        "url": url,
+        "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+    }
+    policy = attributes.get("RedrivePolicy")
+    if policy:
+        redrive = json.loads(policy)
+        arn = redrive["deadLetterTargetArn"]
+        parts = arn.split(":")
+        dlq_url = client.get_queue_url(QueueName=parts[-1], QueueOwnerAWSAccountId=parts[-2])[
+            "QueueUrl"
+        ]
+        dlq = client.get_queue_attributes(
+            QueueUrl=dlq_url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+            ],
+        )["Attributes"]
+        stats["max_receive_count"] = int(redrive.get("maxReceiveCount", 0))
+        stats["dead_letter_url"] = dlq_url
+        stats["dead_letter"] = int(dlq.get("ApproximateNumberOfMessages", 0)) + int(
+            dlq.get("ApproximateNumberOfMessagesNotVisible", 0)
+        )
+    return stats
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """``stats URL``: visible, in flight, delayed, and the dead-letter depth."""
+    session = make_session(args.region, args.url)
+    try:
+        stats = queue_stats(session.resource("sqs", endpoint_url=args.endpoint_url), args.url)
+    except _connection_errors() as error:
+        logger.error("cannot read %s: %s", args.url, error)
+        return RET_CONNECT
+    if args.json:
+        print(json.dumps(stats))
+        return RET_OK
+    print(f"queue        {stats['url']}")
+    print(f"visible      {stats['visible']}")
+    print(f"in flight    {stats['in_flight']}")
+    print(f"delayed      {stats['delayed']}")
+    if "dead_letter" in stats:
+        print(f"dead-letter  {stats['dead_letter']}  ({stats['dead_letter_url']}, ", end="")
+        print(f"after {stats['max_receive_count']} receives)")
+    else:
+        print("dead-letter  none (no redrive policy)")
+    return RET_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """``purge URL``: delete every message, after asking unless ``--yes``."""
+    if not args.yes:
+        if not sys.stdin.isatty():
+            logger.error("refusing to purge %s without --yes (no terminal to ask)", args.url)
+            return RET_USAGE
+        answer = input(f"Delete every message in {args.url}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not purged.")
+            return RET_OK
+    try:
+        _task_manager(args, args.url).purge()
+    except _connection_errors() as error:
+        logger.error("cannot purge %s: %s", args.url, error)
+        return RET_CONNECT
+    print(f"Purged {args.url}")
+    return RET_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: see :mod:`sqstaskmaster.demo`."""
+    from .demo import run_demo
+    from .testing import ServerStartError
+
+    try:
+        return run_demo(
+            queue_url=args.queue_url,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            as_json=args.json,
+        )
+    except ServerStartError as error:
+        logger.error("demo: %s", error)
+        return RET_CONNECT
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "worker": cmd_worker,
+    "submit": cmd_submit,
+    "stats": cmd_stats,
+    "purge": cmd_purge,
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        parser.error(f"--log-level: unknown level {args.log_level!r}")
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    if level > logging.DEBUG:
+        # boto's INFO lines ("Found credentials in environment variables") are noise here.
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return RET_OK
+    except Exception:
+        logger.exception("sqstaskmaster %s failed", args.command)
+        return RET_ERROR

@@ -1,0 +1,203 @@
+"""Supervisor: N worker processes on one machine, restarted when they die.
+
+The parent does no SQS work. Each worker process is forked, moves to its own
+process group (so a terminal's Ctrl-C reaches only the parent, which passes
+it on once) and makes its own boto3 resource. The parent:
+
+- restarts a worker that dies (an exit code other than 0, or a signal) while
+  not shutting down, after a short pause that grows if it keeps dying;
+- passes each SIGTERM/SIGINT it gets on to every worker as SIGTERM (the first
+  is a warm stop, the second a cold stop);
+- exits 0 once every worker stopped cleanly; if some worker still runs
+  ``shutdown_grace_s`` + :data:`STOP_MARGIN_S` after the first signal, it is
+  killed and the parent exits with ``RET_KILLED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+
+from .cli import RET_ERROR, RET_KILLED, RET_OK
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+# Extra seconds, past the shutdown grace, that a worker gets to kill its task
+# and hand back its message before the parent kills it.
+STOP_MARGIN_S = 5.0
+RESTART_PAUSE_S = 0.5
+MAX_RESTART_PAUSE_S = 30.0
+# A worker that lived this long before dying restarts without delay growth.
+STABLE_AFTER_S = 30.0
+
+
+def resolve_processes(processes: Union[int, str]) -> int:
+    """The number of worker processes: an int >= 1, or ``"auto"`` for the CPU count."""
+    if isinstance(processes, str):
+        if processes.strip().lower() == "auto":
+            return max(1, os.cpu_count() or 1)
+        try:
+            processes = int(processes)
+        except ValueError:
+            raise ValueError(f"processes must be a whole number or 'auto', got {processes!r}")
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes!r}")
+    return processes
+
+
+def _child_main(worker: Worker) -> None:
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    # Drop the parent's handlers until the worker installs its own.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(worker.run_single())
+
+
+class Supervisor:
+    """Runs ``count`` copies of ``worker``'s poll loop; :meth:`run` returns the exit code."""
+
+    def __init__(self, worker: Worker, count: int) -> None:
+        self.worker = worker
+        self.count = count
+        self._context = multiprocessing.get_context("fork")
+        self._children: Dict[int, Any] = {}
+        self._started_at: Dict[int, float] = {}
+        self._pauses: Dict[int, float] = {}
+        self._signals = 0
+        self._forwarded = 0
+        self._stop_at: Optional[float] = None
+        self.restarts = 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+
+    def _start(self, slot: int) -> None:
+        process = self._context.Process(
+            target=_child_main, args=(self.worker,), name=f"sqstaskmaster-worker-{slot}"
+        )
+        process.start()
+        try:
+            if process.pid:
+                os.setpgid(process.pid, process.pid)
+        except OSError:
+            pass  # the child did it first, or already exited
+        self._children[slot] = process
+        self._started_at[slot] = time.monotonic()
+        logger.info("supervisor: worker %d started as pid %s", slot, process.pid)
+
+    def _forward(self) -> None:
+        while self._forwarded < self._signals:
+            self._forwarded += 1
+            kind = "warm" if self._forwarded == 1 else "cold"
+            logger.info("supervisor: signal %d, passing a %s stop on", self._forwarded, kind)
+            for process in self._children.values():
+                if process.is_alive() and process.pid:
+                    try:
+                        os.kill(process.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+
+    def run(self) -> int:
+        """Start the workers and supervise them until all have stopped."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        code = RET_OK
+        try:
+            for slot in range(self.count):
+                self._start(slot)
+            code = self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        logger.info("supervisor: all workers stopped (%d restarts), exit %d", self.restarts, code)
+        return code
+
+    def _supervise(self) -> int:
+        code = RET_OK
+        pending: Dict[int, float] = {}  # slot -> when to restart it
+        while self._children or (pending and self._signals == 0):
+            self._forward()
+            sentinels = [p.sentinel for p in self._children.values()]
+            if sentinels:
+                wait(sentinels, timeout=0.1)
+            else:
+                time.sleep(0.1)
+            now = time.monotonic()
+            for slot, process in list(self._children.items()):
+                if process.is_alive():
+                    continue
+                process.join()
+                del self._children[slot]
+                exitcode = process.exitcode
+                if self._signals or exitcode == 0:
+                    logger.info("supervisor: worker %d exited with %s", slot, exitcode)
+                    if exitcode != 0 and code == RET_OK:
+                        code = RET_KILLED if exitcode == -signal.SIGKILL else RET_ERROR
+                    continue
+                lived = now - self._started_at[slot]
+                pause = self._pauses.get(slot, RESTART_PAUSE_S)
+                pause = RESTART_PAUSE_S if lived > STABLE_AFTER_S else pause
+                self._pauses[slot] = min(pause * 2, MAX_RESTART_PAUSE_S)
+                logger.error(
+                    "supervisor: worker %d (pid %s) died with %s after %.1f s; "
+                    "restarting in %.1f s",
+                    slot,
+                    process.pid,
+                    _describe_exit(exitcode),
+                    lived,
+                    pause,
+                )
+                pending[slot] = now + pause
+            if self._signals:
+                pending.clear()
+            for slot, when in list(pending.items()):
+                if now >= when:
+                    del pending[slot]
+                    self.restarts += 1
+                    self._start(slot)
+            if self._stop_at is not None and self._children:
+                limit = self.worker.shutdown_grace_s + STOP_MARGIN_S
+                if now - self._stop_at > limit:
+                    for process in self._children.values():
+                        logger.error(
+                            "supervisor: worker pid %s still running %.1f s after the stop; "
+                            "killing it",
+                            process.pid,
+                            limit,
+                        )
+                        if process.pid:
+                            try:
+                                os.killpg(process.pid, signal.SIGKILL)
+                            except (ProcessLookupError, PermissionError):
+                                process.kill()
+                    code = RET_KILLED
+        return code
+
+
+def _describe_exit(exitcode: Optional[int]) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def supervise(worker: Worker, count: int) -> int:
+    """Run ``count`` worker processes for ``worker``; returns the exit code."""
+    return Supervisor(worker, count).run()

@@ -1,0 +1,504 @@
+"""Worker: registry, retries, the 12-hour budget, graceful shutdown, supervisor, burst mode.
+
+Unit tests run the worker's message path in this process against moto's
+server; the shutdown, restart and redrive tests run ``python -m
+sqstaskmaster worker worker_apps:app`` in a subprocess, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+import worker_apps as apps
+
+from sqstaskmaster.errors import InvalidTaskMessageError, UnknownTaskError, VisibilityBudgetError
+from sqstaskmaster.supervisor import resolve_processes
+from sqstaskmaster.worker import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
+
+TESTS = Path(__file__).resolve().parent
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, step_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def traces(directory: Path, kind: str, key: str) -> List[Dict[str, Any]]:
+    found = []
+    for path in directory.glob(f"{kind}.{key}.*"):
+        if not path.name.endswith(".tmp"):
+            found.append(json.loads(path.read_text()))
+    return sorted(found, key=lambda trace: trace["time"])
+
+
+def receive(queue: Any, visibility: int = 30) -> List[Any]:
+    return queue.receive_messages(
+        AttributeNames=["All"],
+        MaxNumberOfMessages=1,
+        WaitTimeSeconds=0,
+        VisibilityTimeout=visibility,
+    )
+
+
+class WorkerProcess:
+    """``python -m sqstaskmaster worker worker_apps:app`` against the test server."""
+
+    def __init__(self, server: Any, queue_url: str, directory: Path, *args: str) -> None:
+        env = dict(os.environ, **server.environment)
+        env["SQSTM_TEST_DIR"] = str(directory)
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+        self.log_path = directory / "worker.log"
+        self._log = open(self.log_path, "w")
+        command = [sys.executable, "-m", "sqstaskmaster", "worker", "worker_apps:app"]
+        command += ["--queue-url", queue_url, "--poll-wait", "1", *args]
+        self.process = subprocess.Popen(
+            command,
+            cwd=str(TESTS),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker still running after {timeout_s} s:\n{self.log[-3000:]}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def trace_dir(tmp_path: Path, monkeypatch: Any) -> Path:
+    monkeypatch.setenv("SQSTM_TEST_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def start_worker(sqs_server: Any, trace_dir: Path):
+    started: List[WorkerProcess] = []
+
+    def start(queue_url: str, *args: str) -> WorkerProcess:
+        worker = WorkerProcess(sqs_server, queue_url, trace_dir, *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+# -- backoff ------------------------------------------------------------------
+
+
+def test_base_delay_grows_by_factor_and_stops_at_the_maximum() -> None:
+    policy = RetryPolicy(first_s=10, factor=2, max_s=60, jitter="none")
+    assert [policy.delay(n) for n in range(1, 7)] == [10, 20, 40, 60, 60, 60]
+    assert policy.delay(0) == 10  # a missing count counts as the first receive
+
+
+def test_delay_never_exceeds_the_sqs_maximum() -> None:
+    policy = RetryPolicy(first_s=3600, factor=10, max_s=10**9, jitter="none")
+    assert policy.delay(5) == MAX_VISIBILITY_S
+    assert policy.delay(10**6) == MAX_VISIBILITY_S  # no overflow
+
+
+@pytest.mark.parametrize(
+    "jitter, low, high", [("equal", 0.5, 1.0), ("full", 0.0, 1.0), ("none", 1.0, 1.0)]
+)
+def test_jitter_stays_within_its_range(jitter: str, low: float, high: float) -> None:
+    policy = RetryPolicy(first_s=100, factor=2, max_s=800, jitter=jitter)
+    rng = random.Random(7)
+    for count in range(1, 6):
+        base = policy.base_delay(count)
+        delays = [policy.delay(count, rng) for _ in range(200)]
+        assert min(delays) >= round(base * low) and max(delays) <= round(base * high)
+        if jitter != "none":
+            assert len(set(delays)) > 10  # actually jittered
+
+
+def test_default_policy_is_documented_values() -> None:
+    policy = RetryPolicy()
+    assert (policy.first_s, policy.factor, policy.max_s, policy.jitter) == (10, 2, 900, "equal")
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [({"first_s": -1}, "-1"), ({"factor": 0.5}, "0.5"), ({"jitter": "some"}, "'some'")],
+)
+def test_bad_policies_name_the_value(kwargs: Dict[str, Any], text: str) -> None:
+    with pytest.raises(ValueError, match=text):
+        RetryPolicy(**kwargs)
+
+
+def test_receive_count_of_reads_the_attribute() -> None:
+    class Message:
+        attributes = {"ApproximateReceiveCount": "4"}
+
+    assert receive_count_of(Message()) == 4
+    Message.attributes = {}
+    assert receive_count_of(Message()) == 1
+
+
+# -- registry and settings ------------------------------------------------------
+
+
+def test_registry_takes_classes_functions_and_decorators() -> None:
+    worker = Worker({"echo": apps.Echo})
+
+    @worker.task
+    def first() -> None: ...
+
+    @worker.task(name="other", hard_timeout=5)
+    def second() -> None: ...
+
+    assert sorted(worker.registry) == ["echo", "first", "other"]
+    assert worker.registry["other"].hard_timeout == 5
+    assert worker.registry["echo"].is_handler and not worker.registry["first"].is_handler
+    assert worker.handler_class("echo").isolate is True
+    assert issubclass(worker.handler_class("echo"), apps.Echo)
+    assert Worker({"echo": apps.Echo}, isolate=False).handler_class("echo") is apps.Echo
+
+
+def test_replace_copies_without_touching_the_original() -> None:
+    worker = Worker({"echo": apps.Echo}, sqs_timeout=30)
+    copy = worker.replace(sqs_timeout=60, hard_timeout=None)
+    assert (copy.sqs_timeout, worker.sqs_timeout) == (60, 30)
+    assert copy.hard_timeout == worker.hard_timeout and copy.registry == worker.registry
+    with pytest.raises(TypeError, match="'nope'"):
+        worker.replace(nope=1)
+
+
+@pytest.mark.parametrize(
+    "name, target, error", [("", apps.ok, TypeError), ("x", 42, TypeError), (3, apps.ok, TypeError)]
+)
+def test_registry_refuses_bad_entries(name: Any, target: Any, error: type) -> None:
+    with pytest.raises(error):
+        Worker().register(name, target)
+
+
+@pytest.mark.parametrize(
+    "settings, text",
+    [
+        ({"sqs_timeout": 3, "alarm_timeout": 2}, "alarm_timeout 2"),
+        ({"sqs_timeout": 50000}, "50000"),
+        ({"poll_wait_s": 21}, "21"),
+        ({"hard_timeout": 0}, "hard_timeout"),
+    ],
+)
+def test_settings_are_checked(settings: Dict[str, Any], text: str) -> None:
+    with pytest.raises(ValueError, match=text):
+        Worker(**settings).check()
+
+
+def test_processes_auto_and_invalid() -> None:
+    assert resolve_processes("auto") == (os.cpu_count() or 1)
+    assert resolve_processes("3") == 3
+    with pytest.raises(ValueError, match="'many'"):
+        resolve_processes("many")
+    with pytest.raises(ValueError, match="0"):
+        resolve_processes(0)
+
+
+# -- one message, in this process -------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.errors: List[BaseException] = []
+
+    def __call__(self, exception: BaseException, context: Optional[dict] = None) -> None:
+        self.errors.append(exception)
+
+
+def make_worker(sqs_server: Any, queue: Any, **settings: Any) -> tuple[Worker, Recorder]:
+    notify = Recorder()
+    settings.setdefault("retry", RetryPolicy(first_s=1, factor=1, max_s=1, jitter="none"))
+    worker = Worker(dict(apps.TASKS), sqs_timeout=6, notify=notify, **settings)
+    worker.connect(queue.url, sqs=sqs_server.sqs)
+    return worker, notify
+
+
+def receive_one(queue: Any) -> Any:
+    messages = wait_for(lambda: receive(queue.queue, visibility=30), 5)
+    return messages[0]
+
+
+def assert_back_after(queue: Any, low_s: float, high_s: float, started: float) -> Any:
+    """The message is invisible for at least ``low_s`` and visible again by ``high_s``."""
+    messages = wait_for(lambda: receive(queue.queue), high_s + 1)
+    elapsed = time.monotonic() - started
+    assert low_s - 0.5 <= elapsed <= high_s, elapsed
+    return messages[0]
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
+def test_success_runs_the_task_and_deletes(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, isolate: bool
+) -> None:
+    worker, notify = make_worker(sqs_server, sqs_queue, isolate=isolate)
+    sqs_server.task_manager(sqs_queue).submit("echo", key="e1")
+    assert worker.process(receive_one(sqs_queue)) == "done"
+    assert len(traces(trace_dir, "done", "e1")) == 1
+    assert notify.errors == []
+    time.sleep(0.2)
+    assert receive(sqs_queue.queue) == []
+
+
+def test_failure_sets_the_backoff_and_logs_the_receive_count(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, caplog: Any
+) -> None:
+    worker, notify = make_worker(
+        sqs_server, sqs_queue, retry=RetryPolicy(first_s=2, factor=1, max_s=2, jitter="none")
+    )
+    sqs_server.task_manager(sqs_queue).submit("fail", key="f1")
+    caplog.set_level("INFO", logger="sqstaskmaster.worker")
+    assert worker.process(receive_one(sqs_queue)) == "failed"
+    again = assert_back_after(sqs_queue, 2, 4, time.monotonic())
+    assert receive_count_of(again) == 2
+    assert "task fail message" in caplog.text and "receive 1: failed" in caplog.text
+    assert "visible again in 2 s" in caplog.text
+    assert any("fails on purpose" in str(error) for error in notify.errors)
+
+
+@pytest.mark.parametrize(
+    "body, error_type",
+    [
+        ('{"task": "nope", "kwargs": {}}', UnknownTaskError),
+        ('{"task": 7, "kwargs": {}}', InvalidTaskMessageError),
+        ('{"task": "ok", "kwargs": [1]}', InvalidTaskMessageError),
+    ],
+    ids=["unknown", "task-not-str", "kwargs-not-dict"],
+)
+def test_messages_that_must_not_run_are_notified_and_left(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, body: str, error_type: type
+) -> None:
+    worker, notify = make_worker(sqs_server, sqs_queue)
+    sqs_queue.queue.send_message(MessageBody=body)
+    started = time.monotonic()
+    assert worker.process(receive_one(sqs_queue)) in ("unknown", "invalid")
+    assert [type(error) for error in notify.errors] == [error_type]
+    assert list(trace_dir.glob("start.*")) == []  # nothing ran
+    assert_back_after(sqs_queue, 1, 3, started)  # not deleted: back after the backoff
+
+
+def test_a_task_that_cannot_fit_the_12_hour_budget_is_refused(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path
+) -> None:
+    worker, notify = make_worker(sqs_server, sqs_queue, hard_timeout=MAX_VISIBILITY_S)
+    sqs_server.task_manager(sqs_queue).submit("ok", key="late")
+    started = time.monotonic()
+    assert worker.process(receive_one(sqs_queue)) == "refused"
+    assert [type(error) for error in notify.errors] == [VisibilityBudgetError]
+    assert "12-hour" in str(notify.errors[0]) and "43200" in str(notify.errors[0])
+    assert list(trace_dir.glob("start.*")) == []
+    assert_back_after(sqs_queue, 1, 3, started)
+
+
+def test_a_message_received_while_stopping_is_handed_back(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path
+) -> None:
+    worker, _ = make_worker(sqs_server, sqs_queue, poll_wait_s=0)
+    sqs_server.task_manager(sqs_queue).submit("ok", key="late")
+    worker.request_stop()
+    messages = wait_for(lambda: worker._task_manager.receive(0, 30), 5)
+    started = time.monotonic()
+    for message in messages:
+        worker._hand_back(message, "ok", "received while shutting down")
+    assert_back_after(sqs_queue, 0, 1.5, started)
+    assert list(trace_dir.glob("start.*")) == []
+
+
+# -- end to end: shutdown ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [[], ["--signal-mode"]], ids=["isolated", "signal-mode"])
+def test_sigterm_stops_a_long_task_after_the_grace_and_hands_it_back(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any, mode: List[str]
+) -> None:
+    # Given a worker with a short grace, running a task far longer than the grace
+    sqs_server.task_manager(sqs_queue).submit("sleep", key="long", seconds=60)
+    worker = start_worker(sqs_queue.url, "--shutdown-grace", "0.5", "--sqs-timeout", "30", *mode)
+    wait_for(lambda: traces(trace_dir, "start", "long"), 15)
+    # When it gets SIGTERM
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    # Then the message is visible again within grace + 2 s, and the worker exits 0
+    wait_for(lambda: receive(sqs_queue.queue), 4.0, step_s=0.1)
+    assert time.monotonic() - signalled <= 0.5 + 2.0
+    assert worker.wait(10) == 0
+    assert traces(trace_dir, "done", "long") == []
+    assert "interrupted by shutdown" in worker.log and "handed back" in worker.log
+
+
+def test_a_task_that_ends_within_the_grace_completes(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    sqs_server.task_manager(sqs_queue).submit("sleep", key="short", seconds=1.5)
+    worker = start_worker(sqs_queue.url, "--shutdown-grace", "10")
+    wait_for(lambda: traces(trace_dir, "start", "short"), 15)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert len(traces(trace_dir, "done", "short")) == 1
+    assert "receive 1: done" in worker.log
+    assert receive(sqs_queue.queue) == []  # deleted
+
+
+def test_second_signal_is_a_cold_stop(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    sqs_server.task_manager(sqs_queue).submit("sleep", key="cold", seconds=60)
+    worker = start_worker(sqs_queue.url, "--shutdown-grace", "60")
+    wait_for(lambda: traces(trace_dir, "start", "cold"), 15)
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert worker.process.poll() is None  # warm: the task goes on
+    signalled = time.monotonic()
+    worker.signal(signal.SIGINT)
+    wait_for(lambda: receive(sqs_queue.queue), 4.0, step_s=0.1)
+    assert time.monotonic() - signalled <= 2.5
+    assert worker.wait(10) == 0
+    assert "cold stop" in worker.log
+
+
+# -- end to end: supervisor ------------------------------------------------------------
+
+
+def parent_of(pid: int) -> Optional[int]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_supervisor_restarts_a_killed_worker_and_the_task_completes(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    # Given two worker processes, one running a task that sleeps on its first run
+    sqs_server.task_manager(sqs_queue).submit("sleep_first", key="k", seconds=60)
+    supervisor = start_worker(
+        sqs_queue.url, "--processes", "2", "--sqs-timeout", "3", "--alarm-timeout", "1"
+    )
+    first = wait_for(lambda: traces(trace_dir, "start", "k"), 15)[0]
+    parent = supervisor.process.pid
+    worker_pid = next(pid for pid in (first["pid"], first["ppid"]) if parent_of(pid) == parent)
+    # When that worker process is SIGKILLed mid-task
+    os.kill(worker_pid, signal.SIGKILL)
+    # Then the parent restarts it, and the message is run again after its
+    # visibility timeout and completed
+    done = wait_for(lambda: traces(trace_dir, "done", "k"), 20, step_s=0.2)
+    assert done[0]["pid"] != first["pid"]
+    wait_for(lambda: "restarting" in supervisor.log, 5)
+    wait_for(lambda: len(traces(trace_dir, "start", "k")) == 2, 1)
+    # The first run (a child of the killed worker, in isolation) died with it
+    wait_for(lambda: not running(first["pid"]), 2)
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(15) == 0
+    assert receive(sqs_queue.queue) == []
+
+
+# -- end to end: redrive, backoff, burst ---------------------------------------------
+
+
+def test_poison_unknown_and_malformed_reach_the_dlq_with_the_backoff(
+    sqs_server: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    # Given a queue that dead-letters after 4 receives, a failing task, an unknown
+    # task, a malformed message and a good task
+    queue = sqs_server.make_queue(dead_letter=True, max_receive_count=4)
+    tm = sqs_server.task_manager(queue)
+    tm.submit("fail", key="poison")
+    tm.submit("no_such_task", x=1)
+    queue.queue.send_message(MessageBody="not json")
+    tm.submit("ok", key="good")
+    # When a worker in burst mode runs with a 1 s, x3, max 3 s backoff
+    worker = start_worker(
+        queue.url,
+        "--burst-idle",
+        "5",
+        "--retry-first",
+        "1",
+        "--retry-factor",
+        "3",
+        "--retry-max",
+        "3",
+        "--retry-jitter",
+        "none",
+    )
+    # Then it stops by itself once the queue stays empty (burst mode) ...
+    assert worker.wait(40) == 0
+    assert "burst mode: idle" in worker.log
+    # ... the good task ran once, the others are in the dead-letter queue ...
+    assert len(traces(trace_dir, "done", "good")) == 1
+    bodies = []
+    for _ in range(5):
+        bodies += [m.body for m in queue.dead_letter_queue.receive_messages(MaxNumberOfMessages=10)]
+    assert sorted(bodies) == sorted(
+        [
+            '{"task": "fail", "kwargs": {"key": "poison"}}',
+            '{"task": "no_such_task", "kwargs": {"x": 1}}',
+            "not json",
+        ]
+    )
+    assert "unknown task 'no_such_task'" in worker.log
+    # ... and the poison task's runs were spaced by the backoff: 1 s, 3 s, 3 s (the cap)
+    starts = [trace["time"] for trace in traces(trace_dir, "start", "poison")]
+    assert len(starts) == 4
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    for gap, delay in zip(gaps, [1, 3, 3]):
+        assert delay - 0.2 <= gap <= delay + 2.5, gaps
+    for count in (1, 2, 3, 4):
+        assert f"receive {count}: failed" in worker.log
+
+
+def test_burst_tasks_stops_after_that_many(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    tm = sqs_server.task_manager(sqs_queue)
+    for number in range(3):
+        tm.submit("ok", key=f"b{number}")
+    worker = start_worker(sqs_queue.url, "--burst-tasks", "2")
+    assert worker.wait(20) == 0
+    assert "burst mode: 2 tasks run" in worker.log
+    assert len(list(trace_dir.glob("done.*"))) == 2
+    assert len(receive(sqs_queue.queue)) == 1

@@ -1,0 +1,77 @@
+"""Task apps for the worker's end-to-end tests: ``worker_apps:<name>`` with tests/ on the path.
+
+Tasks leave traces in the directory named by ``SQSTM_TEST_DIR`` (one file per
+event), so a test can see from outside which process ran what, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from sqstaskmaster.message_handler import MessageHandler
+from sqstaskmaster.worker import Worker
+
+
+def _trace(kind: str, key: str, **data: Any) -> None:
+    directory = os.environ.get("SQSTM_TEST_DIR")
+    if not directory:
+        return
+    data.update(pid=os.getpid(), ppid=os.getppid(), time=time.time())
+    path = os.path.join(directory, f"{kind}.{key}.{os.getpid()}.{time.monotonic_ns()}")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(data, handle)
+    os.replace(path + ".tmp", path)
+
+
+def ok(key: str = "ok") -> None:
+    _trace("start", key)
+    _trace("done", key)
+
+
+def sleep(key: str, seconds: float) -> None:
+    _trace("start", key)
+    time.sleep(seconds)
+    _trace("done", key)
+
+
+def sleep_first(key: str, seconds: float) -> None:
+    """Sleeps ``seconds`` on its first run only (a marker file remembers the first run)."""
+    directory = os.environ["SQSTM_TEST_DIR"]
+    marker = os.path.join(directory, f"marker.{key}")
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    _trace("start", key)
+    if first:
+        time.sleep(seconds)
+    _trace("done", key)
+
+
+def fail(key: str = "fail") -> None:
+    _trace("start", key)
+    raise RuntimeError(f"task {key} fails on purpose")
+
+
+class Echo(MessageHandler):
+    """A 0.0.11-style handler class."""
+
+    def __init__(self, message, sqs_timeout, alarm_timeout, hard_timeout=60, **kwargs):
+        super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
+        self.kwargs = kwargs
+
+    def run(self) -> None:
+        _trace("start", self.kwargs.get("key", "echo"))
+        _trace("done", self.kwargs.get("key", "echo"))
+
+    def running(self) -> bool:
+        return True
+
+    def notify(self, exception: BaseException, context: Optional[dict] = None) -> None:
+        pass
+
+
+TASKS = {"ok": ok, "sleep": sleep, "sleep_first": sleep_first, "fail": fail, "echo": Echo}
+
+app = Worker(dict(TASKS))
