@@ -158,8 +158,11 @@ def _function_handler_class(name: str, function: Callable[..., Any], notify: Not
             super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
             self.kwargs = kwargs
 
-        def run(self) -> Any:
-            return function(**self.kwargs)
+        def run(self) -> None:
+            # The return value is dropped: a function task's result has nowhere
+            # to go, and in isolation a non-JSON result would fail a task that
+            # did its work.
+            function(**self.kwargs)
 
         def running(self) -> bool:
             return True

@@ -1,0 +1,574 @@
+"""Process isolation (issue 3): heartbeat and hard timeout that hold inside native code.
+
+The tasks here are real: ``sum(range(N))`` runs in C and holds the GIL, so no
+Python signal handler of the process running it can fire until it returns.
+N is calibrated once per module to this machine's speed.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from sqstaskmaster.errors import (
+    ChildDiedError,
+    ChildTaskError,
+    HardTimeoutError,
+    IsolationUnavailableError,
+    TaskStuckError,
+)
+from sqstaskmaster.isolation import MAX_RESULT_BYTES, IsolatedMessageHandler, run_in_child
+from sqstaskmaster.message_handler import MessageHandler
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="process isolation needs fork")
+
+Work = Callable[..., Any]
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def loop_size_for(seconds: float, _cache: Dict[str, float] = {}) -> int:  # noqa: B006
+    """N such that ``sum(range(N))`` (a GIL-holding C loop) takes about ``seconds`` of CPU.
+
+    CPU time, not wall time, so other work on the machine cannot shrink N.
+    """
+    if "per_item" not in _cache:
+        n = 2_000_000
+        best = min(_cpu_time(lambda: sum(range(n))) for _ in range(3))
+        _cache["per_item"] = best / n
+    return int(seconds / _cache["per_item"])
+
+
+def _cpu_time(func: Callable[[], Any]) -> float:
+    started = time.process_time()
+    func()
+    return time.process_time() - started
+
+
+def c_loop(handler: Any, seconds: float) -> int:
+    return sum(range(loop_size_for(seconds)))
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent, or a zombie awaiting its reaper)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_gone(pid: int, timeout_s: float = 2.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if process_gone(pid):
+            return True
+        time.sleep(0.02)
+    return process_gone(pid)
+
+
+def read_pids(path: Path) -> List[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+class CountingMessage:
+    """A boto3 Message that counts the handler's calls to it (calls still reach the server)."""
+
+    def __init__(self, message: Any) -> None:
+        self._message = message
+        self.deletes = 0
+        self.extensions: List[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def delete(self) -> Any:
+        self.deletes += 1
+        return self._message.delete()
+
+    def change_visibility(self, **kwargs: Any) -> Any:
+        self.extensions.append(kwargs["VisibilityTimeout"])
+        return self._message.change_visibility(**kwargs)
+
+
+class Handler(IsolatedMessageHandler):
+    """Runs ``work(self, **kwargs)`` in a child; remembers what notify received."""
+
+    def __init__(
+        self,
+        message: Any,
+        work: Work,
+        sqs_timeout: int = 10,
+        alarm_timeout: int = 2,
+        hard_timeout: int = 30,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
+        self.work = work
+        self.kwargs = kwargs
+        self.notified: List[Tuple[BaseException, Any]] = []
+        self.result: Any = None
+
+    def run(self) -> Any:
+        return self.work(self, **self.kwargs)
+
+    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+        self.notified.append((exception, context))
+
+
+class FlagHandler(MessageHandler):
+    """The other way to opt in: a plain MessageHandler with ``isolate = True``."""
+
+    isolate = True
+    kill_grace_s = 0.5
+
+    def __init__(self, message: Any, work: Work, **timeouts: int) -> None:
+        super().__init__(message, **timeouts)
+        self.work = work
+        self.notified: List[BaseException] = []
+        self.running_answer = True
+
+    def run(self) -> Any:
+        return self.work(self)
+
+    def running(self) -> bool:
+        return self.running_answer
+
+    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+        self.notified.append(exception)
+
+
+def queue_counts(queue: Any) -> Tuple[int, int]:
+    queue.reload()
+    attributes = queue.attributes
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+@pytest.fixture
+def receive(sqs_server: Any, sqs_queue: Any) -> Callable[..., CountingMessage]:
+    """Submit one task through TaskManager and receive it like a worker does."""
+
+    def receive_one(sqs_timeout: int = 10) -> CountingMessage:
+        manager = sqs_server.task_manager(sqs_queue)
+        manager.submit("work", n=1)
+        task, kwargs, message = next(manager.task_generator(wait_time=5, sqs_timeout=sqs_timeout))
+        assert (task, kwargs) == ("work", {"n": 1})
+        return CountingMessage(message)
+
+    return receive_one
+
+
+SECOND_CONSUMER = textwrap.dedent(
+    """
+    import json, os, sys, boto3
+    url, stop_file = sys.argv[1], sys.argv[2]
+    sqs = boto3.session.Session().client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    received = []
+    print("ready", flush=True)
+    while not os.path.exists(stop_file):
+        answer = sqs.receive_message(
+            QueueUrl=url, WaitTimeSeconds=1, MaxNumberOfMessages=1, VisibilityTimeout=1
+        )
+        received += [m["MessageId"] for m in answer.get("Messages", [])]
+    print(json.dumps(received), flush=True)
+    """
+)
+
+
+class SecondConsumer:
+    """Another worker polling the same queue, in its own process, from start() to stop()."""
+
+    def __init__(self, queue_url: str, environment: Dict[str, str], stop_file: Path) -> None:
+        self.queue_url = queue_url
+        self.environment = environment
+        self.stop_file = stop_file
+        self.process: Optional[subprocess.Popen[str]] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SECOND_CONSUMER, self.queue_url, str(self.stop_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **self.environment},
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def stop(self) -> List[str]:
+        """The ids of the messages it received."""
+        assert self.process is not None
+        self.stop_file.touch()
+        out, _ = self.process.communicate(timeout=15)
+        return list(json.loads(out))
+
+
+@pytest.fixture
+def second_consumer(sqs_server: Any, sqs_queue: Any, tmp_path: Path) -> Iterator[SecondConsumer]:
+    consumer = SecondConsumer(sqs_queue.url, sqs_server.environment, tmp_path / "stop")
+    yield consumer
+    if consumer.process is not None and consumer.process.poll() is None:
+        consumer.process.kill()
+        consumer.process.wait()
+
+
+# -- the hard timeout ---------------------------------------------------------------
+
+
+def test_hard_timeout_stops_a_gil_holding_c_loop(receive: Any, sqs_queue: Any) -> None:
+    loop_size_for(6)  # calibrate before the hard-timeout clock starts
+    message = receive()
+    with Handler(message, c_loop, hard_timeout=2, seconds=6) as handler:
+        handler.run()
+    overshoot = time.monotonic() - handler.deadline
+    assert overshoot < handler.kill_grace_s + 0.5
+    [(error, context)] = handler.notified
+    assert isinstance(error, HardTimeoutError) and isinstance(error, TimeoutError)
+    assert str(error) == "Hit Hard Timeout for message handler"
+    assert context["body"] == message.body
+    assert message.deletes == 0
+    assert queue_counts(sqs_queue.queue) == (0, 1)  # left for SQS to redeliver
+
+
+def test_child_ignoring_sigterm_is_killed_after_the_grace(receive: Any, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+
+    def stubborn(handler: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        pid_file.write_text(f"{os.getpid()}\n")
+        time.sleep(60)
+
+    with FlagHandler(
+        receive(), stubborn, sqs_timeout=10, alarm_timeout=2, hard_timeout=1
+    ) as handler:
+        handler.run()
+    overshoot = time.monotonic() - handler.deadline
+    assert handler.kill_grace_s <= overshoot < handler.kill_grace_s + 0.5
+    assert isinstance(handler.notified[0], HardTimeoutError)
+    [pid] = read_pids(pid_file)
+    assert process_gone(pid)
+
+
+def test_processes_the_task_started_are_gone_after_a_kill(receive: Any, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+
+    def starts_processes(handler: Any) -> None:
+        plain = subprocess.Popen(["sleep", "1000"])
+        # This one ignores SIGTERM (an ignored signal stays ignored across exec).
+        deaf = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 1000 & wait"])
+        pid_file.write_text(f"{os.getpid()}\n{plain.pid}\n{deaf.pid}\n")
+        time.sleep(60)
+
+    with Handler(receive(), starts_processes, hard_timeout=1) as handler:
+        handler.run()
+    assert isinstance(handler.notified[0][0], HardTimeoutError)
+    pids = read_pids(pid_file)
+    assert len(pids) == 3
+    assert all(wait_gone(pid) for pid in pids), [p for p in pids if not process_gone(p)]
+
+
+def test_leftover_processes_are_swept_when_the_task_returns(receive: Any, tmp_path: Path) -> None:
+    def leaves_a_process(handler: Any) -> int:
+        return subprocess.Popen(["sleep", "1000"]).pid
+
+    with Handler(receive(), leaves_a_process) as handler:
+        pid = handler.run()
+    assert handler.notified == []
+    assert wait_gone(pid)
+
+
+# -- the heartbeat ------------------------------------------------------------------
+
+
+def test_a_long_c_loop_is_never_handed_to_a_second_consumer(
+    receive: Any, sqs_queue: Any, second_consumer: SecondConsumer
+) -> None:
+    # Given a received message, another worker polling the queue, and a task
+    # lasting 3 x sqs_timeout
+    loop_size_for(9)
+    message = receive(sqs_timeout=30)
+    second_consumer.start()
+    # When the task runs in isolation with heartbeats every alarm_timeout seconds
+    with Handler(
+        message, c_loop, sqs_timeout=3, alarm_timeout=1, hard_timeout=60, seconds=9
+    ) as handler:
+        total = handler.run()
+    # Then the other worker never received the message, and it was deleted once
+    assert second_consumer.stop() == []
+    assert total > 0 and handler.notified == []
+    assert len(message.extensions) >= 6  # entry plus about one heartbeat a second
+    assert set(message.extensions) == {3}
+    assert message.deletes == 1
+    assert queue_counts(sqs_queue.queue) == (0, 0)
+
+
+def test_running_false_stops_the_child_with_a_stuck_error(receive: Any, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+
+    def sleeps(handler: Any) -> None:
+        pid_file.write_text(f"{os.getpid()}\n")
+        time.sleep(60)
+
+    message = receive()
+    handler = FlagHandler(message, sleeps, sqs_timeout=10, alarm_timeout=1, hard_timeout=30)
+    handler.running_answer = False
+    started = time.monotonic()
+    with handler:
+        handler.run()
+    assert time.monotonic() - started < 5
+    [error] = handler.notified
+    assert isinstance(error, TaskStuckError)
+    assert str(error).startswith("Handler is stuck on")
+    assert message.deletes == 0
+    assert wait_gone(read_pids(pid_file)[0])
+
+
+def test_a_slow_heartbeat_does_not_delay_the_hard_timeout(receive: Any) -> None:
+    # running() stands in for an SQS call that hangs (a network partition, retries).
+    class SlowBeat(FlagHandler):
+        def running(self) -> bool:
+            time.sleep(3)
+            return True
+
+    with SlowBeat(
+        receive(), lambda handler: time.sleep(60), sqs_timeout=10, alarm_timeout=1, hard_timeout=2
+    ) as handler:
+        handler.run()
+    overshoot = time.monotonic() - handler.deadline
+    assert overshoot < handler.kill_grace_s + 0.5
+    assert isinstance(handler.notified[0], HardTimeoutError)
+
+
+# -- children that fail -------------------------------------------------------------
+
+
+class TaskFailure(Exception):
+    pass
+
+
+def raises(handler: Any, reason: str) -> None:
+    raise TaskFailure(reason)
+
+
+def test_a_raising_child_is_reported_with_type_message_and_traceback(
+    receive: Any, sqs_queue: Any
+) -> None:
+    message = receive()
+    with Handler(message, raises, reason="no solution found") as handler:
+        handler.run()
+    [(error, context)] = handler.notified
+    assert isinstance(error, ChildTaskError)
+    assert error.type_name.endswith("TaskFailure")
+    assert error.message == "no solution found"
+    assert "TaskFailure: no solution found" in str(error)
+    assert "in raises" in error.traceback and "raise TaskFailure(reason)" in error.traceback
+    assert "child_process.py" not in error.traceback
+    assert context["body"] == message.body
+    assert message.deletes == 0
+    assert queue_counts(sqs_queue.queue) == (0, 1)
+
+
+def test_a_segfaulting_child_is_reported_with_its_signal(receive: Any) -> None:
+    def segfault(handler: Any) -> None:
+        faulthandler.disable()  # pytest's traceback dump would only add noise
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    message = receive()
+    with Handler(message, segfault) as handler:
+        handler.run()
+    [(error, _context)] = handler.notified
+    assert isinstance(error, ChildDiedError)
+    assert error.signal_name == "SIGSEGV" and "SIGSEGV" in str(error)
+    assert message.deletes == 0
+
+
+def test_a_child_that_exits_without_reporting_names_its_exit_code() -> None:
+    def exits(code: int) -> None:
+        os._exit(code)
+
+    with pytest.raises(ChildDiedError, match="exited with code 3") as caught:
+        run_in_child(exits, {"code": 3}, hard_timeout_s=10)
+    assert caught.value.exit_code == 3 and caught.value.signal_name is None
+
+
+# -- what crosses the process boundary ------------------------------------------------
+
+
+def test_run_returns_the_childs_json_result_and_self_is_not_shared(receive: Any) -> None:
+    def work(handler: Any, n: int) -> Any:
+        handler.result = "set in the child"
+        return {"pid": os.getpid(), "squares": [i * i for i in range(n)], "pair": (1, 2)}
+
+    message = receive()
+    with Handler(message, work, n=4) as handler:
+        result = handler.run()
+    assert result["squares"] == [0, 1, 4, 9]
+    assert result["pair"] == [1, 2]  # JSON has no tuples
+    assert result["pid"] != os.getpid()
+    assert handler.result is None  # the child's changes to self stay in the child
+    assert handler.notified == [] and message.deletes == 1
+    assert "run" not in vars(handler)  # the instance is plain again after the block
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [({1, 2}, "cannot be sent to the parent process as JSON"), ("x" * MAX_RESULT_BYTES, "limit")],
+)
+def test_a_result_that_cannot_cross_is_an_error(receive: Any, result: Any, expected: str) -> None:
+    message = receive()
+    with Handler(message, lambda handler: result) as handler:
+        handler.run()
+    [(error, _context)] = handler.notified
+    assert isinstance(error, ChildTaskError) and expected in error.message
+    assert message.deletes == 0
+
+
+def test_isolated_handlers_work_outside_the_main_thread(receive: Any) -> None:
+    message = receive()
+    previous = signal.getsignal(signal.SIGALRM)
+    outcome: Dict[str, Any] = {}
+
+    def in_thread() -> None:
+        outcome["thread"] = threading.current_thread().name
+        with Handler(message, lambda handler: os.getpid()) as handler:
+            outcome["result"] = handler.run()
+            outcome["notified"] = handler.notified
+
+    thread = threading.Thread(target=in_thread, name="not-main")
+    thread.start()
+    thread.join(30)
+    assert outcome["thread"] == "not-main"
+    assert outcome["result"] != os.getpid() and outcome["notified"] == []
+    assert signal.getsignal(signal.SIGALRM) is previous
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert message.deletes == 1
+
+
+class ParentInterrupt(Exception):
+    pass
+
+
+def test_an_exception_in_the_parent_stops_the_child(receive: Any, tmp_path: Path) -> None:
+    # A worker's shutdown handler raising in the parent while the child runs a C loop.
+    pid_file = tmp_path / "pids"
+
+    def loop(handler: Any) -> int:
+        pid_file.write_text(f"{os.getpid()}\n")
+        return c_loop(handler, 30)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise ParentInterrupt("shutdown")
+
+    loop_size_for(30)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with Handler(receive(), loop) as handler:
+            handler.run()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    [(error, _context)] = handler.notified
+    assert isinstance(error, ParentInterrupt)
+    assert wait_gone(read_pids(pid_file)[0])
+
+
+def test_without_fork_entering_fails_clearly(receive: Any, monkeypatch: Any) -> None:
+    message = receive()
+    monkeypatch.delattr(os, "fork")
+    handler = Handler(message, lambda handler: None)
+    with pytest.raises(IsolationUnavailableError, match="needs os.fork") as caught:
+        with handler:
+            pass  # pragma: no cover
+    assert "isolate = False" in str(caught.value)
+    assert message.extensions == [] and message.deletes == 0
+
+
+# -- run_in_child for plain functions -------------------------------------------------
+
+
+def napping(seconds: float) -> str:
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_run_in_child_runs_a_function_with_kwargs_and_heartbeats() -> None:
+    beats: List[float] = []
+
+    result = run_in_child(
+        napping,
+        {"seconds": 0.7},
+        hard_timeout_s=10,
+        heartbeat_s=0.2,
+        on_heartbeat=lambda: beats.append(time.monotonic()),
+    )
+    assert result == "rested"
+    assert 2 <= len(beats) <= 4
+
+
+def test_run_in_child_raises_hard_timeout_error() -> None:
+    started = time.monotonic()
+    with pytest.raises(HardTimeoutError, match="Hit Hard Timeout") as caught:
+        run_in_child(napping, {"seconds": 60}, hard_timeout_s=0.5, kill_grace_s=0.2)
+    assert time.monotonic() - started < 2
+    assert caught.value.hard_timeout == 0.5
+
+
+PARENT_DIES = textwrap.dedent(
+    """
+    import os, sys, time
+    from sqstaskmaster.isolation import run_in_child
+    def report_and_sleep():
+        print(os.getpid(), flush=True)
+        time.sleep(1000)
+    run_in_child(report_and_sleep, hard_timeout_s=1000)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses PR_SET_PDEATHSIG")
+def test_the_child_dies_with_its_parent() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_DIES], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    assert wait_gone(child_pid, timeout_s=5)
+
+
+def quick(value: int) -> int:
+    return value * 2
+
+
+@pytest.mark.parametrize("missing", [("pidfd_open",), ("waitid",), ("pidfd_open", "waitid")])
+def test_without_pidfd_or_waitid_the_parent_polls(monkeypatch: Any, missing: Tuple[str]) -> None:
+    # Older kernels have no pidfd; macOS has no waitid.
+    for name in missing:
+        monkeypatch.delattr(os, name, raising=False)
+    assert run_in_child(quick, {"value": 21}, hard_timeout_s=10) == 42
+    with pytest.raises(ChildTaskError, match="TaskFailure: slow"):
+        run_in_child(raises, {"handler": None, "reason": "slow"}, hard_timeout_s=10)
+    started = time.monotonic()
+    with pytest.raises(HardTimeoutError):
+        run_in_child(napping, {"seconds": 60}, hard_timeout_s=0.3, kill_grace_s=0.2)
+    assert time.monotonic() - started < 1.5
