@@ -13,6 +13,7 @@ import hashlib
 import logging
 import queue
 import time
+import uuid
 from typing import Any, ClassVar, Dict, List, Optional
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,20 @@ class LocalQueue:
         self.queue.put(LocalMessage(MessageBody, {}, MessageAttributes or {}))
         digest = hashlib.md5(MessageBody.encode("utf-8")).hexdigest()  # noqa: S324 (as SQS does)
         return {"MD5OfMessageBody": digest}
+
+    def send_messages(self, Entries: List[Dict[str, Any]], **kwargs: Any) -> Dict[str, Any]:
+        """Enqueue a batch in order, like an SQS queue resource's ``send_messages``.
+
+        Options other than the body and attributes are ignored; the message
+        ids are made up (a LocalMessage does not carry one).
+        """
+        successful = []
+        for entry in Entries:
+            response = self.send_message(
+                MessageBody=entry["MessageBody"], MessageAttributes=entry.get("MessageAttributes")
+            )
+            successful.append({"Id": entry["Id"], "MessageId": str(uuid.uuid4()), **response})
+        return {"Successful": successful, "Failed": []}
 
     def receive_messages(
         self, WaitTimeSeconds: float = 20, MaxNumberOfMessages: int = 1, **kwargs: Any

@@ -12,9 +12,23 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+)
 
 from .local import LocalQueue
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .producer import QueueLimits, TaskItem
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +84,10 @@ class TaskManager:
                 else:
                     sqs = session.resource("sqs")
             elif session is not None:
-                raise TypeError("TaskManager takes a session or an sqs resource, not both")
+                raise TypeError(
+                    f"TaskManager got both session={session!r} and sqs={sqs!r}: pass one of "
+                    "them (an SQS resource already carries its session)"
+                )
             self.sqs = sqs
             self.queue = sqs.Queue(sqs_url)
         elif isinstance(queue_constructor, type) and issubclass(queue_constructor, LocalQueue):
@@ -179,3 +196,105 @@ class TaskManager:
                     "received task %s in message %s", task, getattr(message, "message_id", None)
                 )
                 yield task, kwargs, message
+
+    # New in 0.1: the producer side; the mechanics live in sqstaskmaster.producer.
+
+    def queue_limits(self, refresh: bool = False) -> QueueLimits:
+        """The queue's MaximumMessageSize and FIFO settings, read once and then cached.
+
+        ``submit_with`` and ``submit_batch`` check messages against them before
+        sending. A LocalQueue has no such attributes: 1,048,576 bytes, not FIFO.
+        ``refresh=True`` reads them again (after the queue's attributes changed).
+        """
+        from .producer import QueueLimits
+
+        limits: Optional[QueueLimits] = getattr(self, "_queue_limits", None)
+        if limits is None or refresh:
+            if isinstance(self.queue, LocalQueue):
+                limits = QueueLimits()
+            else:
+                limits = QueueLimits.from_attributes(self.attributes())
+            self._queue_limits = limits
+        return limits
+
+    def submit_with(
+        self,
+        task: Any,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        *,
+        delay_seconds: Optional[int] = None,
+        message_group_id: Optional[str] = None,
+        deduplication_id: Optional[str] = None,
+        message_attributes: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    ) -> Any:
+        """Send one task with per-message options; returns the queue's send_message response.
+
+        The body and ``service_name`` attribute are exactly ``submit(task,
+        **kwargs)``'s. ``delay_seconds`` (0 to 900) holds the message back
+        (standard queues only); ``message_group_id`` and ``deduplication_id``
+        are FIFO's; ``message_attributes`` are extra SQS message attributes
+        beside ``service_name`` (which they may not replace). Before sending,
+        raises :class:`~sqstaskmaster.errors.EncodeError` for kwargs JSON cannot
+        encode, :class:`~sqstaskmaster.errors.MessageTooLargeError` for a
+        message over the queue's MaximumMessageSize, and ``ValueError`` for
+        invalid options.
+        """
+        from .producer import TaskMessage, prepare
+
+        message = TaskMessage(
+            task, kwargs, delay_seconds, message_group_id, deduplication_id, message_attributes
+        )
+        prepared = prepare(message, sender=self.sender, limits=self.queue_limits())
+        response = self.queue.send_message(**prepared.params)
+        logger.debug(
+            "submitted task %s as message %s",
+            task,
+            response.get("MessageId") if isinstance(response, dict) else None,
+        )
+        return response
+
+    def submit_batch(
+        self,
+        tasks: Iterable[TaskItem],
+        *,
+        delay_seconds: Optional[int] = None,
+        message_group_id: Optional[str] = None,
+        message_attributes: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        max_attempts: int = 3,
+    ) -> List[str]:
+        """Send many tasks with SendMessageBatch; returns their message ids in input order.
+
+        ``tasks`` holds ``(task, kwargs)`` pairs and/or
+        :class:`~sqstaskmaster.producer.TaskMessage` objects (for per-message
+        options); ``delay_seconds``, ``message_group_id`` and
+        ``message_attributes`` are defaults for the messages that do not set
+        their own. Every message is encoded and checked (as in
+        :meth:`submit_with`) before any is sent. Requests carry at most 10
+        messages and at most MaximumMessageSize bytes. Messages SQS fails are
+        retried, ``max_attempts`` sends in all; whatever is still not sent is
+        raised as one :class:`~sqstaskmaster.errors.BatchSendError` listing
+        every such message, with the ids of those that were sent.
+        """
+        from .producer import as_task_message, prepare, send_batch
+
+        messages = [
+            as_task_message(
+                item,
+                index,
+                delay_seconds=delay_seconds,
+                message_group_id=message_group_id,
+                message_attributes=message_attributes,
+            )
+            for index, item in enumerate(tasks)
+        ]
+        if not messages:
+            return []
+        limits = self.queue_limits()
+        sender = self.sender
+        prepared = [
+            prepare(message, sender=sender, limits=limits, index=index)
+            for index, message in enumerate(messages)
+        ]
+        return send_batch(
+            self.queue, prepared, max_bytes=limits.max_message_size, max_attempts=max_attempts
+        )

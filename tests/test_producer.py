@@ -1,0 +1,441 @@
+"""The producer side: submit_with, submit_batch, size checks, retries, FIFO, delays."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import date
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from botocore.stub import Stubber
+
+from sqstaskmaster.errors import BatchSendError, EncodeError, MessageTooLargeError
+from sqstaskmaster.local import LocalQueue
+from sqstaskmaster.producer import TaskMessage, message_size, plan_batches
+from sqstaskmaster.task_manager import TaskManager, encode_body, service_name_attribute
+from sqstaskmaster.testing import SQSServer, TestQueue
+
+SENDER = "producer-tests"
+
+
+class RequestLog:
+    """What an SQS client sent: every HTTP request, and the entries of each batch."""
+
+    def __init__(self) -> None:
+        self.requests: List[str] = []
+        self.batches: List[List[Dict[str, Any]]] = []
+
+    def on_send(self, request: Any, **kwargs: Any) -> None:
+        self.requests.append(request.headers.get("X-Amz-Target", b"").decode())
+
+    def on_batch(self, params: Dict[str, Any], **kwargs: Any) -> None:
+        self.batches.append(list(params["Entries"]))
+
+    def sends(self) -> List[str]:
+        return [target for target in self.requests if "SendMessage" in target]
+
+
+@contextlib.contextmanager
+def recording_manager(server: SQSServer, queue: TestQueue) -> Iterator[Any]:
+    """A TaskManager on its own SQS resource, with that resource's requests recorded."""
+    sqs = server.session.resource("sqs", endpoint_url=server.endpoint_url)
+    log = RequestLog()
+    events = sqs.meta.client.meta.events
+    events.register("before-send.sqs.*", log.on_send)
+    events.register("before-parameter-build.sqs.SendMessageBatch", log.on_batch)
+    yield TaskManager(queue.url, sqs=sqs, sender_name=SENDER), log
+
+
+def receive_all(queue: TestQueue, expected: int, timeout_s: float = 10.0) -> List[Any]:
+    """Receive (and delete) messages until ``expected`` arrived, in arrival order."""
+    received: List[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(received) < expected and time.monotonic() < deadline:
+        batch = queue.queue.receive_messages(
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        received.extend(batch)
+        for message in batch:
+            message.delete()
+    return received
+
+
+def queue_depth(queue: TestQueue) -> int:
+    queue.queue.reload()
+    attributes = queue.queue.attributes
+    return sum(
+        int(attributes[name])
+        for name in (
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        )
+    )
+
+
+# -- batches against moto -------------------------------------------------------------------
+
+
+def test_batch_of_25_arrives_intact_in_order_of_ids(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    tasks = [(f"task-{i}", {"n": i, "day": date(2019, 1, 1 + i % 28)}) for i in range(25)]
+    with recording_manager(sqs_server, queue) as (tm, log):
+        ids = tm.submit_batch(tasks)
+
+    assert [len(batch) for batch in log.batches] == [10, 10, 5]
+    assert len(log.sends()) == 3
+    assert len(ids) == 25 and len(set(ids)) == 25
+    received = {message.message_id: message for message in receive_all(queue, 25)}
+    assert set(received) == set(ids)
+    for i, message_id in enumerate(ids):
+        message = received[message_id]
+        # 0.0.11's wire format, byte for byte
+        assert message.body == (
+            f'{{"task": "task-{i}", "kwargs": {{"n": {i}, "day": "2019-01-{1 + i % 28:02d}"}}}}'
+        )
+        assert message.message_attributes == {
+            "service_name": {"StringValue": SENDER, "DataType": "String"}
+        }
+
+
+def test_batch_requests_stay_under_the_queue_size_limit(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue(attributes={"MaximumMessageSize": "4096"})
+    tasks = [("fill", {"data": "x" * 900, "i": i}) for i in range(10)]  # ~970 bytes each
+    with recording_manager(sqs_server, queue) as (tm, log):
+        ids = tm.submit_batch(tasks)
+
+    sizes = [
+        [message_size(entry["MessageBody"], entry["MessageAttributes"]) for entry in batch]
+        for batch in log.batches
+    ]
+    assert all(sum(batch) <= 4096 for batch in sizes), sizes
+    assert [len(batch) for batch in sizes] == [4, 4, 2]
+    received = {message.message_id: message.body for message in receive_all(queue, 10)}
+    assert [received[message_id] for message_id in ids] == [encode_body(*t) for t in tasks]
+
+
+def test_plan_batches_cuts_in_order_by_count_and_bytes() -> None:
+    assert plan_batches([], 100) == []
+    assert plan_batches([1] * 23, 100) == [range(0, 10), range(10, 20), range(20, 23)]
+    assert plan_batches([40, 40, 40, 100, 10, 90], 100) == [
+        range(0, 2),
+        range(2, 3),
+        range(3, 4),
+        range(4, 6),
+    ]
+
+
+def test_sqs_failed_entries_are_retried(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
+    tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
+    tm.queue_limits()  # read from moto before the client is stubbed
+    tasks = [(f"t{i}", {"i": i}) for i in range(4)]
+    with Stubber(sqs.meta.client) as stub:
+        stub.add_response(
+            "send_message_batch",
+            {
+                "Successful": [_ok(0), _ok(2), _ok(3)],
+                "Failed": [_failed(1, "InternalError", sender_fault=False)],
+            },
+            {"QueueUrl": queue.url, "Entries": [_entry(i, *tasks[i]) for i in range(4)]},
+        )
+        stub.add_response(
+            "send_message_batch",
+            {"Successful": [_ok(1)], "Failed": []},
+            {"QueueUrl": queue.url, "Entries": [_entry(1, *tasks[1])]},
+        )
+        ids = tm.submit_batch(tasks)
+        stub.assert_no_pending_responses()
+    assert ids == ["id-0", "id-1", "id-2", "id-3"]
+
+
+def test_entries_sqs_keeps_failing_are_raised_not_dropped(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
+    tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
+    tm.queue_limits()
+    tasks = [(f"t{i}", {"i": i}) for i in range(6)]
+    with Stubber(sqs.meta.client) as stub:
+        # Given: entry 2 fails every time (transient code), entry 5 is the sender's fault
+        stub.add_response(
+            "send_message_batch",
+            {
+                "Successful": [_ok(0), _ok(1), _ok(3), _ok(4)],
+                "Failed": [
+                    _failed(2, "InternalError", sender_fault=False),
+                    _failed(5, "InvalidParameterValue", sender_fault=True),
+                ],
+            },
+            {"QueueUrl": queue.url, "Entries": [_entry(i, *tasks[i]) for i in range(6)]},
+        )
+        for _ in range(2):
+            stub.add_response(
+                "send_message_batch",
+                {"Successful": [], "Failed": [_failed(2, "InternalError", sender_fault=False)]},
+                {"QueueUrl": queue.url, "Entries": [_entry(2, *tasks[2])]},
+            )
+        # When
+        with pytest.raises(BatchSendError) as caught:
+            tm.submit_batch(tasks, max_attempts=3)
+        stub.assert_no_pending_responses()
+
+    # Then: the error lists exactly the two unsent entries, and the ids of the others
+    error = caught.value
+    assert [(f.index, f.task, f.code, f.sender_fault) for f in error.failed] == [
+        (2, "t2", "InternalError", False),
+        (5, "t5", "InvalidParameterValue", True),
+    ]
+    assert error.message_ids == ["id-0", "id-1", None, "id-3", "id-4", None]
+    assert "2 of 6 messages were not sent" in str(error)
+    assert "entry 2 task 't2': InternalError" in str(error)
+    assert "entry 5 task 't5': InvalidParameterValue" in str(error)
+
+
+def test_a_rejected_request_lists_every_unsent_entry(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
+    tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
+    tm.queue_limits()
+    tasks = [(f"t{i}", {"i": i}) for i in range(25)]
+    with Stubber(sqs.meta.client) as stub:
+        stub.add_response(
+            "send_message_batch",
+            {"Successful": [_ok(i) for i in range(10)], "Failed": []},
+            {"QueueUrl": queue.url, "Entries": [_entry(i, *tasks[i]) for i in range(10)]},
+        )
+        stub.add_client_error(
+            "send_message_batch",
+            service_error_code="AccessDenied",
+            service_message="not allowed",
+            http_status_code=403,
+        )
+        with pytest.raises(BatchSendError) as caught:
+            tm.submit_batch(tasks)
+        stub.assert_no_pending_responses()
+    error = caught.value
+    assert [f.index for f in error.failed] == list(range(10, 25))
+    assert {f.code for f in error.failed[:10]} == {"AccessDenied"}
+    assert {f.code for f in error.failed[10:]} == {"NotAttempted"}
+    assert error.message_ids == [f"id-{i}" for i in range(10)] + [None] * 15
+    assert "and 5 more" in str(error)
+
+
+def _entry(index: int, task: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "Id": str(index),
+        "MessageBody": encode_body(task, kwargs),
+        "MessageAttributes": service_name_attribute(SENDER),
+    }
+
+
+def _ok(index: int) -> Dict[str, Any]:
+    return {"Id": str(index), "MessageId": f"id-{index}", "MD5OfMessageBody": "x" * 32}
+
+
+def _failed(index: int, code: str, *, sender_fault: bool) -> Dict[str, Any]:
+    return {"Id": str(index), "SenderFault": sender_fault, "Code": code, "Message": "nope"}
+
+
+# -- size and encoding checks ---------------------------------------------------------------
+
+
+def test_message_size_counts_body_and_attributes_in_utf8() -> None:
+    attributes = {
+        "service_name": {"DataType": "String", "StringValue": "é"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01\x02"},
+    }
+    assert message_size("日本", attributes) == 6 + (12 + 6 + 2) + (4 + 6 + 3)
+
+
+def test_a_message_at_the_limit_is_sent_and_one_byte_more_is_refused(
+    sqs_server: SQSServer,
+) -> None:
+    queue = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
+    with recording_manager(sqs_server, queue) as (tm, log):
+        assert tm.queue_limits().max_message_size == 1024
+        attributes_bytes = len("service_name") + len("String") + len(SENDER)
+        room = 1024 - attributes_bytes - len(encode_body("fit", {"x": ""}))
+        tm.submit_with("fit", {"x": "a" * room})
+        with pytest.raises(MessageTooLargeError) as caught:
+            tm.submit_with("fit", {"x": "a" * (room + 1)})
+    assert (caught.value.task, caught.value.size, caught.value.limit) == ("fit", 1025, 1024)
+    assert "'fit'" in str(caught.value) and "1025" in str(caught.value)
+    assert len(log.sends()) == 1
+    assert len(receive_all(queue, 1)) == 1
+
+
+def test_oversized_body_is_refused_before_sending(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
+    with recording_manager(sqs_server, queue) as (tm, log):
+        # 600 characters fit SQS's limit only if counted as characters; in UTF-8 they are 1,200
+        with pytest.raises(MessageTooLargeError, match="'accents'"):
+            tm.submit_with("accents", {"text": "é" * 600})
+        # one oversized entry stops the whole batch before any request
+        small = [("small", {"i": i}) for i in range(12)]
+        with pytest.raises(MessageTooLargeError) as caught:
+            tm.submit_batch([*small, ("big", {"blob": "x" * 2000})])
+    assert caught.value.task == "big" and caught.value.index == 12
+    assert caught.value.limit == 1024 and caught.value.size > 2000
+    assert "entry 12" in str(caught.value)
+    assert log.sends() == []
+    assert queue_depth(queue) == 0
+
+
+def test_unencodable_kwargs_are_refused_before_sending(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    loop: Dict[str, Any] = {}
+    loop["self"] = loop
+    with recording_manager(sqs_server, queue) as (tm, log):
+        with pytest.raises(EncodeError, match="'circular'"):
+            tm.submit_with("circular", {"loop": loop})
+        with pytest.raises(EncodeError) as caught:
+            tm.submit_batch([("fine", {}), ("circular", {"loop": loop})])
+    assert caught.value.task == "circular" and caught.value.index == 1
+    assert log.sends() == []
+    assert queue_depth(queue) == 0
+
+
+def test_bad_items_and_options_are_refused_before_sending(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    with recording_manager(sqs_server, queue) as (tm, log):
+        with pytest.raises(TypeError, match="entry 1"):
+            tm.submit_batch([("ok", {}), "not a pair"])
+        with pytest.raises(ValueError, match="delay_seconds"):
+            tm.submit_batch([("ok", {}), TaskMessage("late", {}, delay_seconds=901)])
+        with pytest.raises(ValueError, match="'service_name' is reserved"):
+            tm.submit_with(
+                "x",
+                {},
+                message_attributes={"service_name": {"DataType": "String", "StringValue": "y"}},
+            )
+        with pytest.raises(ValueError, match="'AWS.trace'"):
+            tm.submit_with(
+                "x",
+                {},
+                message_attributes={"AWS.trace": {"DataType": "String", "StringValue": "y"}},
+            )
+        with pytest.raises(ValueError, match="'flag'"):
+            tm.submit_with("x", {}, message_attributes={"flag": {"StringValue": "no type"}})
+    assert log.sends() == []
+    assert tm.submit_batch([]) == []
+    assert queue_depth(queue) == 0
+
+
+# -- options against moto -------------------------------------------------------------------
+
+
+def test_delay_seconds_hold_a_message_back(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    tm = sqs_server.task_manager(queue, sender_name=SENDER)
+    sent = time.monotonic()
+    tm.submit_batch([("later", {}), TaskMessage("now", {}, delay_seconds=0)], delay_seconds=2)
+    tm.submit_with("later too", {}, delay_seconds=2)
+
+    first = queue.queue.receive_messages(MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert [message.body for message in first] == [encode_body("now", {})]
+    first[0].delete()
+    later = receive_all(queue, 2, timeout_s=10)
+    assert time.monotonic() - sent >= 1.5
+    assert sorted(message.body for message in later) == sorted(
+        [encode_body("later", {}), encode_body("later too", {})]
+    )
+
+
+def test_extra_message_attributes_arrive_beside_service_name(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    tm = sqs_server.task_manager(queue, sender_name=SENDER)
+    priority = {"priority": {"DataType": "Number", "StringValue": "5"}}
+    tm.submit_with("one", {"a": 1}, message_attributes=priority)
+    tm.submit_batch(
+        [
+            ("two", {}),
+            TaskMessage(
+                "three", {}, message_attributes={"tag": {"DataType": "String", "StringValue": "t"}}
+            ),
+        ],
+        message_attributes=priority,
+    )
+    received = {message.body: message.message_attributes for message in receive_all(queue, 3)}
+    service = service_name_attribute(SENDER)
+    assert received[encode_body("one", {"a": 1})] == {**service, **priority}
+    assert received[encode_body("two", {})] == {**service, **priority}
+    assert received[encode_body("three", {})] == {
+        **service,
+        "tag": {"DataType": "String", "StringValue": "t"},
+    }
+
+
+def test_fifo_queue_keeps_group_order(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue(fifo=True)
+    tm = sqs_server.task_manager(queue, sender_name=SENDER)
+    tasks = [
+        TaskMessage(
+            f"g{i % 3}", {"seq": i}, message_group_id=f"group-{i % 3}", deduplication_id=f"d{i}"
+        )
+        for i in range(24)
+    ]
+    ids = tm.submit_batch(tasks)
+    assert len(set(ids)) == 24
+
+    received = receive_all(queue, 24)
+    by_group: Dict[str, List[int]] = {}
+    for message in received:
+        by_group.setdefault(message.attributes["MessageGroupId"], []).append(
+            int(message.body.split('"seq": ')[1].rstrip("}"))
+        )
+    assert by_group == {f"group-{g}": list(range(g, 24, 3)) for g in range(3)}
+
+
+def test_fifo_deduplication_id_drops_the_repeat(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue(fifo=True)
+    tm = sqs_server.task_manager(queue, sender_name=SENDER)
+    tm.submit_with("pay", {"invoice": 7}, message_group_id="billing", deduplication_id="inv-7")
+    tm.submit_with("pay", {"invoice": 7}, message_group_id="billing", deduplication_id="inv-7")
+    tm.submit_batch(
+        [TaskMessage("pay", {"invoice": 8}, deduplication_id="inv-8")], message_group_id="billing"
+    )
+    received = receive_all(queue, 2)
+    assert [message.body for message in received] == [
+        encode_body("pay", {"invoice": 7}),
+        encode_body("pay", {"invoice": 8}),
+    ]
+    assert queue_depth(queue) == 0  # the repeat of inv-7 was never enqueued
+
+
+def test_fifo_options_are_checked_before_sending(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue(fifo=True)
+    with recording_manager(sqs_server, queue) as (tm, log):
+        assert tm.queue_limits().fifo
+        with pytest.raises(ValueError, match="message_group_id"):
+            tm.submit_batch([TaskMessage("a", {}, deduplication_id="1")])
+        with pytest.raises(ValueError, match="deduplication_id"):
+            tm.submit_batch([("a", {})], message_group_id="g")
+        with pytest.raises(ValueError, match="FIFO queue takes no per-message delay_seconds"):
+            tm.submit_with("a", {}, message_group_id="g", deduplication_id="1", delay_seconds=5)
+    assert log.sends() == []
+
+
+# -- LocalQueue -----------------------------------------------------------------------------
+
+
+def test_local_queue_takes_batches_and_options() -> None:
+    LocalQueue.local_queues.clear()
+    tm = TaskManager("local-producer", queue_constructor=LocalQueue, sender_name=SENDER)
+    assert tm.queue_limits().max_message_size == 1_048_576
+    ids = tm.submit_batch([(f"t{i}", {"i": i}) for i in range(23)], delay_seconds=3)
+    tm.submit_with("last", {"i": 23}, message_group_id="ignored here")
+    assert len(set(ids)) == 23
+
+    received = tm.queue.receive_messages(WaitTimeSeconds=0, MaxNumberOfMessages=30)
+    assert [message.body for message in received] == [
+        encode_body(f"t{i}", {"i": i}) for i in range(23)
+    ] + [encode_body("last", {"i": 23})]
+    assert all(m.message_attributes == service_name_attribute(SENDER) for m in received)
+    with pytest.raises(MessageTooLargeError):
+        tm.submit_with("huge", {"blob": "x" * 1_048_576})
+    LocalQueue.local_queues.clear()
