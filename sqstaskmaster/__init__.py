@@ -24,6 +24,8 @@ _LAZY = {
     # Process isolation
     "IsolatedMessageHandler": "isolation",
     "run_in_child": "isolation",
+    # Submitting many tasks
+    "TaskMessage": "producer",
     # Running tasks
     "Worker": "worker",
     "RetryPolicy": "worker",
@@ -37,6 +39,13 @@ _LAZY = {
     "TaskStuckError": "errors",
     "MessageTooLargeError": "errors",
     "EncodeError": "errors",
+    "FailedEntry": "errors",
+    "BatchSendError": "errors",
+    "InvalidTaskMessageError": "errors",
+    "UnknownTaskError": "errors",
+    "VisibilityBudgetError": "errors",
+    "WorkerShutdownError": "errors",
+    "AppImportError": "errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -57,19 +66,27 @@ def __dir__() -> list:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import (
+        AppImportError,
+        BatchSendError,
         ChildDiedError,
         ChildTaskError,
         EncodeError,
+        FailedEntry,
         HandlerThreadError,
         HardTimeoutError,
+        InvalidTaskMessageError,
         IsolationUnavailableError,
         MessageTooLargeError,
         SQSTaskMasterError,
         TaskStuckError,
+        UnknownTaskError,
+        VisibilityBudgetError,
+        WorkerShutdownError,
     )
     from .isolation import IsolatedMessageHandler, run_in_child
     from .local import LocalMessage, LocalQueue
     from .message_handler import MessageHandler
+    from .producer import TaskMessage
     from .queue_scale import Provisioner, ServiceState
     from .task_manager import TaskManager
     from .timer import SignalTimer
