@@ -583,6 +583,18 @@ class Worker:
         except WorkerShutdownError as stop:
             # Raised outside the body (in the handler's entry or exit path).
             interrupted = stop
+        except Exception as entry_error:
+            # The handler could not be entered (its first visibility change
+            # failed past botocore's retries): the body never ran. One
+            # transient SQS error must not end the worker: retry it later.
+            logger.exception(
+                "task %s message %s receive %d: could not start the task",
+                task,
+                message_id,
+                count,
+            )
+            self.notify(entry_error, context={"body": message.body, **(message.attributes or {})})
+            interrupted = entry_error
         except BaseException as fatal:
             # KeyboardInterrupt, SystemExit from the task: hand back, then stop.
             self._hand_back(message, task, f"{type(fatal).__name__} while running")
