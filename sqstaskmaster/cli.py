@@ -370,6 +370,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
         parser.error(f"--log-level: unknown level {args.log_level!r}")
+    if args.command == "worker":
+        from .worker import record_early_signals
+
+        record_early_signals()
     logging.basicConfig(level=level, format=LOG_FORMAT)
     if level > logging.DEBUG:
         # boto's INFO lines ("Found credentials in environment variables") are noise here.

@@ -25,6 +25,7 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from .cli import RET_ERROR, RET_KILLED, RET_OK
+from .worker import record_early_signals, take_early_signals
 
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
@@ -59,9 +60,9 @@ def _child_main(worker: Worker) -> None:
         os.setpgid(0, 0)
     except OSError:
         pass
-    # Drop the parent's handlers until the worker installs its own.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Drop the parent's handlers; a stop passed on before the worker installs
+    # its own is counted and honoured by it.
+    record_early_signals()
     sys.exit(worker.run_single())
 
 
@@ -118,6 +119,10 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         code = RET_OK
         try:
+            early = take_early_signals()
+            if early:
+                logger.info("supervisor: stopped before starting any worker")
+                return RET_OK
             for slot in range(self.count):
                 self._start(slot)
             code = self._supervise()

@@ -74,6 +74,36 @@ MAX_POLL_FAILURES = 5
 Notify = Callable[..., Any]
 
 
+# -- signals before the loop starts ---------------------------------------------
+
+_early_signals = 0
+
+
+def _record_early_signal(signum: int, frame: Optional[FrameType]) -> None:
+    global _early_signals
+    _early_signals += 1
+
+
+def record_early_signals() -> None:
+    """Until a Worker or Supervisor takes over, SIGTERM/SIGINT are only counted.
+
+    Importing the app and checking the queue take a moment; a stop that
+    arrives then (ECS scaling in just after a start) must end the worker
+    cleanly (exit 0), not kill it with the default action.
+    """
+    global _early_signals
+    _early_signals = 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _record_early_signal)
+
+
+def take_early_signals() -> int:
+    """How many stop signals arrived before the loop's own handlers; resets the count."""
+    global _early_signals
+    count, _early_signals = _early_signals, 0
+    return count
+
+
 # -- retries ----------------------------------------------------------------
 
 
@@ -406,6 +436,8 @@ class Worker:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
+        for _ in range(take_early_signals()):
+            self.request_stop()
         watchdog = threading.Thread(target=self._watch, name="sqstaskmaster-watchdog", daemon=True)
         self._watch_stop = threading.Event()
         watchdog.start()

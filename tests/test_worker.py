@@ -502,3 +502,33 @@ def test_burst_tasks_stops_after_that_many(
     assert "burst mode: 2 tasks run" in worker.log
     assert len(list(trace_dir.glob("done.*"))) == 2
     assert len(receive(sqs_queue.queue)) == 1
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_sigterm_while_starting_up_exits_0(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, processes: str
+) -> None:
+    # Given a worker whose app is still importing
+    command = [sys.executable, "-m", "sqstaskmaster", "worker", "slow_import_app:app"]
+    command += ["--queue-url", sqs_queue.url, "--poll-wait", "1", "--processes", processes]
+    env = dict(os.environ, **sqs_server.environment)
+    env["SQSTM_TEST_DIR"] = str(trace_dir)
+    process = subprocess.Popen(
+        command,
+        cwd=str(TESTS),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: list(trace_dir.glob("importing.*")), 20)
+        # When SIGTERM arrives before the poll loop exists
+        process.send_signal(signal.SIGTERM)
+        # Then the worker still stops cleanly, without running anything
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
