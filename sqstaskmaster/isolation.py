@@ -240,7 +240,7 @@ def enter_isolated(handler: MessageHandler) -> None:
     """Prepare an isolated handler on entry: no SIGALRM; ``handler.run`` forks."""
     if not fork_available():
         raise IsolationUnavailableError(type(handler).__name__, sys.platform)
-    handler._message.change_visibility(VisibilityTimeout=handler.sqs_timeout)
+    handler.set_entry_visibility()
     handler._isolation = _IsolationState(time.monotonic() + handler.alarm_timeout)
     # An instance attribute shadows the class's run() until __exit__.
     handler.__dict__["run"] = types.MethodType(_run_isolated, handler)

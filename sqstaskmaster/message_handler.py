@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 # SQS never lets a message stay invisible longer than 12 hours after its first receive.
 SQS_VISIBILITY_BUDGET_S = 12 * 60 * 60
+# Entry skips its visibility change only if the message stays invisible this
+# many seconds past the first heartbeat.
+ENTRY_VISIBILITY_MARGIN_S = 1.0
 
 
 def message_id_of(message: Any) -> Optional[str]:
@@ -79,6 +82,11 @@ class MessageHandler(abc.ABC):
         self._start_time = time.time()
         self._start_monotonic = time.monotonic()
         self._timer: Optional[SignalTimer] = None
+        # When the caller knows the message is invisible until a given
+        # time.monotonic() (it was just received with VisibilityTimeout =
+        # sqs_timeout), entry skips its own visibility change if the first
+        # heartbeat comes in time anyway: one request less per task.
+        self.visible_until: Optional[float] = None
         # Set by __exit__: the exception the body ended with (None on success).
         self.error: Optional[BaseException] = None
         self.finished = False
@@ -179,6 +187,24 @@ class MessageHandler(abc.ABC):
         )
         raise HardTimeoutError("Hit Hard Timeout for message handler", self.hard_timeout, elapsed)
 
+    def set_entry_visibility(self) -> None:
+        """On entry: set the visibility to ``sqs_timeout``, unless it is known to last.
+
+        It is skipped only when ``visible_until`` says the message stays
+        invisible past the first heartbeat (``alarm_timeout`` from now) with a
+        second to spare; 0.0.11-style use, which leaves it None, always sets it.
+        """
+        if self.visible_until is not None:
+            left = self.visible_until - time.monotonic()
+            if left >= self.alarm_timeout + ENTRY_VISIBILITY_MARGIN_S:
+                logger.debug(
+                    "message %s stays invisible %.1f s more; no visibility change on entry",
+                    self.message_id,
+                    left,
+                )
+                return
+        self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
+
     def delete_message(self) -> None:
         """Delete the message after success; a ClientError is reported, not raised."""
         try:
@@ -214,7 +240,7 @@ class MessageHandler(abc.ABC):
         timer.start()
         self._timer = timer
         try:
-            self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
+            self.set_entry_visibility()
         except BaseException:
             timer.stop()
             self._timer = None

@@ -11,7 +11,8 @@ measures it (body plus each attribute's name, data type and value, in UTF-8
 bytes) against the queue's ``MaximumMessageSize``; one bad message stops the
 whole submission with nothing sent. A batch is then cut, in input order, into
 requests of at most 10 entries and at most ``MaximumMessageSize`` bytes in
-total. Entries SQS reports as failed are retried a bounded number of times;
+total, sent up to ``max_in_flight`` at once (one at a time on FIFO queues, to
+keep group order). Entries SQS reports as failed are retried a bounded number of times;
 whatever still fails is raised in one :class:`~sqstaskmaster.errors.BatchSendError`
 that lists every unsent entry, so no message is ever dropped silently.
 """
@@ -20,8 +21,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Union,
+)
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -42,6 +55,10 @@ MAX_DELAY_S = 900
 DEFAULT_MAX_ATTEMPTS = 3
 #: Pause before the first retry of failed entries; doubled for each later retry.
 RETRY_BACKOFF_S = 0.1
+#: SendMessageBatch requests a standard queue's batch keeps in flight at once.
+#: Each costs a network round trip (tens of ms against SQS), so a few at once
+#: multiply a script's throughput; FIFO queues always send one at a time.
+DEFAULT_MAX_IN_FLIGHT = 4
 
 SERVICE_NAME = "service_name"
 _RESERVED_PREFIXES = ("aws.", "amazon.")
@@ -288,80 +305,189 @@ def send_batch(
     max_bytes: int,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff_s: float = RETRY_BACKOFF_S,
+    max_in_flight: int = 1,
 ) -> List[str]:
-    """Send prepared messages with ``queue.send_messages``; their message ids, in input order.
+    """Send prepared messages through SendMessageBatch; their message ids, in input order.
 
     ``prepared[i].index`` must be ``i`` (as :func:`prepare` makes them in a batch).
 
+    With ``max_in_flight`` 1, requests go out one after the other through
+    ``queue.send_messages``, in input order. With more, up to that many
+    requests are in flight at once, from a thread pool, through the queue's
+    (thread-safe) boto3 client; a queue without one (LocalQueue) is sent
+    sequentially. FIFO callers must pass 1: concurrent requests lose group
+    order.
+
     Entries SQS fails are retried (those with ``SenderFault`` are final at
-    once) up to ``max_attempts`` sends in all, before the next request goes
-    out. A request SQS (or the network) rejects as a whole stops the
-    submission. Either way, :class:`BatchSendError` lists every entry not
-    sent, and carries the ids of those that were.
+    once) up to ``max_attempts`` sends in all, within the request's own slot.
+    A request SQS (or the network) rejects as a whole stops the submission:
+    requests in flight finish and are accounted for, later ones are not
+    started. Either way, :class:`BatchSendError` lists every entry not sent
+    (``NotAttempted`` for requests never started), and carries the ids of
+    those that were.
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts is {max_attempts!r}; it must be at least 1")
+    check_max_in_flight(max_in_flight)
     ids: List[Optional[str]] = [None] * len(prepared)
     failed: List[FailedEntry] = []
     batches = plan_batches([message.size for message in prepared], max_bytes)
-    for number, batch in enumerate(batches):
-        pending = [prepared[position] for position in batch]
-        attempt = 1
-        while pending:
-            entries = [dict(message.params, Id=str(message.index)) for message in pending]
-            try:
-                response = queue.send_messages(Entries=entries)
-            except (ClientError, BotoCoreError) as error:
-                failed.extend(_request_failed(pending, error))
-                failed.extend(_not_attempted(prepared, batches[number + 1 :]))
-                raise BatchSendError(failed, ids) from error
-            by_id = {message.index: message for message in pending}
-            for success in response.get("Successful", []):
-                message = by_id.pop(int(success["Id"]))
-                ids[message.index] = success["MessageId"]
-            retry: List[PreparedMessage] = []
-            for failure in response.get("Failed", []):
-                message = by_id.pop(int(failure["Id"]))
-                entry = FailedEntry(
-                    index=message.index,
-                    task=message.task,
-                    code=failure.get("Code", ""),
-                    message=failure.get("Message", ""),
-                    sender_fault=bool(failure.get("SenderFault")),
-                )
-                if entry.sender_fault or attempt >= max_attempts:
-                    failed.append(entry)
-                else:
-                    retry.append(message)
-            for message in by_id.values():  # neither successful nor failed: never trust it
-                failed.append(
-                    FailedEntry(
-                        message.index,
-                        message.task,
-                        "MissingFromResponse",
-                        "SQS reported neither success nor failure for this entry",
-                        False,
-                    )
-                )
-            if retry:
-                pause_s = backoff_s * 2 ** (attempt - 1)
-                logger.warning(
-                    "SQS failed %d of %d entries of a batch (attempt %d of %d); retrying "
-                    "entries %s in %.2f s",
-                    len(retry),
-                    len(pending),
-                    attempt,
-                    max_attempts,
-                    [message.index for message in retry],
-                    pause_s,
-                )
-                time.sleep(pause_s)
-            pending = sorted(retry, key=lambda message: message.index)
-            attempt += 1
+    client: Any = getattr(getattr(queue, "meta", None), "client", None)
+    workers = max(1, min(max_in_flight, len(batches))) if client is not None else 1
+
+    def send(entries: List[Dict[str, Any]]) -> Dict[str, Any]:
+        if workers == 1:
+            response: Dict[str, Any] = queue.send_messages(Entries=entries)
+        else:  # boto3 clients are thread-safe; resources (queue) are not
+            response = client.send_message_batch(QueueUrl=queue.url, Entries=entries)
+        return response
+
+    def request(batch: range) -> _Outcome:
+        return _send_request(
+            send, [prepared[position] for position in batch], max_attempts, backoff_s
+        )
+
+    started = 0  # batches[:started] were sent (or are in flight)
+    error: Optional[BaseException] = None
+    if workers == 1:
+        for batch in batches:
+            started += 1
+            outcome = request(batch)
+            _merge(outcome, ids, failed)
+            if outcome.error is not None:
+                error = outcome.error
+                break
+    else:
+        _warn_if_pool_too_small(client, workers)
+        with ThreadPoolExecutor(workers, thread_name_prefix="sqstaskmaster-send") as pool:
+            in_flight: Set[Future[_Outcome]] = set()
+            while True:
+                while error is None and started < len(batches) and len(in_flight) < workers:
+                    in_flight.add(pool.submit(request, batches[started]))
+                    started += 1
+                if not in_flight:
+                    break
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    _merge(outcome, ids, failed)
+                    if error is None and outcome.error is not None:
+                        error = outcome.error
+    failed.extend(_not_attempted(prepared, batches[started:]))
     if failed:
-        raise BatchSendError(sorted(failed, key=lambda entry: entry.index), ids)
-    logger.debug("submitted %d messages in %d requests", len(prepared), len(batches))
+        failed.sort(key=lambda entry: entry.index)
+        if error is not None:
+            raise BatchSendError(failed, ids) from error
+        raise BatchSendError(failed, ids)
+    logger.debug(
+        "submitted %d messages in %d requests, at most %d at once",
+        len(prepared),
+        len(batches),
+        workers,
+    )
     return [message_id for message_id in ids if message_id is not None]  # all of them
+
+
+def check_max_in_flight(max_in_flight: Any) -> None:
+    """Raise ValueError unless ``max_in_flight`` is an int of at least 1."""
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ValueError(
+            f"max_in_flight is {max_in_flight!r}; it must be an int of at least 1 (the number "
+            f"of SendMessageBatch requests sent at once; {DEFAULT_MAX_IN_FLIGHT} by default, "
+            "1 to send one request after the other)"
+        )
+
+
+@dataclass
+class _Outcome:
+    """What one request (with its retries) did: ids sent, entries failed, its own error."""
+
+    ids: Dict[int, str] = field(default_factory=dict)
+    failed: List[FailedEntry] = field(default_factory=list)
+    error: Optional[BaseException] = None
+
+
+def _merge(outcome: _Outcome, ids: List[Optional[str]], failed: List[FailedEntry]) -> None:
+    for index, message_id in outcome.ids.items():
+        ids[index] = message_id
+    failed.extend(outcome.failed)
+
+
+def _send_request(
+    send: Callable[[List[Dict[str, Any]]], Dict[str, Any]],
+    pending: List[PreparedMessage],
+    max_attempts: int,
+    backoff_s: float,
+) -> _Outcome:
+    """Send one request's entries, retrying those SQS fails; SQS and network errors are returned."""
+    outcome = _Outcome()
+    attempt = 1
+    while pending:
+        entries = [dict(message.params, Id=str(message.index)) for message in pending]
+        try:
+            response = send(entries)
+        except (ClientError, BotoCoreError) as error:
+            outcome.failed.extend(_request_failed(pending, error))
+            outcome.error = error
+            return outcome
+        by_id = {message.index: message for message in pending}
+        for success in response.get("Successful", []):
+            message = by_id.pop(int(success["Id"]))
+            outcome.ids[message.index] = success["MessageId"]
+        retry: List[PreparedMessage] = []
+        for failure in response.get("Failed", []):
+            message = by_id.pop(int(failure["Id"]))
+            entry = FailedEntry(
+                index=message.index,
+                task=message.task,
+                code=failure.get("Code", ""),
+                message=failure.get("Message", ""),
+                sender_fault=bool(failure.get("SenderFault")),
+            )
+            if entry.sender_fault or attempt >= max_attempts:
+                outcome.failed.append(entry)
+            else:
+                retry.append(message)
+        for message in by_id.values():  # neither successful nor failed: never trust it
+            outcome.failed.append(
+                FailedEntry(
+                    message.index,
+                    message.task,
+                    "MissingFromResponse",
+                    "SQS reported neither success nor failure for this entry",
+                    False,
+                )
+            )
+        if retry:
+            pause_s = backoff_s * 2 ** (attempt - 1)
+            logger.warning(
+                "SQS failed %d of %d entries of a batch (attempt %d of %d); retrying "
+                "entries %s in %.2f s",
+                len(retry),
+                len(pending),
+                attempt,
+                max_attempts,
+                [message.index for message in retry],
+                pause_s,
+            )
+            time.sleep(pause_s)
+        pending = sorted(retry, key=lambda message: message.index)
+        attempt += 1
+    return outcome
+
+
+def _warn_if_pool_too_small(client: Any, workers: int) -> None:
+    pool_size = getattr(getattr(client.meta, "config", None), "max_pool_connections", None)
+    if isinstance(pool_size, int) and workers > pool_size:
+        logger.warning(
+            "max_in_flight is %d but the SQS client keeps at most %d connections "
+            "(botocore's max_pool_connections): the extra requests open and drop "
+            "connections; give the client Config(max_pool_connections=%d) or lower "
+            "max_in_flight",
+            workers,
+            pool_size,
+            workers,
+        )
 
 
 def _request_failed(pending: Iterable[PreparedMessage], error: BaseException) -> List[FailedEntry]:

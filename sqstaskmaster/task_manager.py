@@ -261,6 +261,7 @@ class TaskManager:
         message_group_id: Optional[str] = None,
         message_attributes: Optional[Mapping[str, Mapping[str, Any]]] = None,
         max_attempts: int = 3,
+        max_in_flight: int = 1,
     ) -> List[str]:
         """Send many tasks with SendMessageBatch; returns their message ids in input order.
 
@@ -274,8 +275,17 @@ class TaskManager:
         retried, ``max_attempts`` sends in all; whatever is still not sent is
         raised as one :class:`~sqstaskmaster.errors.BatchSendError` listing
         every such message, with the ids of those that were sent.
+
+        By default requests go out one after the other. With ``max_in_flight``
+        above 1, up to that many are sent at once from a thread pool, which
+        pays off against real SQS (each request waits a network round trip);
+        messages of a standard queue may then be enqueued out of input order
+        (SQS does not keep it anyway). FIFO queues and LocalQueue always send
+        one request at a time.
         """
-        from .producer import as_task_message, prepare, send_batch
+        from .producer import as_task_message, check_max_in_flight, prepare, send_batch
+
+        check_max_in_flight(max_in_flight)
 
         messages = [
             as_task_message(
@@ -296,5 +306,9 @@ class TaskManager:
             for index, message in enumerate(messages)
         ]
         return send_batch(
-            self.queue, prepared, max_bytes=limits.max_message_size, max_attempts=max_attempts
+            self.queue,
+            prepared,
+            max_bytes=limits.max_message_size,
+            max_attempts=max_attempts,
+            max_in_flight=1 if limits.fifo else max_in_flight,  # group order
         )

@@ -523,6 +523,7 @@ class Worker:
                 logger.info("burst mode: idle for %.1f s, stopping", self.burst_idle_s)
                 return
             try:
+                polled_at = time.monotonic()
                 messages = tm.receive(self.poll_wait_s, self.sqs_timeout)
             except Exception as error:
                 poll_failures += 1
@@ -542,7 +543,9 @@ class Worker:
                 if self.stopping:
                     self._hand_back(message, None, "received while shutting down")
                     continue
-                self.process(message)
+                # Received with VisibilityTimeout=sqs_timeout: invisible until
+                # at least polled_at + sqs_timeout.
+                self.process(message, visible_until=polled_at + self.sqs_timeout)
             idle_since = time.monotonic()
 
     def _sleep(self, seconds: float) -> None:
@@ -552,8 +555,13 @@ class Worker:
 
     # -- one message ---------------------------------------------------------
 
-    def process(self, message: Any) -> str:
-        """Run one received message's task; returns its outcome (see module docstring)."""
+    def process(self, message: Any, visible_until: Optional[float] = None) -> str:
+        """Run one received message's task; returns its outcome (see module docstring).
+
+        ``visible_until`` (a ``time.monotonic()`` value) is when the message's
+        current visibility timeout ends, if known; it spares the handler's
+        entry a visibility change while the first heartbeat comes in time.
+        """
         tm = self._task_manager
         count = receive_count_of(message)
         message_id = _message_id(message)
@@ -595,6 +603,7 @@ class Worker:
             refusal = VisibilityBudgetError(message_id, task, handler.hard_timeout, left)
             self._refuse(message, refusal, task, count)
             return "refused"
+        handler.visible_until = visible_until
         return self._run(handler, message, task, count)
 
     def _run(self, handler: Any, message: Any, task: str, count: int) -> str:

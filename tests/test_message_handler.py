@@ -401,3 +401,20 @@ def test_running_task_never_received_by_second_consumer(sqs_server, sqs_queue):
     sqs_queue.queue.load()
     assert sqs_queue.queue.attributes["ApproximateNumberOfMessages"] == "0"
     assert sqs_queue.queue.attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+@pytest.mark.parametrize(
+    "left_s, expected_calls",
+    [(None, 1), (30.0, 0), (2.5, 0), (1.5, 1), (-1.0, 1)],
+)
+def test_entry_visibility_skipped_only_while_the_first_heartbeat_comes_in_time(
+    left_s, expected_calls
+):
+    # alarm_timeout 1 s: skipping needs the visibility to last 1 s + 1 s margin more
+    message = FakeMessage()
+    handler = Handler(message, 3, 1, 60)
+    if left_s is not None:
+        handler.visible_until = time.monotonic() + left_s
+    run_handler(handler)
+    assert len(message.visibility) == expected_calls
+    assert message.deleted == 1

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from datetime import date
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
 from sqstaskmaster.errors import BatchSendError, EncodeError, MessageTooLargeError
@@ -59,8 +63,13 @@ def receive_all(queue: TestQueue, expected: int, timeout_s: float = 10.0) -> Lis
             MessageAttributeNames=["All"],
         )
         received.extend(batch)
-        for message in batch:
-            message.delete()
+        if batch:
+            queue.queue.delete_messages(
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": message.receipt_handle}
+                    for n, message in enumerate(batch)
+                ]
+            )
     return received
 
 
@@ -215,7 +224,7 @@ def test_a_rejected_request_lists_every_unsent_entry(sqs_server: SQSServer) -> N
             http_status_code=403,
         )
         with pytest.raises(BatchSendError) as caught:
-            tm.submit_batch(tasks)
+            tm.submit_batch(tasks, max_in_flight=1)  # the Stubber answers in call order
         stub.assert_no_pending_responses()
     error = caught.value
     assert [f.index for f in error.failed] == list(range(10, 25))
@@ -439,3 +448,272 @@ def test_local_queue_takes_batches_and_options() -> None:
     with pytest.raises(MessageTooLargeError):
         tm.submit_with("huge", {"blob": "x" * 1_048_576})
     LocalQueue.local_queues.clear()
+
+
+# -- concurrent batch requests --------------------------------------------------------------
+
+
+class Overlap:
+    """Counts SendMessageBatch requests in flight at once (each held ``hold_s`` before sending)."""
+
+    def __init__(self, hold_s: float = 0.03) -> None:
+        self.hold_s = hold_s
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+        self.threads: List[str] = []
+
+    def install(self, client: Any) -> None:
+        events = client.meta.events
+        events.register("before-call.sqs.SendMessageBatch", self.before)
+        events.register("after-call.sqs.SendMessageBatch", self.after)
+
+    def before(self, **kwargs: Any) -> None:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.threads.append(threading.current_thread().name)
+        time.sleep(self.hold_s)  # long enough for the other requests to start
+
+    def after(self, **kwargs: Any) -> None:
+        with self.lock:
+            self.active -= 1
+
+
+class Faults:
+    """A botocore hook between a client and moto that fails chosen requests or entries.
+
+    ``fail_entries`` maps an entry index to (code, sender_fault, times): the
+    entry is reported failed that many times (None: always), while the other
+    entries of its request are really sent to moto by a second client.
+    ``fail_request`` maps the first entry index of a request to the exception
+    raised instead of sending it. ``hold_s`` maps a first entry index to
+    seconds the request waits (after ``gate`` is set, if given) before going on.
+    """
+
+    def __init__(self, server: SQSServer, url: str) -> None:
+        self.url = url
+        self.plain = server.session.client("sqs", endpoint_url=server.endpoint_url)
+        self.fail_entries: Dict[int, Tuple[str, bool, Optional[int]]] = {}
+        self.fail_request: Dict[int, Exception] = {}
+        self.hold_s: Dict[int, float] = {}
+        self.gate: Optional[threading.Event] = None
+        self.lock = threading.Lock()
+        self.failures: Dict[int, int] = {}
+
+    def install(self, client: Any) -> None:
+        events = client.meta.events
+        events.register("before-parameter-build.sqs.SendMessageBatch", self.remember)
+        events.register("before-call.sqs.SendMessageBatch", self.intercept)
+
+    def remember(self, params: Dict[str, Any], context: Dict[str, Any], **kwargs: Any) -> None:
+        context["test_entries"] = list(params["Entries"])
+
+    def intercept(self, context: Dict[str, Any], **kwargs: Any) -> Any:
+        entries = context["test_entries"]
+        first = int(entries[0]["Id"])
+        if first in self.hold_s:
+            if self.gate is not None:
+                assert self.gate.wait(5), "the failing request never ran"
+            time.sleep(self.hold_s[first])
+        if first in self.fail_request:
+            if self.gate is not None:
+                self.gate.set()
+            raise self.fail_request[first]
+        failed, good = [], []
+        with self.lock:
+            for entry in entries:
+                index = int(entry["Id"])
+                code, sender_fault, times = self.fail_entries.get(index, ("", False, 0))
+                if times is None or self.failures.get(index, 0) < times:
+                    self.failures[index] = self.failures.get(index, 0) + 1
+                    failed.append(
+                        {
+                            "Id": entry["Id"],
+                            "Code": code,
+                            "Message": "injected",
+                            "SenderFault": sender_fault,
+                        }
+                    )
+                else:
+                    good.append(entry)
+        if not failed:
+            return None  # untouched: the request goes to moto
+        response: Dict[str, Any] = {"Successful": [], "Failed": failed}
+        if good:
+            response["Successful"] = self.plain.send_message_batch(QueueUrl=self.url, Entries=good)[
+                "Successful"
+            ]
+        return AWSResponse(self.url, 200, {}, None), response
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+def test_95_tasks_arrive_complete_with_ids_in_input_order(
+    sqs_server: SQSServer, max_in_flight: int
+) -> None:
+    queue = sqs_server.make_queue()
+    tasks = [(f"task-{i}", {"n": i}) for i in range(95)]
+    with recording_manager(sqs_server, queue) as (tm, log):
+        overlap = Overlap()
+        overlap.install(tm.queue.meta.client)
+        ids = tm.submit_batch(tasks, max_in_flight=max_in_flight)
+
+    assert len(log.sends()) == 10  # ceil(95 / 10)
+    assert sorted(len(batch) for batch in log.batches) == [5] + [10] * 9
+    assert sorted(int(entry["Id"]) for batch in log.batches for entry in batch) == list(range(95))
+    if max_in_flight == 1:  # exactly as before: one request after the other, in input order
+        assert overlap.most == 1
+        assert [int(batch[0]["Id"]) for batch in log.batches] == list(range(0, 95, 10))
+        assert set(overlap.threads) == {threading.current_thread().name}
+    else:
+        assert 2 <= overlap.most <= max_in_flight
+        assert all(name.startswith("sqstaskmaster-send") for name in overlap.threads)
+    assert len(ids) == 95 and len(set(ids)) == 95
+    received = {message.message_id: message.body for message in receive_all(queue, 95)}
+    assert [received[message_id] for message_id in ids] == [encode_body(*t) for t in tasks]
+
+
+def test_failed_entries_of_one_concurrent_request_are_retried_then_listed(
+    sqs_server: SQSServer,
+) -> None:
+    # Given: among 10 concurrent requests, entry 31 fails once, 35 always, 47 is the sender's fault
+    queue = sqs_server.make_queue()
+    tasks = [(f"t{i}", {"i": i}) for i in range(95)]
+    with recording_manager(sqs_server, queue) as (tm, log):
+        faults = Faults(sqs_server, queue.url)
+        faults.fail_entries = {
+            31: ("InternalError", False, 1),
+            35: ("InternalError", False, None),
+            47: ("InvalidParameterValue", True, None),
+        }
+        faults.install(tm.queue.meta.client)
+        overlap = Overlap(hold_s=0.01)
+        overlap.install(tm.queue.meta.client)
+        # When
+        with pytest.raises(BatchSendError) as caught:
+            tm.submit_batch(tasks, max_in_flight=4, max_attempts=3)
+
+    # Then: 31 was retried and sent, 35 gave up after 3 sends, 47 after one
+    error = caught.value
+    assert [(f.index, f.task, f.code, f.sender_fault) for f in error.failed] == [
+        (35, "t35", "InternalError", False),
+        (47, "t47", "InvalidParameterValue", True),
+    ]
+    assert faults.failures == {31: 1, 35: 3, 47: 1}
+    assert [[int(e["Id"]) for e in batch] for batch in log.batches if len(batch) < 5] == [
+        [31, 35],
+        [35],
+    ]
+    assert overlap.most >= 2
+    sent = [i for i in range(95) if i not in (35, 47)]
+    assert [i for i, message_id in enumerate(error.message_ids) if message_id] == sent
+    received = {message.message_id: message.body for message in receive_all(queue, 93)}
+    assert received == {error.message_ids[i]: encode_body(*tasks[i]) for i in sent}
+    assert "2 of 95 messages were not sent (93 were)" in str(error)
+
+
+def test_the_last_concurrent_request_failing_in_transit_lists_its_entries(
+    sqs_server: SQSServer,
+) -> None:
+    queue = sqs_server.make_queue()
+    tasks = [(f"t{i}", {"i": i}) for i in range(95)]
+    with recording_manager(sqs_server, queue) as (tm, log):
+        faults = Faults(sqs_server, queue.url)
+        faults.fail_request = {90: EndpointConnectionError(endpoint_url=queue.url)}
+        faults.install(tm.queue.meta.client)
+        with pytest.raises(BatchSendError) as caught:
+            tm.submit_batch(tasks)  # the default: concurrent
+
+    error = caught.value
+    assert isinstance(error.__cause__, EndpointConnectionError)
+    assert [f.index for f in error.failed] == list(range(90, 95))
+    assert {f.code for f in error.failed} == {"EndpointConnectionError"}
+    assert all("may or may not have enqueued it" in f.message for f in error.failed)
+    assert [message_id is not None for message_id in error.message_ids] == [True] * 90 + [False] * 5
+    received = {message.message_id for message in receive_all(queue, 90)}
+    assert received == set(error.message_ids[:90])
+
+
+def test_a_rejected_concurrent_request_lets_those_in_flight_finish_and_starts_no_more(
+    sqs_server: SQSServer,
+) -> None:
+    # Given: 4 requests in flight; the second is rejected while the other three still run
+    queue = sqs_server.make_queue()
+    tasks = [(f"t{i}", {"i": i}) for i in range(95)]
+    with recording_manager(sqs_server, queue) as (tm, log):
+        faults = Faults(sqs_server, queue.url)
+        faults.gate = threading.Event()
+        faults.fail_request = {
+            10: ClientError(
+                {"Error": {"Code": "AccessDenied", "Message": "not allowed", "Type": "Sender"}},
+                "SendMessageBatch",
+            )
+        }
+        faults.hold_s = {0: 0.3, 20: 0.2, 30: 0.2}
+        faults.install(tm.queue.meta.client)
+        # When
+        with pytest.raises(BatchSendError) as caught:
+            tm.submit_batch(tasks, max_in_flight=4)
+
+    # Then: 0-9 and 20-39 were sent, 10-19 rejected, 40-94 never attempted; each listed once
+    error = caught.value
+    assert isinstance(error.__cause__, ClientError)
+    assert [(f.index, f.code, f.sender_fault) for f in error.failed] == [
+        (i, "AccessDenied", True) for i in range(10, 20)
+    ] + [(i, "NotAttempted", False) for i in range(40, 95)]
+    sent = [*range(0, 10), *range(20, 40)]
+    assert [i for i, message_id in enumerate(error.message_ids) if message_id] == sent
+    assert len(log.sends()) == 3  # 0, 20 and 30 reached moto; 10 was refused before
+    received = {message.message_id: message.body for message in receive_all(queue, 30)}
+    assert received == {error.message_ids[i]: encode_body(*tasks[i]) for i in sent}
+    assert "65 of 95 messages were not sent (30 were)" in str(error)
+
+
+def test_fifo_batches_go_one_at_a_time_in_order_whatever_max_in_flight(
+    sqs_server: SQSServer,
+) -> None:
+    queue = sqs_server.make_queue(fifo=True)
+    tasks = [
+        TaskMessage(
+            f"g{i % 3}", {"seq": i}, message_group_id=f"group-{i % 3}", deduplication_id=f"d{i}"
+        )
+        for i in range(48)
+    ]
+    with recording_manager(sqs_server, queue) as (tm, log):
+        overlap = Overlap(hold_s=0.01)
+        overlap.install(tm.queue.meta.client)
+        ids = tm.submit_batch(tasks, max_in_flight=8)
+
+    assert overlap.most == 1
+    assert set(overlap.threads) == {threading.current_thread().name}
+    assert [[int(e["Id"]) for e in batch] for batch in log.batches] == [
+        list(range(start, min(start + 10, 48))) for start in range(0, 48, 10)
+    ]
+    assert len(set(ids)) == 48
+    by_group: Dict[str, List[int]] = {}
+    for message in receive_all(queue, 48):
+        by_group.setdefault(message.attributes["MessageGroupId"], []).append(
+            int(message.body.split('"seq": ')[1].rstrip("}"))
+        )
+    assert by_group == {f"group-{g}": list(range(g, 48, 3)) for g in range(3)}
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "4", None])
+def test_max_in_flight_must_be_a_positive_int(sqs_server: SQSServer, bad: Any) -> None:
+    queue = sqs_server.make_queue()
+    with recording_manager(sqs_server, queue) as (tm, log):
+        with pytest.raises(ValueError, match=rf"max_in_flight is {bad!r}; it must be an int"):
+            tm.submit_batch([("a", {}), ("b", {})], max_in_flight=bad)
+    assert log.sends() == []
+    assert queue_depth(queue) == 0
+
+
+def test_more_in_flight_than_the_client_has_connections_is_warned(
+    sqs_server: SQSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = sqs_server.make_queue()
+    tm = sqs_server.task_manager(queue, sender_name=SENDER)
+    with caplog.at_level(logging.WARNING, logger="sqstaskmaster.producer"):
+        ids = tm.submit_batch([("t", {"i": i}) for i in range(120)], max_in_flight=12)
+    assert len(set(ids)) == 120
+    assert "max_pool_connections" in caplog.text and "max_in_flight is 12" in caplog.text
