@@ -30,6 +30,7 @@ RET_USAGE = 2  # bad arguments or settings
 RET_IMPORT = 3  # the worker's APP cannot be imported
 RET_CONNECT = 4  # SQS cannot be reached, or the queue does not exist
 RET_KILLED = 5  # a worker process had to be killed at shutdown
+RET_INTERRUPTED = 130  # submit, stats or purge cut short by Ctrl-C (128 + SIGINT)
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
@@ -381,7 +382,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        return RET_OK
+        # A worker treats Ctrl-C as a stop (exit 0); other commands were cut short.
+        return RET_OK if args.command == "worker" else RET_INTERRUPTED
     except Exception:
         logger.exception("sqstaskmaster %s failed", args.command)
         return RET_ERROR

@@ -209,7 +209,7 @@ class VisibilityBudgetError(SQSTaskMasterError, TimeoutError):
             f"timeout of {hard_timeout} s does not fit in the {max(left, 0.0):.0f} s left of "
             "SQS's 12-hour visibility budget (counted from the message's first receive), so "
             "another worker could receive it while it runs. Lower the hard timeout, or split "
-            "the task; the message is handed back to the queue."
+            "the task; the message is left to the retry delay and the redrive policy."
         )
 
 

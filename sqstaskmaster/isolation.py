@@ -63,7 +63,9 @@ class IsolatedMessageHandler(MessageHandler):
     def running(self) -> bool:
         state = self._isolation
         child = state.child if state is not None else None
-        return child is not None and child.alive()
+        # No child yet (or this is the child itself, which never saw the
+        # assignment): nothing to contradict "running".
+        return child is None or child.alive()
 
 
 class _IsolationState:
@@ -145,11 +147,17 @@ def supervise(
     finally:
         if not child.reaped:
             child.terminate(kill_grace_s)
+        if beat is not None and not beat.done:
+            # A heartbeat still in flight would land after the caller hands
+            # the message back or sets its backoff; let it finish first.
+            beat.join(_HEARTBEAT_JOIN_S)
     return child.outcome()
 
 
 # While a heartbeat runs, the wait loop looks at it this often (seconds).
 _HEARTBEAT_POLL_S = 0.02
+# On the way out, how long to wait for a heartbeat still in flight (seconds).
+_HEARTBEAT_JOIN_S = 2.0
 
 
 class _HeartbeatCall:
@@ -172,8 +180,8 @@ class _HeartbeatCall:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout_s: Optional[float] = None) -> None:
+        self._thread.join(timeout_s)
 
 
 def _raise_unless_ended(child: ForkedChild, error: Optional[BaseException]) -> None:

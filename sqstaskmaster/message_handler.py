@@ -21,7 +21,7 @@ import time
 from types import TracebackType
 from typing import Any, Dict, Optional, Type
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import HardTimeoutError, TaskStuckError
 from .timer import SignalTimer
@@ -87,6 +87,9 @@ class MessageHandler(abc.ABC):
         # sqs_timeout), entry skips its own visibility change if the first
         # heartbeat comes in time anyway: one request less per task.
         self.visible_until: Optional[float] = None
+        # Set on leaving: a heartbeat still in flight (isolation runs them in a
+        # helper thread) must not undo the caller's hand-back or backoff.
+        self._heartbeats_stopped = False
         # Set by __exit__: the exception the body ended with (None on success).
         self.error: Optional[BaseException] = None
         self.finished = False
@@ -156,13 +159,18 @@ class MessageHandler(abc.ABC):
                 self.message_id,
             )
             return
+        if self._heartbeats_stopped:
+            logger.debug("message %s: handler left; heartbeat dropped", self.message_id)
+            return
         try:
             self._message.change_visibility(VisibilityTimeout=timeout)
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
+            # A network error past botocore's retries is not fatal either: the
+            # next heartbeat still comes before the visibility runs out.
             logger.exception(
                 "failed to extend visibility of message %s to %s s",
                 self.message_id,
-                self.sqs_timeout,
+                timeout,
             )
             self._safe_notify(error, failure_context(self._message))
 
@@ -206,10 +214,14 @@ class MessageHandler(abc.ABC):
         self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
 
     def delete_message(self) -> None:
-        """Delete the message after success; a ClientError is reported, not raised."""
+        """Delete the message after success; an SQS or network error is reported, not raised.
+
+        The message then comes back after its visibility timeout and runs
+        again: SQS delivers at least once, so tasks must be idempotent.
+        """
         try:
             self._message.delete()
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             logger.exception("failed to delete message %s", self._message)
             self._safe_notify(error, failure_context(self._message))
 
@@ -224,6 +236,7 @@ class MessageHandler(abc.ABC):
     # -- the context manager --------------------------------------------------
 
     def __enter__(self) -> MessageHandler:
+        self._heartbeats_stopped = False
         if self.isolate:
             from .isolation import enter_isolated
 
@@ -237,9 +250,9 @@ class MessageHandler(abc.ABC):
             owner=type(self).__name__,
             protected=_protected_codes(type(self)),
         )
-        timer.start()
         self._timer = timer
         try:
+            timer.start()
             self.set_entry_visibility()
         except BaseException:
             timer.stop()
@@ -253,20 +266,26 @@ class MessageHandler(abc.ABC):
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if self._isolation is not None:
-            from .isolation import exit_isolated
+        self._heartbeats_stopped = True
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.disarm()
+        try:
+            if self._isolation is not None:
+                from .isolation import exit_isolated
 
-            exit_isolated(self)
-        self.finished = True
-        self.error = exc
-        if exc is None:
-            self.delete_message()
-            return False
-        self.report_failure(exc)
-        return isinstance(exc, Exception)
+                exit_isolated(self)
+            self.finished = True
+            self.error = exc
+            if exc is None:
+                self.delete_message()
+                return False
+            self.report_failure(exc)
+            return isinstance(exc, Exception)
+        finally:
+            # Last, so a timer the caller had pending cannot fire mid-delete.
+            if timer is not None:
+                timer.restore()
 
 
 def _protected_codes(handler_type: type) -> frozenset:

@@ -72,6 +72,7 @@ class SignalTimer:
         self._protected = protected
         self._clock = clock
         self._active = False
+        self._restore_pending = False
         self._started_at = 0.0
         self._next_heartbeat = 0.0
         self._previous_handler: Any = None
@@ -103,14 +104,32 @@ class SignalTimer:
 
     def stop(self) -> None:
         """Disarm, then put back the previous handler and what was left of its timer."""
+        self.disarm()
+        self.restore()
+
+    def disarm(self) -> None:
+        """Stop firing; our (now silent) handler stays installed until :meth:`restore`.
+
+        The handler's exit path disarms first and restores last, so a timer
+        the caller had pending cannot fire in the middle of the delete.
+        """
         if not self._active:
             return
         self._active = False
+        self._restore_pending = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         # An alarm delivered just before the disarm has tripped the C-level
         # flag; let it reach our (now inactive) handler rather than the
         # restored one.
         _let_pending_handlers_run()
+
+    def restore(self) -> None:
+        """Put back the previous SIGALRM handler and what is left of its timer."""
+        if self._active:
+            self.disarm()
+        if not self._restore_pending:
+            return
+        self._restore_pending = False
         previous = self._previous_handler
         signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
         remaining, interval = self._previous_timer

@@ -183,10 +183,12 @@ def _function_handler_class(name: str, function: Callable[..., Any], notify: Not
             sqs_timeout: int,
             alarm_timeout: int,
             hard_timeout: int,
-            **kwargs: Any,
+            task_kwargs: Dict[str, Any],
         ) -> None:
+            # The task's kwargs come as one dict: a task may well have a kwarg
+            # named message or hard_timeout.
             super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
-            self.kwargs = kwargs
+            self.kwargs = task_kwargs
 
         def run(self) -> None:
             # The return value is dropped: a function task's result has nowhere
@@ -477,7 +479,7 @@ class Worker:
             self._interrupt_pending = False
         else:
             self.request_stop()
-        if self._should_deliver_stop() and not _in_handler_exit(frame):
+        if self._should_deliver_stop() and not _in_handler_transition(frame):
             self._stop_delivered = True
             raise WorkerShutdownError(
                 "cold stop" if self._signals > 1 else "shutdown grace expired"
@@ -580,13 +582,18 @@ class Worker:
         spec = self.registry[task]
         hard_timeout = spec.hard_timeout or self.hard_timeout
         try:
-            handler = self.handler_class(task)(
-                message,
-                sqs_timeout=self.sqs_timeout,
-                alarm_timeout=self.heartbeat_s,
-                hard_timeout=hard_timeout,
-                **kwargs,
-            )
+            cls = self.handler_class(task)
+            if spec.is_handler:
+                # As 0.0.11 users build their handlers.
+                handler = cls(
+                    message,
+                    sqs_timeout=self.sqs_timeout,
+                    alarm_timeout=self.heartbeat_s,
+                    hard_timeout=hard_timeout,
+                    **kwargs,
+                )
+            else:
+                handler = cls(message, self.sqs_timeout, self.heartbeat_s, hard_timeout, kwargs)
         except Exception as error:
             logger.exception(
                 "task %s message %s receive %d: cannot build its handler with kwargs %s",
@@ -705,13 +712,23 @@ class Worker:
             self.notify(error, context={"body": message.body, **(message.attributes or {})})
 
 
-def _in_handler_exit(frame: Optional[FrameType]) -> bool:
-    """Whether a MessageHandler's __exit__ is on the stack: a stop must not land there."""
+def _in_handler_transition(frame: Optional[FrameType]) -> bool:
+    """Whether a handler is being entered or left (or its timer set up or put back).
+
+    A stop must not land there: it could leave a timer armed or skip the
+    delete of a finished task. The watchdog delivers it again shortly.
+    """
     from .message_handler import MessageHandler
+    from .timer import SignalTimer
 
     while frame is not None:
-        if frame.f_code.co_name == "__exit__" and isinstance(
-            frame.f_locals.get("self"), MessageHandler
+        name = frame.f_code.co_name
+        if name in ("__enter__", "__exit__", "enter_isolated", "exit_isolated"):
+            owner = frame.f_locals.get("self", frame.f_locals.get("handler"))
+            if isinstance(owner, MessageHandler):
+                return True
+        elif name in ("start", "stop", "disarm", "restore") and isinstance(
+            frame.f_locals.get("self"), SignalTimer
         ):
             return True
         frame = frame.f_back

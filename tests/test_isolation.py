@@ -28,6 +28,7 @@ from sqstaskmaster.errors import (
     IsolationUnavailableError,
     TaskStuckError,
 )
+from sqstaskmaster.isolation import _HEARTBEAT_JOIN_S as HEARTBEAT_JOIN_S
 from sqstaskmaster.isolation import MAX_RESULT_BYTES, IsolatedMessageHandler, run_in_child
 from sqstaskmaster.message_handler import MessageHandler
 
@@ -344,16 +345,25 @@ def test_running_false_stops_the_child_with_a_stuck_error(receive: Any, tmp_path
 def test_a_slow_heartbeat_does_not_delay_the_hard_timeout(receive: Any) -> None:
     # running() stands in for an SQS call that hangs (a network partition, retries).
     class SlowBeat(FlagHandler):
+        child_ended_during_beat: Optional[bool] = None
+
         def running(self) -> bool:
             time.sleep(3)
+            state = self._isolation
+            child = state.child if state is not None else None
+            self.child_ended_during_beat = child is not None and child.exited()
             return True
 
     with SlowBeat(
         receive(), lambda handler: time.sleep(60), sqs_timeout=10, alarm_timeout=1, hard_timeout=2
     ) as handler:
         handler.run()
+    # The child was killed at the deadline, while the heartbeat (1 s to 4 s) still ran;
+    # the handler then waits (bounded) for that heartbeat before it leaves, so that
+    # the heartbeat cannot land after the caller hands the message back.
+    assert handler.child_ended_during_beat is True
     overshoot = time.monotonic() - handler.deadline
-    assert overshoot < handler.kill_grace_s + 0.5
+    assert overshoot < handler.kill_grace_s + HEARTBEAT_JOIN_S + 0.5
     assert isinstance(handler.notified[0], HardTimeoutError)
 
 
@@ -572,3 +582,41 @@ def test_without_pidfd_or_waitid_the_parent_polls(monkeypatch: Any, missing: Tup
     with pytest.raises(HardTimeoutError):
         run_in_child(napping, {"seconds": 60}, hard_timeout_s=0.3, kill_grace_s=0.2)
     assert time.monotonic() - started < 1.5
+
+
+def test_a_heartbeat_in_flight_lands_before_the_handler_exits() -> None:
+    # Given a heartbeat that is slow (botocore retrying) when the deadline comes
+    calls: List[Tuple[str, int]] = []
+
+    class SlowSecondCall:
+        message_id = "slow-beat"
+        body = "{}"
+        attributes: Dict[str, str] = {}
+
+        def change_visibility(self, VisibilityTimeout: int) -> None:
+            if calls:
+                time.sleep(1.5)
+            calls.append((threading.current_thread().name, VisibilityTimeout))
+
+        def delete(self) -> None:
+            calls.append(("delete", 0))
+
+    class Slow(IsolatedMessageHandler):
+        kill_grace_s = 0.1
+
+        def run(self) -> None:
+            time.sleep(60)
+
+        def notify(self, exception: BaseException, context: Any = None) -> None:
+            pass
+
+    message = SlowSecondCall()
+    with Slow(message, sqs_timeout=10, alarm_timeout=1, hard_timeout=2) as handler:
+        handler.run()
+    # When the caller then hands the message back (as the worker does)
+    message.change_visibility(VisibilityTimeout=0)
+    time.sleep(0.5)
+    # Then the hand-back is the last word: no heartbeat overwrote it
+    assert isinstance(handler.error, TimeoutError)
+    assert calls[-1] == ("MainThread", 0)
+    assert [c for c in calls if c[1] == 10 and c[0] != "MainThread"]

@@ -9,7 +9,7 @@ import time
 from typing import Any, List, Optional
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from sqstaskmaster import message_handler as mh_module
 from sqstaskmaster.errors import HandlerThreadError, HardTimeoutError, TaskStuckError
@@ -418,3 +418,60 @@ def test_entry_visibility_skipped_only_while_the_first_heartbeat_comes_in_time(
     run_handler(handler)
     assert len(message.visibility) == expected_calls
     assert message.deleted == 1
+
+
+class FlakyNetworkMessage(FakeMessage):
+    """Visibility changes after the first, and deletes, fail with a network error."""
+
+    def change_visibility(self, **kwargs: Any) -> None:
+        self.visibility.append((time.monotonic(), kwargs))
+        if len(self.visibility) > 1:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    def delete(self) -> None:
+        self.deleted += 1
+        if self.fail_delete:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+
+def test_network_error_on_heartbeat_is_reported_and_the_task_goes_on():
+    message = FlakyNetworkMessage()
+    handler = Handler(message, 3, 1, 60, work=lambda: time.sleep(2.5))
+    run_handler(handler)
+    assert handler.error is None
+    assert message.deleted == 1
+    assert len(message.visibility) == 3
+    assert [type(e) for e, _ in handler.notified] == [EndpointConnectionError] * 2
+
+
+def test_network_error_on_delete_is_reported_not_raised():
+    message = FlakyNetworkMessage(fail_delete=True)
+    handler = Handler(message, 30, 25, 300)
+    run_handler(handler)
+    assert handler.error is None and handler.finished
+    assert [type(e) for e, _ in handler.notified] == [EndpointConnectionError]
+
+
+def test_callers_timer_due_during_the_task_fires_only_after_the_delete():
+    # Given the caller's own 0.2 s alarm, whose handler raises
+    class CallerAlarm(Exception):
+        pass
+
+    def caller_handler(signum, frame):
+        raise CallerAlarm()
+
+    message = FakeMessage()
+    old = signal.signal(signal.SIGALRM, caller_handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        handler = Handler(message, 30, 25, 300, work=lambda: time.sleep(0.5))
+        # When the task outlives the caller's alarm
+        with pytest.raises(CallerAlarm):
+            run_handler(handler)
+            time.sleep(1)
+        # Then the alarm came after our exit path: the finished task was deleted
+        assert handler.finished and handler.error is None
+        assert message.deleted == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

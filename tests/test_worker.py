@@ -532,3 +532,24 @@ def test_sigterm_while_starting_up_exits_0(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def record_reserved(key: str, message: str, hard_timeout: int, alarm_timeout: int) -> None:
+    apps._trace("done", key, message=message, hard_timeout=hard_timeout)
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
+def test_function_kwargs_may_share_names_with_handler_parameters(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, isolate: bool
+) -> None:
+    # Given a function task whose kwargs are named like MessageHandler's parameters
+    worker, notify = make_worker(sqs_server, sqs_queue, isolate=isolate)
+    worker.register("reserved", record_reserved)
+    sqs_server.task_manager(sqs_queue).submit(
+        "reserved", key="r1", message="hello", hard_timeout=7, alarm_timeout=1
+    )
+    # When the worker runs it, then the function gets exactly those kwargs
+    assert worker.process(receive_one(sqs_queue)) == "done"
+    [trace] = traces(trace_dir, "done", "r1")
+    assert (trace["message"], trace["hard_timeout"]) == ("hello", 7)
+    assert notify.errors == []
