@@ -83,7 +83,7 @@ def test_deadline_races_never_raise_after_delete():
         assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL, message.message_id
     elapsed = time.monotonic() - started
     print(
-        f"timer race: {TASKS} tasks, {completed} completed, {timed_out} timed out, "
+        f"RELIABILITY: timer race: {TASKS} tasks, {completed} completed, {timed_out} timed out, "
         f"{len(late_errors)} escaped, {elapsed:.1f} s"
     )
     assert late_errors == []

@@ -1,0 +1,93 @@
+"""Task apps for the reliability suite: ``reliability.apps:app`` with tests/ on the path.
+
+Every task run leaves one file per event in the directory named by
+``SQSTM_RELIABILITY_DIR`` (``start.<key>.<pid>.<ns>``, ``done.<key>.<pid>.<ns>``),
+and every notify call one ``notify.<ErrorType>.<pid>.<ns>`` file holding the
+error's text, so a test counts from outside, after any number of kills, what
+ran how often and what was reported. Files are created with O_EXCL and never
+rewritten, so a killed process leaves at worst an event it already wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+from sqstaskmaster.message_handler import MessageHandler
+from sqstaskmaster.worker import Worker
+
+DIRECTORY_VARIABLE = "SQSTM_RELIABILITY_DIR"
+
+
+def record(kind: str, key: str, **data: Any) -> None:
+    """Write one event file (nothing when the directory variable is unset)."""
+    directory = os.environ.get(DIRECTORY_VARIABLE)
+    if not directory:
+        return
+    data.update(pid=os.getpid(), time=time.time())
+    name = f"{kind}.{key}.{os.getpid()}.{time.monotonic_ns()}"
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
+
+
+def notify(exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+    """The worker's notify: one file per call, named by the error's type."""
+    body = (context or {}).get("body")
+    record("notify", type(exception).__name__, error=str(exception), body=body)
+
+
+def work(key: str, seconds: float = 0.0) -> None:
+    """A well-behaved task: sleeps ``seconds``."""
+    record("start", key)
+    if seconds:
+        time.sleep(seconds)
+    record("done", key)
+
+
+def poison(key: str) -> None:
+    """Always fails."""
+    record("start", key)
+    raise RuntimeError(f"poison task {key} fails on every run")
+
+
+def hang(key: str) -> None:
+    """Never ends by itself (registered with a 1-second hard timeout)."""
+    record("start", key)
+    while True:
+        time.sleep(0.05)
+
+
+def takes_number(key: str, number: int) -> None:
+    """Fails unless ``number`` is an int (a message with wrongly typed kwargs)."""
+    record("start", key)
+    if not isinstance(number, int):
+        raise TypeError(f"number must be an int, got {number!r}")
+    record("done", key)
+
+
+class PoisonHandler(MessageHandler):
+    """A 0.0.11-style handler class whose run() always fails."""
+
+    def __init__(self, message, sqs_timeout, alarm_timeout, hard_timeout=60, key="class"):
+        super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
+        self.key = key
+
+    def run(self) -> None:
+        record("start", self.key)
+        raise ValueError(f"handler class task {self.key} fails on every run")
+
+    def running(self) -> bool:
+        return True
+
+    def notify(self, exception: BaseException, context: Optional[dict] = None) -> None:
+        notify(exception, context)
+
+
+app = Worker({"work": work, "poison": poison, "takes_number": takes_number}, notify=notify)
+app.register("hang", hang, hard_timeout=1)
+app.register("poison_class", PoisonHandler)
