@@ -348,7 +348,7 @@ def test_a_slow_heartbeat_does_not_delay_the_hard_timeout(receive: Any) -> None:
         child_ended_during_beat: Optional[bool] = None
 
         def running(self) -> bool:
-            time.sleep(3)
+            time.sleep(2.5)
             state = self._isolation
             child = state.child if state is not None else None
             self.child_ended_during_beat = child is not None and child.exited()
@@ -358,11 +358,15 @@ def test_a_slow_heartbeat_does_not_delay_the_hard_timeout(receive: Any) -> None:
         receive(), lambda handler: time.sleep(60), sqs_timeout=10, alarm_timeout=1, hard_timeout=2
     ) as handler:
         handler.run()
-    # The child was killed at the deadline, while the heartbeat (1 s to 4 s) still ran;
-    # the handler then waits (bounded) for that heartbeat before it leaves, so that
-    # the heartbeat cannot land after the caller hands the message back.
-    assert handler.child_ended_during_beat is True
     overshoot = time.monotonic() - handler.deadline
+    # The child was killed at the deadline, while the heartbeat (from 1 s, 2.5 s
+    # long) still ran; the handler then waits (bounded) for that heartbeat before it
+    # leaves, so that the heartbeat cannot land after the caller hands the message
+    # back. On a loaded machine the bounded wait may give up first: wait here.
+    deadline = time.monotonic() + 5
+    while handler.child_ended_during_beat is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handler.child_ended_during_beat is True
     assert overshoot < handler.kill_grace_s + HEARTBEAT_JOIN_S + 0.5
     assert isinstance(handler.notified[0], HardTimeoutError)
 
