@@ -8,12 +8,12 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List
 
 import pytest
+from handlers import TaskHandler
 
 from sqstaskmaster.local import LocalMessage, LocalQueue
-from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.task_manager import TaskManager
 
 LOGGER_NAME = "sqstaskmaster.local"
@@ -238,24 +238,8 @@ def busy(seconds: float) -> None:
         pass
 
 
-class Handler(MessageHandler):
+class Handler(TaskHandler):
     TASKS = {"add": add, "sleep": sleep, "busy": busy}
-
-    def __init__(self, message: Any, task: str, kwargs: Dict[str, Any], **timeouts: int) -> None:
-        super().__init__(message, **timeouts)
-        self.task = task
-        self.kwargs = kwargs
-        self.result: Any = None
-        self.notified: List[Tuple[BaseException, Any]] = []
-
-    def run(self) -> None:
-        self.result = self.TASKS[self.task](**self.kwargs)
-
-    def running(self) -> bool:
-        return True
-
-    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
-        self.notified.append((exception, context))
 
 
 def test_producer_and_consumer_in_one_process_with_a_hard_timeout() -> None:

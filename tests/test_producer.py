@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from datetime import date
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pytest
 from botocore.awsrequest import AWSResponse
@@ -139,37 +139,29 @@ def test_plan_batches_cuts_in_order_by_count_and_bytes() -> None:
 
 
 def test_sqs_failed_entries_are_retried(sqs_server: SQSServer) -> None:
-    queue = sqs_server.make_queue()
-    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
-    tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
-    tm.queue_limits()  # read from moto before the client is stubbed
-    tasks = [(f"t{i}", {"i": i}) for i in range(4)]
-    with Stubber(sqs.meta.client) as stub:
+    producer = StubbedProducer(sqs_server, 4)
+    with Stubber(producer.client) as stub:
         stub.add_response(
             "send_message_batch",
             {
                 "Successful": [_ok(0), _ok(2), _ok(3)],
                 "Failed": [_failed(1, "InternalError", sender_fault=False)],
             },
-            {"QueueUrl": queue.url, "Entries": [_entry(i, *tasks[i]) for i in range(4)]},
+            producer.batch(range(4)),
         )
         stub.add_response(
             "send_message_batch",
             {"Successful": [_ok(1)], "Failed": []},
-            {"QueueUrl": queue.url, "Entries": [_entry(1, *tasks[1])]},
+            producer.batch([1]),
         )
-        ids = tm.submit_batch(tasks)
+        ids = producer.tm.submit_batch(producer.tasks)
         stub.assert_no_pending_responses()
     assert ids == ["id-0", "id-1", "id-2", "id-3"]
 
 
 def test_entries_sqs_keeps_failing_are_raised_not_dropped(sqs_server: SQSServer) -> None:
-    queue = sqs_server.make_queue()
-    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
-    tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
-    tm.queue_limits()
-    tasks = [(f"t{i}", {"i": i}) for i in range(6)]
-    with Stubber(sqs.meta.client) as stub:
+    producer = StubbedProducer(sqs_server, 6)
+    with Stubber(producer.client) as stub:
         # Given: entry 2 fails every time (transient code), entry 5 is the sender's fault
         stub.add_response(
             "send_message_batch",
@@ -180,17 +172,17 @@ def test_entries_sqs_keeps_failing_are_raised_not_dropped(sqs_server: SQSServer)
                     _failed(5, "InvalidParameterValue", sender_fault=True),
                 ],
             },
-            {"QueueUrl": queue.url, "Entries": [_entry(i, *tasks[i]) for i in range(6)]},
+            producer.batch(range(6)),
         )
         for _ in range(2):
             stub.add_response(
                 "send_message_batch",
                 {"Successful": [], "Failed": [_failed(2, "InternalError", sender_fault=False)]},
-                {"QueueUrl": queue.url, "Entries": [_entry(2, *tasks[2])]},
+                producer.batch([2]),
             )
         # When
         with pytest.raises(BatchSendError) as caught:
-            tm.submit_batch(tasks, max_attempts=3)
+            producer.tm.submit_batch(producer.tasks, max_attempts=3)
         stub.assert_no_pending_responses()
 
     # Then: the error lists exactly the two unsent entries, and the ids of the others
@@ -206,16 +198,12 @@ def test_entries_sqs_keeps_failing_are_raised_not_dropped(sqs_server: SQSServer)
 
 
 def test_a_rejected_request_lists_every_unsent_entry(sqs_server: SQSServer) -> None:
-    queue = sqs_server.make_queue()
-    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
-    tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
-    tm.queue_limits()
-    tasks = [(f"t{i}", {"i": i}) for i in range(25)]
-    with Stubber(sqs.meta.client) as stub:
+    producer = StubbedProducer(sqs_server, 25)
+    with Stubber(producer.client) as stub:
         stub.add_response(
             "send_message_batch",
             {"Successful": [_ok(i) for i in range(10)], "Failed": []},
-            {"QueueUrl": queue.url, "Entries": [_entry(i, *tasks[i]) for i in range(10)]},
+            producer.batch(range(10)),
         )
         stub.add_client_error(
             "send_message_batch",
@@ -224,7 +212,8 @@ def test_a_rejected_request_lists_every_unsent_entry(sqs_server: SQSServer) -> N
             http_status_code=403,
         )
         with pytest.raises(BatchSendError) as caught:
-            tm.submit_batch(tasks, max_in_flight=1)  # the Stubber answers in call order
+            # the Stubber answers in call order
+            producer.tm.submit_batch(producer.tasks, max_in_flight=1)
         stub.assert_no_pending_responses()
     error = caught.value
     assert [f.index for f in error.failed] == list(range(10, 25))
@@ -232,6 +221,26 @@ def test_a_rejected_request_lists_every_unsent_entry(sqs_server: SQSServer) -> N
     assert {f.code for f in error.failed[10:]} == {"NotAttempted"}
     assert error.message_ids == [f"id-{i}" for i in range(10)] + [None] * 15
     assert "and 5 more" in str(error)
+
+
+class StubbedProducer:
+    """A TaskManager on a new queue, and ``count`` tasks for it to send to a Stubber.
+
+    The queue's limits are read from moto first, so that only the sends reach the Stubber.
+    """
+
+    def __init__(self, server: SQSServer, count: int) -> None:
+        queue = server.make_queue()
+        sqs = server.session.resource("sqs", endpoint_url=server.endpoint_url)
+        self.url = queue.url
+        self.client = sqs.meta.client
+        self.tm = TaskManager(queue.url, sqs=sqs, sender_name=SENDER)
+        self.tm.queue_limits()
+        self.tasks = [(f"t{i}", {"i": i}) for i in range(count)]
+
+    def batch(self, indexes: Iterable[int]) -> Dict[str, Any]:
+        """The send_message_batch request expected for the tasks at ``indexes``."""
+        return {"QueueUrl": self.url, "Entries": [_entry(i, *self.tasks[i]) for i in indexes]}
 
 
 def _entry(index: int, task: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:

@@ -9,14 +9,14 @@ import logging
 import time
 from datetime import date
 from decimal import Decimal
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import boto3
+import handlers
 import pytest
 from botocore.exceptions import ClientError
 
 from sqstaskmaster.local import LocalQueue
-from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.task_manager import TaskManager
 
 LOGGER_NAME = "sqstaskmaster.task_manager"
@@ -43,26 +43,10 @@ def fail(reason: str) -> None:
     raise ValueError(reason)
 
 
-class TaskHandler(MessageHandler):
+class TaskHandler(handlers.TaskHandler):
     """Runs the tasks of these tests; remembers results and notifications."""
 
     TASKS = {"add": add, "fail": fail}
-
-    def __init__(self, message: Any, task: str, kwargs: Dict[str, Any], **timeouts: int) -> None:
-        super().__init__(message, **timeouts)
-        self.task = task
-        self.kwargs = kwargs
-        self.result: Any = None
-        self.notified: List[Tuple[BaseException, Any]] = []
-
-    def run(self) -> None:
-        self.result = self.TASKS[self.task](**self.kwargs)
-
-    def running(self) -> bool:
-        return True
-
-    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
-        self.notified.append((exception, context))
 
 
 @pytest.fixture
@@ -336,24 +320,23 @@ def first(tm: TaskManager, **kwargs: Any) -> Tuple[Any, Any, Any]:
     return next(iter(tm.task_generator(**kwargs)))
 
 
-@pytest.mark.parametrize("wait_time", [-1, 21, 100])
-def test_wait_time_out_of_range(wait_time: int) -> None:
-    tm = TaskManager("local://q", queue_constructor=LocalQueue)
-    tm.submit("t")
-    expected = f"Invalid polling wait time {wait_time}; must be between 0 and 20"
-    with pytest.raises(ValueError) as caught:
-        first(tm, wait_time=wait_time)
-    assert str(caught.value) == expected
+WAIT_TIME_RANGE = "Invalid polling wait time {}; must be between 0 and 20"
+SQS_TIMEOUT_RANGE = "Invalid sqs timeout {} seconds; must be between 0 and 12 hours"
 
 
-@pytest.mark.parametrize("sqs_timeout", [-1, 43201])
-def test_sqs_timeout_out_of_range(sqs_timeout: int) -> None:
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        *[("wait_time", value, WAIT_TIME_RANGE) for value in (-1, 21, 100)],
+        *[("sqs_timeout", value, SQS_TIMEOUT_RANGE) for value in (-1, 43201)],
+    ],
+)
+def test_limits_out_of_range(name: str, value: int, expected: str) -> None:
     tm = TaskManager("local://q", queue_constructor=LocalQueue)
     tm.submit("t")
-    expected = f"Invalid sqs timeout {sqs_timeout} seconds; must be between 0 and 12 hours"
     with pytest.raises(ValueError) as caught:
-        first(tm, sqs_timeout=sqs_timeout)
-    assert str(caught.value) == expected
+        first(tm, **{name: value})
+    assert str(caught.value) == expected.format(value)
 
 
 @pytest.mark.parametrize(

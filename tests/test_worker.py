@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,13 +18,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import worker_apps as apps
+from worker_process import WorkerProcess
 
 from sqstaskmaster.errors import InvalidTaskMessageError, UnknownTaskError, VisibilityBudgetError
 from sqstaskmaster.supervisor import resolve_processes
 from sqstaskmaster.worker import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
-
-TESTS = Path(__file__).resolve().parent
-
 
 # -- helpers ------------------------------------------------------------------
 
@@ -57,47 +54,6 @@ def receive(queue: Any, visibility: int = 30) -> List[Any]:
     )
 
 
-class WorkerProcess:
-    """``python -m sqstaskmaster worker worker_apps:app`` against the test server."""
-
-    def __init__(self, server: Any, queue_url: str, directory: Path, *args: str) -> None:
-        env = dict(os.environ, **server.environment)
-        env["SQSTM_TEST_DIR"] = str(directory)
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-        self.log_path = directory / "worker.log"
-        self._log = open(self.log_path, "w")
-        command = [sys.executable, "-m", "sqstaskmaster", "worker", "worker_apps:app"]
-        command += ["--queue-url", queue_url, "--poll-wait", "1", *args]
-        self.process = subprocess.Popen(
-            command,
-            cwd=str(TESTS),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker still running after {timeout_s} s:\n{self.log[-3000:]}")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self._log.close()
-
-
 @pytest.fixture
 def trace_dir(tmp_path: Path, monkeypatch: Any) -> Path:
     monkeypatch.setenv("SQSTM_TEST_DIR", str(tmp_path))
@@ -108,8 +64,19 @@ def trace_dir(tmp_path: Path, monkeypatch: Any) -> Path:
 def start_worker(sqs_server: Any, trace_dir: Path):
     started: List[WorkerProcess] = []
 
-    def start(queue_url: str, *args: str) -> WorkerProcess:
-        worker = WorkerProcess(sqs_server, queue_url, trace_dir, *args)
+    def start(queue_url: str, *args: str, app: str = "worker_apps:app") -> WorkerProcess:
+        """``python -m sqstaskmaster worker <app>`` against the test server."""
+        worker = WorkerProcess(
+            sqs_server,
+            app,
+            queue_url,
+            "--poll-wait",
+            "1",
+            *args,
+            directory_variable="SQSTM_TEST_DIR",
+            directory=trace_dir,
+            log_path=trace_dir / "worker.log",
+        )
         started.append(worker)
         return worker
 
@@ -506,32 +473,15 @@ def test_burst_tasks_stops_after_that_many(
 
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_sigterm_while_starting_up_exits_0(
-    sqs_server: Any, sqs_queue: Any, trace_dir: Path, processes: str
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any, processes: str
 ) -> None:
     # Given a worker whose app is still importing
-    command = [sys.executable, "-m", "sqstaskmaster", "worker", "slow_import_app:app"]
-    command += ["--queue-url", sqs_queue.url, "--poll-wait", "1", "--processes", processes]
-    env = dict(os.environ, **sqs_server.environment)
-    env["SQSTM_TEST_DIR"] = str(trace_dir)
-    process = subprocess.Popen(
-        command,
-        cwd=str(TESTS),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: list(trace_dir.glob("importing.*")), 20)
-        # When SIGTERM arrives before the poll loop exists
-        process.send_signal(signal.SIGTERM)
-        # Then the worker still stops cleanly, without running anything
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    worker = start_worker(sqs_queue.url, "--processes", processes, app="slow_import_app:app")
+    wait_for(lambda: list(trace_dir.glob("importing.*")), 20)
+    # When SIGTERM arrives before the poll loop exists
+    worker.signal(signal.SIGTERM)
+    # Then the worker still stops cleanly, without running anything
+    assert worker.wait(20) == 0
 
 
 def record_reserved(key: str, message: str, hard_timeout: int, alarm_timeout: int) -> None:

@@ -6,19 +6,17 @@ import http.client
 import http.server
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import worker_process
 
 from .apps import DIRECTORY_VARIABLE
 
-TESTS = Path(__file__).resolve().parent.parent
 APP = "reliability.apps:app"
 
 
@@ -114,8 +112,8 @@ def children_of(pid: int) -> List[int]:
     return found
 
 
-class WorkerProcess:
-    """``python -m sqstaskmaster worker reliability.apps:app`` in its own session."""
+class WorkerProcess(worker_process.WorkerProcess):
+    """``python -m sqstaskmaster worker reliability.apps:app``, logging to ``<log_name>.log``."""
 
     def __init__(
         self,
@@ -127,58 +125,24 @@ class WorkerProcess:
         endpoint_url: Optional[str] = None,
         env: Optional[Dict[str, str]] = None,
     ) -> None:
-        environment = dict(os.environ, **server.environment)
-        if endpoint_url:
-            environment["AWS_ENDPOINT_URL"] = endpoint_url
-        environment[DIRECTORY_VARIABLE] = str(directory)
-        environment["PYTHONPATH"] = os.pathsep.join([str(TESTS), environment.get("PYTHONPATH", "")])
-        environment.update(env or {})
-        self.log_path = directory.parent / f"{log_name}.log"
-        self._log = open(self.log_path, "a")
-        command = [sys.executable, "-m", "sqstaskmaster", "worker", APP, "--queue-url", queue_url]
-        if endpoint_url:
-            command += ["--endpoint-url", endpoint_url]
-        self.process = subprocess.Popen(
-            [*command, *args],
-            cwd=str(TESTS),
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            server,
+            APP,
+            queue_url,
+            *args,
+            directory_variable=DIRECTORY_VARIABLE,
+            directory=directory,
+            log_path=directory.parent / f"{log_name}.log",
+            endpoint_url=endpoint_url,
+            env=env,
         )
-        self.pid = self.process.pid
 
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
 
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker still running after {timeout_s} s:\n{self.log[-3000:]}")
-
-    def stop(self, timeout_s: float = 15) -> int:
-        """SIGTERM, then the exit code."""
-        self.signal(signal.SIGTERM)
-        return self.wait(timeout_s)
-
-    def close(self) -> None:
-        """Kill the whole session if it still runs (a failed test), and close the log."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
-        self._log.close()
+def event_directory(tmp_path: Path) -> Tuple[Path, Events]:
+    """A new ``events`` directory below ``tmp_path`` for the apps to write to, and its reader."""
+    directory = tmp_path / "events"
+    directory.mkdir()
+    return directory, Events(directory)
 
 
 # -- the fault proxy ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.worker import Worker
 
 from .apps import work
-from .harness import Events, WorkerProcess, drain_bodies, queue_depth, report
+from .harness import WorkerProcess, drain_bodies, event_directory, queue_depth, report
 
 MAX_MESSAGE_SIZE = 1024
 RET_USAGE = 2
@@ -118,9 +118,7 @@ BAD_MESSAGES = {
 
 @pytest.mark.timeout(60)
 def test_worker_notifies_bad_messages_and_goes_on(sqs_server: Any, tmp_path: Path) -> None:
-    events_dir = tmp_path / "events"
-    events_dir.mkdir()
-    events = Events(events_dir)
+    events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=1)
     for body in BAD_MESSAGES:
         queue.queue.send_message(MessageBody=body)

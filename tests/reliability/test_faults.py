@@ -21,10 +21,10 @@ from typing import Any, Dict, List
 import pytest
 
 from .harness import (
-    Events,
     FaultProxy,
     WorkerProcess,
     drain_bodies,
+    event_directory,
     queue_depth,
     report,
     wait_for,
@@ -75,9 +75,7 @@ def test_faults_are_survived_retried_notified(
     sqs_server: Any, tmp_path: Path, scenario: str
 ) -> None:
     settings = SCENARIOS[scenario]
-    events_dir = tmp_path / "events"
-    events_dir.mkdir()
-    events = Events(events_dir)
+    events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=MAX_RECEIVE_COUNT)
     keys = [f"f{number:03d}" for number in range(len(settings["tasks"]))]
     poison_keys = [f"p{number}" for number in range(settings.get("poison", 0))]

@@ -24,7 +24,7 @@ from typing import Any, List
 
 import pytest
 
-from .harness import Events, WorkerProcess, children_of, queue_depth, report, wait_for
+from .harness import WorkerProcess, children_of, event_directory, queue_depth, report, wait_for
 
 TASKS = 200
 PROCESSES = 3
@@ -35,9 +35,7 @@ SQS_TIMEOUT_S = 4
 @pytest.mark.timeout(120)
 def test_kill_9_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
     rng = random.Random(6001)
-    events_dir = tmp_path / "events"
-    events_dir.mkdir()
-    events = Events(events_dir)
+    events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue()
     keys = [f"t{number:03d}" for number in range(TASKS)]
     sqs_server.task_manager(queue).submit_batch(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Events, WorkerProcess, drain_bodies, queue_depth, report, wait_for
+from .harness import WorkerProcess, drain_bodies, event_directory, queue_depth, report, wait_for
 
 MAX_RECEIVE_COUNT = 3
 GOOD_PER_WAVE = 20
@@ -26,9 +26,7 @@ RETRY_S = 2
 
 @pytest.mark.timeout(90)
 def test_poison_is_dead_lettered_and_good_work_flows(sqs_server: Any, tmp_path: Path) -> None:
-    events_dir = tmp_path / "events"
-    events_dir.mkdir()
-    events = Events(events_dir)
+    events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=MAX_RECEIVE_COUNT)
     tm = sqs_server.task_manager(queue)
     poison = [("poison", {"key": f"p{number}"}) for number in range(3)]

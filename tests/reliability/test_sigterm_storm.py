@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from .harness import Events, WorkerProcess, queue_depth, report, wait_for
+from .harness import WorkerProcess, event_directory, queue_depth, report, wait_for
 
 TASKS = 100
 MODES: Tuple[List[str], ...] = (["--signal-mode"], [])
@@ -29,9 +29,7 @@ MODES: Tuple[List[str], ...] = (["--signal-mode"], [])
 @pytest.mark.timeout(120)
 def test_sigterm_storm_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
     rng = random.Random(6002)
-    events_dir = tmp_path / "events"
-    events_dir.mkdir()
-    events = Events(events_dir)
+    events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue()
     keys = [f"s{number:03d}" for number in range(TASKS)]
     # Mostly short tasks, one in ten longer than the grace.
