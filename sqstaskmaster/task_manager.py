@@ -48,6 +48,11 @@ def service_name_attribute(sender_name: str) -> Dict[str, Dict[str, str]]:
     return {"service_name": {"StringValue": sender_name, "DataType": "String"}}
 
 
+def _log_submitted(task: Any, response: Any) -> None:
+    message_id = response.get("MessageId") if isinstance(response, dict) else None
+    logger.debug("submitted task %s as message %s", task, message_id)
+
+
 class TaskManager:
     """Submit tasks to an SQS queue and iterate over the tasks it delivers.
 
@@ -125,11 +130,7 @@ class TaskManager:
         response = self.queue.send_message(
             MessageBody=body, MessageAttributes=service_name_attribute(self.sender)
         )
-        logger.debug(
-            "submitted task %s as message %s",
-            task,
-            response.get("MessageId") if isinstance(response, dict) else None,
-        )
+        _log_submitted(task, response)
         return response
 
     def task_generator(
@@ -246,11 +247,7 @@ class TaskManager:
         )
         prepared = prepare(message, sender=self.sender, limits=self.queue_limits())
         response = self.queue.send_message(**prepared.params)
-        logger.debug(
-            "submitted task %s as message %s",
-            task,
-            response.get("MessageId") if isinstance(response, dict) else None,
-        )
+        _log_submitted(task, response)
         return response
 
     def submit_batch(
