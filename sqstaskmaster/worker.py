@@ -53,6 +53,7 @@ from .errors import (
     VisibilityBudgetError,
     WorkerShutdownError,
 )
+from .message_handler import failure_context, message_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +164,6 @@ def receive_count_of(message: Any) -> int:
         return int(attributes.get("ApproximateReceiveCount", 1))
     except (TypeError, ValueError):
         return 1
-
-
-def _message_id(message: Any) -> Optional[str]:
-    return getattr(message, "message_id", None)
 
 
 # -- the registry -----------------------------------------------------------
@@ -566,7 +563,7 @@ class Worker:
         """
         tm = self._task_manager
         count = receive_count_of(message)
-        message_id = _message_id(message)
+        message_id = message_id_of(message)
         decoded = tm.decode(message)
         if decoded is None:
             # TaskManager.decode has notified and logged.
@@ -602,7 +599,7 @@ class Worker:
                 count,
                 sorted(kwargs),
             )
-            self.notify(error, context={"body": message.body, **(message.attributes or {})})
+            self.notify(error, context=failure_context(message))
             self._retry_later(message, task, count, "handler construction failed")
             return "failed"
         left = handler.visibility_budget_left()
@@ -614,7 +611,7 @@ class Worker:
         return self._run(handler, message, task, count)
 
     def _run(self, handler: Any, message: Any, task: str, count: int) -> str:
-        message_id = _message_id(message)
+        message_id = message_id_of(message)
         logger.info("task %s message %s receive %d: started", task, message_id, count)
         started = time.monotonic()
         self.tasks_run += 1
@@ -641,7 +638,7 @@ class Worker:
                 message_id,
                 count,
             )
-            self.notify(entry_error, context={"body": message.body, **(message.attributes or {})})
+            self.notify(entry_error, context=failure_context(message))
             interrupted = entry_error
         except BaseException as fatal:
             # KeyboardInterrupt, SystemExit from the task: hand back, then stop.
@@ -674,9 +671,9 @@ class Worker:
 
     def _refuse(self, message: Any, error: Exception, task: Optional[str], count: int) -> None:
         """Never run: notify, log, and leave the message to the backoff and redrive policy."""
-        self.notify(error, context={"body": message.body, **(message.attributes or {})})
+        self.notify(error, context=failure_context(message))
         logger.error(
-            "task %s message %s receive %d: refused: %s", task, _message_id(message), count, error
+            "task %s message %s receive %d: refused: %s", task, message_id_of(message), count, error
         )
         self._retry_later(message, task, count, type(error).__name__)
 
@@ -686,7 +683,7 @@ class Worker:
         logger.warning(
             "task %s message %s receive %d: %s; visible again in %d s (retry backoff)",
             task,
-            _message_id(message),
+            message_id_of(message),
             count,
             why,
             delay,
@@ -697,7 +694,7 @@ class Worker:
         logger.warning(
             "task %s message %s receive %d: %s; handed back (visibility 0)",
             task,
-            _message_id(message),
+            message_id_of(message),
             receive_count_of(message),
             why,
         )
@@ -707,9 +704,9 @@ class Worker:
             message.change_visibility(VisibilityTimeout=int(seconds))
         except Exception as error:
             logger.exception(
-                "failed to set visibility of message %s to %s s", _message_id(message), seconds
+                "failed to set visibility of message %s to %s s", message_id_of(message), seconds
             )
-            self.notify(error, context={"body": message.body, **(message.attributes or {})})
+            self.notify(error, context=failure_context(message))
 
 
 def _in_handler_transition(frame: Optional[FrameType]) -> bool:
