@@ -36,6 +36,9 @@ DUMMY_ACCESS_KEY = "testing"
 DUMMY_SECRET_KEY = "testing"
 DEFAULT_REGION = "us-east-1"
 STARTUP_TIMEOUT_S = 30.0
+# Set to an SQS-compatible endpoint (LocalStack, ElasticMQ, ...) already
+# running on this machine, and :func:`sqs_server` uses it instead of starting moto.
+ENDPOINT_VARIABLE = "SQSTASKMASTER_TEST_ENDPOINT"
 
 
 class ServerStartError(RuntimeError):
@@ -78,6 +81,21 @@ class SQSServer:
         )
         self.sqs = self.session.resource("sqs", endpoint_url=endpoint_url)
         self.client = self.sqs.meta.client
+        self._has_ecs: Optional[bool] = None
+
+    @property
+    def has_ecs(self) -> bool:
+        """Whether the server also emulates ECS (moto does; LocalStack's free edition does not)."""
+        if self._has_ecs is None:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            ecs = self.session.client("ecs", endpoint_url=self.endpoint_url)
+            try:
+                ecs.list_clusters()
+                self._has_ecs = True
+            except (ClientError, BotoCoreError):
+                self._has_ecs = False
+        return self._has_ecs
 
     @property
     def environment(self) -> Dict[str, str]:
@@ -166,7 +184,16 @@ def sqs_server(
     With ``set_environment=True``, ``os.environ`` points boto3 at the server
     (endpoint, dummy credentials, region) until the block ends, for code that
     builds its own clients.
+
+    When the environment variable ``SQSTASKMASTER_TEST_ENDPOINT`` names an
+    endpoint (say a LocalStack on ``http://127.0.0.1:4566``), that server is
+    used as it is and nothing is started, so one suite runs against either.
     """
+    external = os.environ.get(ENDPOINT_VARIABLE)
+    if external:
+        with _environment_for(SQSServer(external.rstrip("/"), region), set_environment) as server:
+            yield server
+        return
     try:
         import moto.server  # noqa: F401
     except ImportError as error:
@@ -182,10 +209,24 @@ def sqs_server(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    saved: Dict[str, Optional[str]] = {}
     try:
         _wait_until_up(url, process, STARTUP_TIMEOUT_S)
-        server = SQSServer(url, region)
+        with _environment_for(SQSServer(url, region), set_environment) as server:
+            yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def _environment_for(server: SQSServer, set_environment: bool) -> Iterator[SQSServer]:
+    """Yield ``server``; with ``set_environment``, point ``os.environ`` at it meanwhile."""
+    saved: Dict[str, Optional[str]] = {}
+    try:
         if set_environment:
             for key, value in server.environment.items():
                 saved[key] = os.environ.get(key)
@@ -197,9 +238,3 @@ def sqs_server(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
