@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run tasks in the worker process under SIGALRM, not in a forked child",
     )
     mode.add_argument("--isolate", dest="isolate", action="store_true", default=None)
+    worker.add_argument(
+        "--ecs-protection",
+        choices=["auto", "on", "off"],
+        help="ECS task scale-in protection while a task runs (default auto: on under ECS)",
+    )
     worker.add_argument("--burst-tasks", type=int, help="stop after this many tasks")
     worker.add_argument("--burst-idle", type=float, help="stop after this many idle seconds")
     worker.add_argument(
@@ -204,6 +209,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "burst_tasks": args.burst_tasks,
         "burst_idle_s": args.burst_idle,
         "processes": args.processes,
+        "ecs_protection": args.ecs_protection,
         "queue_url": args.queue_url,
         "endpoint_url": args.endpoint_url,
     }
