@@ -7,6 +7,7 @@
     sqstaskmaster submit URL TASK --kwargs '{"x": 1}'    # send one task
     sqstaskmaster stats URL                              # queue depths (and its DLQ's)
     sqstaskmaster purge URL [--yes]                      # empty a queue
+    sqstaskmaster provision RULES.json [--dry-run]       # scale ECS services by queue depth
 
 Exit codes are named below (``RET_*``).
 """
@@ -161,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("url", metavar="URL")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     _add_connection(stats)
+
+    provision = commands.add_parser("provision", help="scale ECS services by queue depth")
+    provision.add_argument("rules", metavar="RULES.json", help="a JSON list of Provisioner rules")
+    provision.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between rounds (default 60)"
+    )
+    provision.add_argument("--once", action="store_true", help="run one round and exit")
+    provision.add_argument(
+        "--dry-run", action="store_true", help="log the decisions, do not call update_service"
+    )
+    provision.add_argument("--region", help="AWS region (default: boto3's)")
 
     purge = commands.add_parser("purge", help="delete every message of a queue")
     purge.add_argument("url", metavar="URL")
@@ -344,6 +356,37 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return RET_OK
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    """``provision RULES.json``: run the Provisioner every ``--interval`` s until SIGTERM/SIGINT."""
+    import signal
+
+    from .provision import RulesFileError, load_rules, run_rounds
+    from .queue_scale import Provisioner
+
+    if args.interval <= 0:
+        logger.error("--interval must be > 0 seconds, got %r", args.interval)
+        return RET_USAGE
+    try:
+        rules = load_rules(args.rules)
+    except RulesFileError as error:
+        logger.error("%s", error)
+        return RET_USAGE
+    signals: List[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: signals.append(signum))
+    try:
+        provisioner = Provisioner(rules, session=make_session(args.region), dry_run=args.dry_run)
+        run_rounds(provisioner, args.interval, args.once, lambda: bool(signals))
+    except _connection_errors() as error:
+        logger.error("provision: cannot reach SQS or ECS: %s", error)
+        return RET_CONNECT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    return RET_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: see :mod:`sqstaskmaster.demo`."""
     from .demo import run_demo
@@ -367,6 +410,7 @@ COMMANDS = {
     "submit": cmd_submit,
     "stats": cmd_stats,
     "purge": cmd_purge,
+    "provision": cmd_provision,
 }
 
 
