@@ -163,16 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     _add_connection(stats)
 
-    provision = commands.add_parser("provision", help="scale ECS services by queue depth")
-    provision.add_argument("rules", metavar="RULES.json", help="a JSON list of Provisioner rules")
-    provision.add_argument(
-        "--interval", type=float, default=60.0, help="seconds between rounds (default 60)"
-    )
-    provision.add_argument("--once", action="store_true", help="run one round and exit")
-    provision.add_argument(
-        "--dry-run", action="store_true", help="log the decisions, do not call update_service"
-    )
-    provision.add_argument("--region", help="AWS region (default: boto3's)")
+    from .provision import add_arguments
+
+    add_arguments(commands.add_parser("provision", help="scale ECS services by queue depth"))
 
     purge = commands.add_parser("purge", help="delete every message of a queue")
     purge.add_argument("url", metavar="URL")
@@ -358,32 +351,16 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """``provision RULES.json``: run the Provisioner every ``--interval`` s until SIGTERM/SIGINT."""
-    import signal
+    from .provision import run_command
 
-    from .provision import RulesFileError, load_rules, run_rounds
-    from .queue_scale import Provisioner
-
-    if args.interval <= 0:
-        logger.error("--interval must be > 0 seconds, got %r", args.interval)
-        return RET_USAGE
     try:
-        rules = load_rules(args.rules)
-    except RulesFileError as error:
+        run_command(args, make_session(args.region))
+    except ValueError as error:  # a bad rules file or --interval
         logger.error("%s", error)
         return RET_USAGE
-    signals: List[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: signals.append(signum))
-    try:
-        provisioner = Provisioner(rules, session=make_session(args.region), dry_run=args.dry_run)
-        run_rounds(provisioner, args.interval, args.once, lambda: bool(signals))
     except _connection_errors() as error:
         logger.error("provision: cannot reach SQS or ECS: %s", error)
         return RET_CONNECT
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     return RET_OK
 
 

@@ -8,8 +8,10 @@ checks it all before the first round and names the rule and key at fault;
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import signal
 import time
 from typing import Any, Callable, Dict, List
 
@@ -87,3 +89,41 @@ def run_rounds(
             time.sleep(min(0.1, max(0.0, interval_s - (time.monotonic() - started))))
     logger.info("provision: stopped after %d rounds", rounds)
     return rounds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``provision`` subcommand's arguments."""
+    parser.add_argument("rules", metavar="RULES.json", help="a JSON list of Provisioner rules")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
+        help=f"seconds between rounds (default {DEFAULT_INTERVAL_S:g})",
+    )
+    parser.add_argument("--once", action="store_true", help="run one round and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="log the decisions, do not call update_service"
+    )
+    parser.add_argument("--region", help="AWS region (default: boto3's)")
+
+
+def run_command(args: argparse.Namespace, session: Any) -> int:
+    """Check the rules, then run rounds until SIGTERM/SIGINT (or one with ``--once``).
+
+    ValueError (RulesFileError) for a bad rules file or interval; botocore's
+    errors when SQS or ECS cannot be reached. Returns the rounds run.
+    """
+    if args.interval <= 0:
+        raise ValueError(f"--interval must be > 0 seconds, got {args.interval!r}")
+    rules = load_rules(args.rules)
+    signals: List[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        # Only a flag: the round in progress finishes, the loop ends after it.
+        signal.signal(sig, lambda signum, frame: signals.append(signum))
+    try:
+        provisioner = Provisioner(rules, session=session, dry_run=args.dry_run)
+        return run_rounds(provisioner, args.interval, args.once, lambda: bool(signals))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

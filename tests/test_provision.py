@@ -263,3 +263,9 @@ def test_sigterm_stops_the_loop_between_rounds_with_exit_0(
                 process.wait()
     assert service.desired_count() == 2
     assert "provision: stopped after" in log_path.read_text()
+
+
+def test_a_non_positive_interval_exits_2(env: Any, tmp_path: Path, caplog: Any) -> None:
+    path = write_rules(tmp_path, [])
+    assert cli.main(["provision", path, "--interval", "0"]) == cli.RET_USAGE
+    assert "--interval must be > 0 seconds, got 0.0" in caplog.text
