@@ -46,6 +46,7 @@ _LAZY = {
     "VisibilityBudgetError": "errors",
     "WorkerShutdownError": "errors",
     "AppImportError": "errors",
+    "TaskProtectionError": "errors",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover
         IsolationUnavailableError,
         MessageTooLargeError,
         SQSTaskMasterError,
+        TaskProtectionError,
         TaskStuckError,
         UnknownTaskError,
         VisibilityBudgetError,

@@ -7,6 +7,7 @@
     sqstaskmaster submit URL TASK --kwargs '{"x": 1}'    # send one task
     sqstaskmaster stats URL                              # queue depths (and its DLQ's)
     sqstaskmaster purge URL [--yes]                      # empty a queue
+    sqstaskmaster provision RULES.json [--dry-run]       # scale ECS services by queue depth
 
 Exit codes are named below (``RET_*``).
 """
@@ -133,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run tasks in the worker process under SIGALRM, not in a forked child",
     )
     mode.add_argument("--isolate", dest="isolate", action="store_true", default=None)
+    worker.add_argument(
+        "--ecs-protection",
+        choices=["auto", "on", "off"],
+        help="ECS task scale-in protection while a task runs (default auto: on under ECS)",
+    )
     worker.add_argument("--burst-tasks", type=int, help="stop after this many tasks")
     worker.add_argument("--burst-idle", type=float, help="stop after this many idle seconds")
     worker.add_argument(
@@ -156,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("url", metavar="URL")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     _add_connection(stats)
+
+    from .provision import add_arguments
+
+    add_arguments(commands.add_parser("provision", help="scale ECS services by queue depth"))
 
     purge = commands.add_parser("purge", help="delete every message of a queue")
     purge.add_argument("url", metavar="URL")
@@ -204,6 +214,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "burst_tasks": args.burst_tasks,
         "burst_idle_s": args.burst_idle,
         "processes": args.processes,
+        "ecs_protection": args.ecs_protection,
         "queue_url": args.queue_url,
         "endpoint_url": args.endpoint_url,
     }
@@ -338,6 +349,21 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return RET_OK
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    """``provision RULES.json``: run the Provisioner every ``--interval`` s until SIGTERM/SIGINT."""
+    from .provision import run_command
+
+    try:
+        run_command(args, make_session(args.region))
+    except ValueError as error:  # a bad rules file or --interval
+        logger.error("%s", error)
+        return RET_USAGE
+    except _connection_errors() as error:
+        logger.error("provision: cannot reach SQS or ECS: %s", error)
+        return RET_CONNECT
+    return RET_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: see :mod:`sqstaskmaster.demo`."""
     from .demo import run_demo
@@ -361,6 +387,7 @@ COMMANDS = {
     "submit": cmd_submit,
     "stats": cmd_stats,
     "purge": cmd_purge,
+    "provision": cmd_provision,
 }
 
 

@@ -235,3 +235,17 @@ class AppImportError(SQSTaskMasterError, ImportError):
             "Worker or a dict of task name -> MessageHandler subclass or function, importable "
             "from the current directory."
         )
+
+
+class TaskProtectionError(SQSTaskMasterError):
+    """The ECS agent did not apply a scale-in protection change (refused, failed or timed out)."""
+
+    def __init__(self, action: str, kind: str, detail: str) -> None:
+        self.action = action
+        self.kind = kind
+        self.detail = detail
+        super().__init__(
+            f"ECS task scale-in protection {action} failed ({kind}): {detail}. Tasks go on "
+            "running, but ECS may stop this container while one runs. Check that ECS_AGENT_URI "
+            "is the agent's and that the task role allows ecs:UpdateTaskProtection."
+        )

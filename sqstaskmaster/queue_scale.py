@@ -1,18 +1,23 @@
-"""Provisioner: scale ECS services all-or-nothing by the depth of their SQS queue.
+"""Provisioner: scale ECS services by the depth of their SQS queue.
 
 Each rule names a queue URL, an ECS cluster and service, and the service's
 ``active_size``. On :meth:`Provisioner.run`, a service whose state is ACTIVE is
 set to ``active_size`` tasks when its queue holds any message (visible, in
-flight or delayed) and to 0 when it holds none.
+flight or delayed) and to 0 when it holds none. A rule with
+``tasks_per_worker`` scales in proportion instead (:mod:`sqstaskmaster.scale_rules`).
+``dry_run=True`` logs each decision without calling ``update_service``.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from botocore.exceptions import ClientError
+
+from .scale_rules import Proportional, ScaleInCooldown, proportional_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class Provisioner:
         notify: Optional[Callable[..., Any]] = None,
         *,
         session: Any = None,
+        dry_run: bool = False,
     ) -> None:
         try:
             rule_list: List[Dict[str, Any]] = list(rules)
@@ -57,7 +63,10 @@ class Provisioner:
             for key in self.REQUIRED_KEYS:
                 if key not in rule:
                     raise KeyError(f"Rules must specify the {key}")
+            proportional_of(rule)  # ValueError for a bad tasks_per_worker, min/max size, cooldown
         self.rules = rule_list
+        self.dry_run = dry_run
+        self._cooldown = ScaleInCooldown()
         self._notify = notify
         if session is None:
             import boto3
@@ -95,7 +104,14 @@ class Provisioner:
                         "service %s is %s; leaving it alone", rule[self.SERVICE_NAME], state
                     )
                     continue
+                plan = proportional_of(rule)
+                if plan is not None:
+                    self._scale_proportionally(rule, depths, plan)
+                    continue
                 desired = rule[self.ACTIVE_SIZE] if total > 0 else 0
+                if self.dry_run:
+                    logger.info("dry run: would set rule %s desired count to %d", rule, desired)
+                    continue
                 self.ecs.update_service(
                     cluster=rule[self.CLUSTER_NAME],
                     service=rule[self.SERVICE_NAME],
@@ -105,6 +121,43 @@ class Provisioner:
             except ClientError as error:
                 logger.exception("Failed to update resources for rule %s", rule)
                 self.notify(error, context=rule)
+
+    def _scale_proportionally(
+        self, rule: Dict[str, Any], depths: Dict[str, int], plan: Proportional
+    ) -> None:
+        """Set the desired count in proportion to the depths, scaling in after the cooldown."""
+        description = self.get_description(rule)
+        if "desiredCount" not in description:
+            error = LookupError(
+                f"service {rule[self.SERVICE_NAME]!r} not found in cluster "
+                f"{rule[self.CLUSTER_NAME]!r}; check the rule's service_name and cluster_name"
+            )
+            logger.error("Failed to update resources for rule %s: %s", rule, error)
+            self.notify(error, context=rule)
+            return
+        current = int(description["desiredCount"])
+        target = plan.target(sum(depths.values()))
+        key = (rule[self.CLUSTER_NAME], rule[self.SERVICE_NAME])
+        desired, why = self._cooldown.decide(
+            key, current, target, plan.scale_in_cooldown_s, time.monotonic()
+        )
+        logger.info(
+            "%srule %s: visible %d, in flight %d, delayed %d; desired count %d -> %d (%s)",
+            "dry run: " if self.dry_run and desired != current else "",
+            rule,
+            depths["pending_jobs"],
+            depths["running_jobs"],
+            depths["scheduled_jobs"],
+            current,
+            desired,
+            why,
+        )
+        if desired != current and not self.dry_run:
+            self.ecs.update_service(
+                cluster=rule[self.CLUSTER_NAME],
+                service=rule[self.SERVICE_NAME],
+                desiredCount=desired,
+            )
 
     def get_description(self, rule: Dict[str, Any]) -> Dict[str, Any]:
         """The ECS description of the rule's service (with tags), or {} if ECS lists a failure."""

@@ -22,9 +22,10 @@ import signal
 import sys
 import time
 from multiprocessing.connection import wait
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .cli import RET_ERROR, RET_KILLED, RET_OK
+from .ecs import SharedProtection, agent_uri_for, make_state
 from .worker import record_early_signals, take_early_signals
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,7 +56,9 @@ def resolve_processes(processes: Union[int, str]) -> int:
     return processes
 
 
-def _child_main(worker: Worker) -> None:
+def _child_main(worker: Worker, protection: Optional[SharedProtection], slot: int) -> None:
+    if protection is not None:
+        worker._protection = protection.for_slot(slot)
     try:
         os.setpgid(0, 0)
     except OSError:
@@ -80,6 +83,10 @@ class Supervisor:
         self._forwarded = 0
         self._stop_at: Optional[float] = None
         self.restarts = 0
+        # ECS scale-in protection: this one container is one ECS task, so the
+        # supervisor owns its state, protected while any worker process is busy.
+        state = make_state(agent_uri_for(worker.ecs_protection), worker.notify)
+        self.protection = SharedProtection(state, count) if state else None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
@@ -88,7 +95,9 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         process = self._context.Process(
-            target=_child_main, args=(self.worker,), name=f"sqstaskmaster-worker-{slot}"
+            target=_child_main,
+            args=(self.worker, self.protection, slot),
+            name=f"sqstaskmaster-worker-{slot}",
         )
         process.start()
         try:
@@ -129,6 +138,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            if self.protection is not None:
+                self.protection.close()
         logger.info("supervisor: all workers stopped (%d restarts), exit %d", self.restarts, code)
         return code
 
@@ -137,7 +148,9 @@ class Supervisor:
         pending: Dict[int, float] = {}  # slot -> when to restart it
         while self._children or (pending and self._signals == 0):
             self._forward()
-            sentinels = [p.sentinel for p in self._children.values()]
+            sentinels: List[Any] = [p.sentinel for p in self._children.values()]
+            if self.protection is not None:
+                sentinels.append(self.protection)
             if sentinels:
                 wait(sentinels, timeout=0.1)
             else:
@@ -148,6 +161,8 @@ class Supervisor:
                     continue
                 process.join()
                 del self._children[slot]
+                if self.protection is not None:
+                    self.protection.clear(slot)
                 exitcode = process.exitcode
                 if self._signals or exitcode == 0:
                     logger.info("supervisor: worker %d exited with %s", slot, exitcode)
@@ -168,6 +183,8 @@ class Supervisor:
                     pause,
                 )
                 pending[slot] = now + pause
+            if self.protection is not None:
+                self.protection.serve()
             if self._signals:
                 pending.clear()
             for slot, when in list(pending.items()):

@@ -239,6 +239,9 @@ class Worker:
     (undecodable messages, unknown tasks, refusals) and function tasks' errors.
     ``session`` is a boto3 Session (each worker process makes its own
     resource from it); ``endpoint_url`` overrides the SQS endpoint.
+    ``ecs_protection`` (``"auto"``, ``"on"``, ``"off"``): ECS task scale-in
+    protection while a task runs (:mod:`sqstaskmaster.ecs`); auto is on when
+    ``ECS_AGENT_URI`` is set.
     """
 
     def __init__(
@@ -256,6 +259,7 @@ class Worker:
         burst_tasks: Optional[int] = None,
         burst_idle_s: Optional[float] = None,
         processes: Union[int, str] = 1,
+        ecs_protection: Union[str, bool] = "auto",
         notify: Optional[Notify] = None,
         session: Any = None,
         endpoint_url: Optional[str] = None,
@@ -271,6 +275,7 @@ class Worker:
         self.burst_tasks = burst_tasks
         self.burst_idle_s = burst_idle_s
         self.processes = processes
+        self.ecs_protection = ecs_protection
         self.notify_callable = notify
         self.session = session
         self.endpoint_url = endpoint_url
@@ -286,6 +291,7 @@ class Worker:
         self._stop_delivered = False
         self._task_isolated = False
         self._task_manager: Any = None
+        self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ecs)
         self.tasks_run = 0
 
     # -- registry ------------------------------------------------------------
@@ -352,6 +358,9 @@ class Worker:
             raise ValueError(f"poll_wait_s {self.poll_wait_s!r}: must be between 0 and 20")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
+        from .ecs import agent_uri_for
+
+        agent_uri_for(self.ecs_protection)
 
     def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
         """Pass an error to the ``notify`` callable, if any; its own errors are logged."""
@@ -437,6 +446,11 @@ class Worker:
             signal.signal(sig, self._on_signal)
         for _ in range(take_early_signals()):
             self.request_stop()
+        if self._protection is None:
+            from .ecs import InlineProtection, agent_uri_for, make_state
+
+            state = make_state(agent_uri_for(self.ecs_protection), self.notify)
+            self._protection = state and InlineProtection(state)
         watchdog = threading.Thread(target=self._watch, name="sqstaskmaster-watchdog", daemon=True)
         self._watch_stop = threading.Event()
         watchdog.start()
@@ -454,6 +468,7 @@ class Worker:
         finally:
             self._watch_stop.set()
             watchdog.join()
+            self._idle()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         logger.info("worker %d stopped after %d tasks", os.getpid(), self.tasks_run)
@@ -530,6 +545,7 @@ class Worker:
                     "poll %d of %d failed on %s", poll_failures, MAX_POLL_FAILURES, self.queue_url
                 )
                 self.notify(error, context={"queue_url": self.queue_url})
+                self._idle()
                 if poll_failures >= MAX_POLL_FAILURES:
                     raise
                 self._sleep(min(2.0**poll_failures, 30.0))
@@ -537,6 +553,7 @@ class Worker:
             poll_failures = 0
             if not messages:
                 logger.debug("Waiting for work from SQS!")
+                self._idle()
                 continue
             for message in messages:
                 if self.stopping:
@@ -546,6 +563,11 @@ class Worker:
                 # at least polled_at + sqs_timeout.
                 self.process(message, visible_until=polled_at + self.sqs_timeout)
             idle_since = time.monotonic()
+
+    def _idle(self) -> None:
+        # ECS scale-in protection is released once a poll finds no work.
+        if self._protection is not None:
+            self._protection.idle()
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -618,6 +640,8 @@ class Worker:
         interrupted: Optional[BaseException] = None
         self._stop_delivered = False
         self._task_isolated = bool(getattr(handler, "isolate", False))
+        if self._protection is not None:  # protected (or tried, within ~2 s) before it starts
+            self._protection.busy(handler.hard_timeout + self.shutdown_grace_s, task, message_id)
         try:
             self._in_task = True
             try:
