@@ -29,8 +29,8 @@ def env(sqs_environment: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def ecs(sqs_server: Any) -> Any:
-    return sqs_server.session.client("ecs", endpoint_url=sqs_server.endpoint_url)
+def ecs(ecs_client: Any) -> Any:
+    return ecs_client
 
 
 @pytest.fixture
