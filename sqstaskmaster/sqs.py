@@ -65,8 +65,11 @@ def fits(hard_timeout: float, left: float) -> bool:
     return needed_s(hard_timeout) <= left
 
 
-def hard_timeout_problem(hard_timeout: float, setting: str) -> Optional[str]:
-    """Why ``hard_timeout`` (named ``setting`` in the text) can never fit; None if it can."""
+def hard_timeout_problem(hard_timeout: float, setting: str, where: str) -> Optional[str]:
+    """Why ``hard_timeout`` can never fit; None if it can.
+
+    ``setting`` names it in the text, ``where`` says where it is set.
+    """
     if hard_timeout <= LONGEST_HARD_TIMEOUT_S:
         return None
     return (
@@ -74,7 +77,7 @@ def hard_timeout_problem(hard_timeout: float, setting: str) -> Optional[str]:
         f"({MAX_VISIBILITY_S} s from a message's first receive): a task needs its hard timeout "
         f"plus {STOP_MARGIN_S} s to stop it and settle its message, and may start up to "
         f"{START_SLACK_S} s after the receive, so the longest hard timeout is "
-        f"{LONGEST_HARD_TIMEOUT_S} s. Lower {setting} to at most {LONGEST_HARD_TIMEOUT_S} s, "
+        f"{LONGEST_HARD_TIMEOUT_S} s. Lower it ({where}) to at most {LONGEST_HARD_TIMEOUT_S} s, "
         "or split the task"
     )
 
@@ -83,10 +86,14 @@ def hard_timeouts_problem(
     default_s: float, per_task_s: Mapping[str, Optional[float]]
 ) -> Optional[str]:
     """The first problem of a worker's default hard timeout and its tasks' own ones, if any."""
-    problem = hard_timeout_problem(default_s, "the worker's hard_timeout (--hard-timeout)")
+    problem = hard_timeout_problem(
+        default_s, "the worker's hard_timeout", "--hard-timeout, or Worker(hard_timeout=...)"
+    )
     for name, seconds in per_task_s.items():
         if problem is None and seconds is not None:
-            problem = hard_timeout_problem(seconds, f"task {name!r}'s hard_timeout")
+            problem = hard_timeout_problem(
+                seconds, f"task {name!r}'s hard_timeout", "where the task is registered"
+            )
     return problem
 
 
@@ -153,7 +160,12 @@ def caller_fault_advice(error: BaseException) -> Optional[str]:
             "The message is larger than the queue's MaximumMessageSize: send a reference "
             "(for example an S3 key) instead of the data itself."
         )
+    if "MessageGroupId" in text:
+        return (
+            "The queue is a FIFO queue, which needs a message group id: send with "
+            "submit_with(..., message_group_id=...) instead."
+        )
     return (
-        f"SQS refused the request as invalid ({code}): change the value its message names; "
-        "sending the same request again will fail the same way."
+        f"SQS refused the request as invalid ({code}): fix the value or parameter its text "
+        "names; sending the same request again fails the same way."
     )
