@@ -178,8 +178,8 @@ class Supervisor:
                 pause = RESTART_PAUSE_S if lived > STABLE_AFTER_S else pause
                 self._pauses[slot] = min(pause * 2, MAX_RESTART_PAUSE_S)
                 logger.error(
-                    "supervisor: worker %d (pid %s) ended with %s after %.1f s without being "
-                    "asked to stop; restarting in %.1f s",
+                    "supervisor: worker %d (pid %s) died with %s after %.1f s while not "
+                    "stopping; restarting in %.1f s",
                     slot,
                     process.pid,
                     _describe_exit(exitcode),
