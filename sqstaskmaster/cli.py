@@ -27,21 +27,28 @@ logger = logging.getLogger(__name__)
 
 RET_OK = 0  # done; for a worker: stopped cleanly (signal, burst end)
 RET_ERROR = 1  # an unexpected error (traceback logged)
-RET_USAGE = 2  # bad arguments or settings
+RET_USAGE = 2  # bad arguments or settings, or an SQS request that is the caller's fault
 RET_IMPORT = 3  # the worker's APP cannot be imported
-RET_CONNECT = 4  # SQS cannot be reached, or the queue does not exist
+RET_CONNECT = 4  # SQS cannot be reached, the queue does not exist, or polls kept failing
 RET_KILLED = 5  # a worker process had to be killed at shutdown
 RET_INTERRUPTED = 130  # submit, stats or purge cut short by Ctrl-C (128 + SIGINT)
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
-_REGION_IN_URL = re.compile(r"(?:sqs\.|^)([a-z]{2}(?:-[a-z]+)+-\d)\.")
+_REGION = r"[a-z]{2}(?:-[a-z]+)+-\d"
+_REGION_IN_HOST = re.compile(rf"(?:sqs\.|^)({_REGION})\.")
+_REGION_IN_PATH = re.compile(rf"^/queue/({_REGION})/[^/]+/[^/]+")
 
 
 def region_from_url(url: str) -> Optional[str]:
-    """The AWS region named in an SQS queue URL's host, if any."""
-    host = re.sub(r"^[a-z]+://", "", url).split("/", 1)[0]
-    match = _REGION_IN_URL.search(host)
+    """The AWS region named in an SQS queue URL, if any.
+
+    Read from the host (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``) or
+    from the path form ``http://HOST:PORT/queue/REGION/ACCOUNT/NAME`` that
+    LocalStack and ElasticMQ write.
+    """
+    host, _, path = re.sub(r"^[a-z]+://", "", url).partition("/")
+    match = _REGION_IN_HOST.search(host) or _REGION_IN_PATH.match("/" + path)
     return match.group(1) if match else None
 
 
@@ -187,9 +194,33 @@ def _connection_errors() -> tuple:
     return (BotoCoreError, ClientError)
 
 
+def sqs_failure(doing: str, error: BaseException) -> int:
+    """Log an SQS or botocore error met while ``doing`` something; returns its exit code.
+
+    The caller's fault (an invalid request, no region, no credentials) is
+    RET_USAGE with what to change; a purge already in progress is RET_ERROR
+    with SQS's text; anything else means SQS or the queue cannot be reached.
+    """
+    from .sqs import PURGE_IN_PROGRESS_CODES, caller_fault_advice, error_code
+
+    advice = caller_fault_advice(error)
+    if advice is not None:
+        logger.error("cannot %s: %s. %s", doing, str(error).rstrip("."), advice)
+        return RET_USAGE
+    if error_code(error) in PURGE_IN_PROGRESS_CODES:
+        logger.error(
+            "cannot %s: %s. SQS allows one purge per queue every 60 seconds; try again later.",
+            doing,
+            str(error).rstrip("."),
+        )
+        return RET_ERROR
+    logger.error("cannot %s: %s", doing, error)
+    return RET_CONNECT
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker APP``: load the app, apply the options, run (supervised when -p > 1)."""
-    from .errors import AppImportError
+    from .errors import AppImportError, PollFailedError
     from .worker import RetryPolicy, Worker
 
     try:
@@ -250,9 +281,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sqs = worker.session.resource("sqs", endpoint_url=worker.endpoint_url)
         sqs.meta.client.get_queue_attributes(QueueUrl=worker.queue_url, AttributeNames=["QueueArn"])
     except _connection_errors() as error:
-        logger.error("cannot reach queue %s: %s", worker.queue_url, error)
+        return sqs_failure(f"reach queue {worker.queue_url}", error)
+    try:
+        return worker.run()
+    except PollFailedError as error:
+        logger.error("%s", error)
         return RET_CONNECT
-    return worker.run()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -268,8 +302,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         response = _task_manager(args, args.url).submit(args.task, **kwargs)
     except _connection_errors() as error:
-        logger.error("cannot send to %s: %s", args.url, error)
-        return RET_CONNECT
+        return sqs_failure(f"send to {args.url}", error)
     print(response.get("MessageId", ""))
     return RET_OK
 
@@ -313,8 +346,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         stats = queue_stats(session.resource("sqs", endpoint_url=args.endpoint_url), args.url)
     except _connection_errors() as error:
-        logger.error("cannot read %s: %s", args.url, error)
-        return RET_CONNECT
+        return sqs_failure(f"read {args.url}", error)
     if args.json:
         print(json.dumps(stats))
         return RET_OK
@@ -343,8 +375,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     try:
         _task_manager(args, args.url).purge()
     except _connection_errors() as error:
-        logger.error("cannot purge %s: %s", args.url, error)
-        return RET_CONNECT
+        return sqs_failure(f"purge {args.url}", error)
     print(f"Purged {args.url}")
     return RET_OK
 

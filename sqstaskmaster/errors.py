@@ -199,17 +199,42 @@ class UnknownTaskError(SQSTaskMasterError, LookupError):
 class VisibilityBudgetError(SQSTaskMasterError, TimeoutError):
     """A task's hard timeout does not fit in what is left of SQS's 12-hour visibility budget."""
 
-    def __init__(self, message_id: Optional[str], task: str, hard_timeout: float, left: float):
+    def __init__(
+        self,
+        message_id: Optional[str],
+        task: str,
+        hard_timeout: float,
+        left: float,
+        stop_margin_s: float = 0.0,
+    ):
         self.message_id = message_id
         self.task = task
         self.hard_timeout = hard_timeout
         self.left = left
+        self.stop_margin_s = stop_margin_s
+        needed = hard_timeout + stop_margin_s
         super().__init__(
-            f"Task {task!r} in message {message_id} was refused before it started: its hard "
-            f"timeout of {hard_timeout} s does not fit in the {max(left, 0.0):.0f} s left of "
-            "SQS's 12-hour visibility budget (counted from the message's first receive), so "
-            "another worker could receive it while it runs. Lower the hard timeout, or split "
-            "the task; the message is left to the retry delay and the redrive policy."
+            f"Task {task!r} in message {message_id} was refused before it started: it needs "
+            f"{needed:g} s of visibility (its hard timeout of {hard_timeout:g} s plus "
+            f"{stop_margin_s:g} s to stop it and settle the message), but only "
+            f"{max(int(left), 0)} s are left of SQS's 12-hour visibility budget, counted from "
+            "the message's first receive; past it another worker could receive the message "
+            "while the task runs. Lower the task's hard timeout, or split the task; the "
+            "message is left to the retry delay and the redrive policy."
+        )
+
+
+class PollFailedError(SQSTaskMasterError):
+    """The worker gave up after its polls of the queue failed too many times in a row."""
+
+    def __init__(self, queue_url: Optional[str], failures: int, error: BaseException) -> None:
+        self.queue_url = queue_url
+        self.failures = failures
+        self.error = error
+        super().__init__(
+            f"Gave up on queue {queue_url} after {failures} failed polls in a row, the last "
+            f"with {type(error).__name__}: {error}. Check that the queue exists, the endpoint "
+            "and region are right and the network reaches SQS; a supervisor restarts the worker."
         )
 
 

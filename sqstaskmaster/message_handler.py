@@ -24,12 +24,13 @@ from typing import Any, Dict, Optional, Type
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import HardTimeoutError, TaskStuckError
+from .sqs import MAX_VISIBILITY_S, capped_visibility
 from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
 
 # SQS never lets a message stay invisible longer than 12 hours after its first receive.
-SQS_VISIBILITY_BUDGET_S = 12 * 60 * 60
+SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 # Entry skips its visibility change only if the message stays invisible this
 # many seconds past the first heartbeat.
 ENTRY_VISIBILITY_MARGIN_S = 1.0
@@ -201,6 +202,7 @@ class MessageHandler(abc.ABC):
         It is skipped only when ``visible_until`` says the message stays
         invisible past the first heartbeat (``alarm_timeout`` from now) with a
         second to spare; 0.0.11-style use, which leaves it None, always sets it.
+        Never more than the 12-hour budget has left (SQS would refuse it).
         """
         if self.visible_until is not None:
             left = self.visible_until - time.monotonic()
@@ -211,7 +213,8 @@ class MessageHandler(abc.ABC):
                     left,
                 )
                 return
-        self._message.change_visibility(VisibilityTimeout=self.sqs_timeout)
+        timeout = capped_visibility(self.sqs_timeout, self.visibility_budget_left())
+        self._message.change_visibility(VisibilityTimeout=max(timeout, 1))
 
     def delete_message(self) -> None:
         """Delete the message after success; an SQS or network error is reported, not raised.

@@ -4,8 +4,10 @@ The parent does no SQS work. Each worker process is forked, moves to its own
 process group (so a terminal's Ctrl-C reaches only the parent, which passes
 it on once) and makes its own boto3 resource. The parent:
 
-- restarts a worker that dies (an exit code other than 0, or a signal) while
-  not shutting down, after a short pause that grows if it keeps dying;
+- restarts a worker process that ends while the parent is not shutting down,
+  whatever its exit code (0 included: a task may end its process), after a
+  short pause that grows if it keeps dying; the one exception is a worker
+  whose burst ended (burst mode), which it reports through a shared flag;
 - passes each SIGTERM/SIGINT it gets on to every worker as SIGTERM (the first
   is a warm stop, the second a cold stop);
 - exits 0 once every worker stopped cleanly; if some worker still runs
@@ -24,8 +26,9 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
-from .cli import RET_ERROR, RET_KILLED, RET_OK
+from .cli import RET_CONNECT, RET_ERROR, RET_KILLED, RET_OK
 from .ecs import SharedProtection, agent_uri_for, make_state
+from .errors import PollFailedError
 from .worker import record_early_signals, take_early_signals
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +59,9 @@ def resolve_processes(processes: Union[int, str]) -> int:
     return processes
 
 
-def _child_main(worker: Worker, protection: Optional[SharedProtection], slot: int) -> None:
+def _child_main(
+    worker: Worker, burst_ended: Any, protection: Optional[SharedProtection], slot: int
+) -> None:
     if protection is not None:
         worker._protection = protection.for_slot(slot)
     try:
@@ -66,7 +71,15 @@ def _child_main(worker: Worker, protection: Optional[SharedProtection], slot: in
     # Drop the parent's handlers; a stop passed on before the worker installs
     # its own is counted and honoured by it.
     record_early_signals()
-    sys.exit(worker.run_single())
+    try:
+        code = worker.run_single()
+    except PollFailedError as error:
+        logger.error("worker %d: %s", os.getpid(), error)
+        code = RET_CONNECT
+    # Only a burst's end may stop this slot for good; exit codes alone cannot
+    # say it (a task may end the process with any code).
+    burst_ended.value = 1 if worker.burst_ended else 0
+    sys.exit(code)
 
 
 class Supervisor:
@@ -77,6 +90,7 @@ class Supervisor:
         self.count = count
         self._context = multiprocessing.get_context("fork")
         self._children: Dict[int, Any] = {}
+        self._burst_flags: Dict[int, Any] = {}
         self._started_at: Dict[int, float] = {}
         self._pauses: Dict[int, float] = {}
         self._signals = 0
@@ -94,11 +108,13 @@ class Supervisor:
             self._stop_at = time.monotonic()
 
     def _start(self, slot: int) -> None:
+        burst_ended = self._context.RawValue("b", 0)
         process = self._context.Process(
             target=_child_main,
-            args=(self.worker, self.protection, slot),
+            args=(self.worker, burst_ended, self.protection, slot),
             name=f"sqstaskmaster-worker-{slot}",
         )
+        self._burst_flags[slot] = burst_ended
         process.start()
         try:
             if process.pid:
@@ -164,18 +180,21 @@ class Supervisor:
                 if self.protection is not None:
                     self.protection.clear(slot)
                 exitcode = process.exitcode
-                if self._signals or exitcode == 0:
+                if self._signals:
                     logger.info("supervisor: worker %d exited with %s", slot, exitcode)
                     if exitcode != 0 and code == RET_OK:
                         code = RET_KILLED if exitcode == -signal.SIGKILL else RET_ERROR
+                    continue
+                if exitcode == 0 and self._burst_flags[slot].value:
+                    logger.info("supervisor: worker %d ended its burst; not restarted", slot)
                     continue
                 lived = now - self._started_at[slot]
                 pause = self._pauses.get(slot, RESTART_PAUSE_S)
                 pause = RESTART_PAUSE_S if lived > STABLE_AFTER_S else pause
                 self._pauses[slot] = min(pause * 2, MAX_RESTART_PAUSE_S)
                 logger.error(
-                    "supervisor: worker %d (pid %s) died with %s after %.1f s; "
-                    "restarting in %.1f s",
+                    "supervisor: worker %d (pid %s) died with %s after %.1f s while not "
+                    "stopping; restarting in %.1f s",
                     slot,
                     process.pid,
                     _describe_exit(exitcode),

@@ -47,18 +47,18 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
+from . import sqs
 from .errors import (
     InvalidTaskMessageError,
+    PollFailedError,
     UnknownTaskError,
     VisibilityBudgetError,
     WorkerShutdownError,
 )
 from .message_handler import failure_context, message_id_of
+from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S
 
 logger = logging.getLogger(__name__)
-
-MAX_VISIBILITY_S = 12 * 60 * 60
-MAX_POLL_WAIT_S = 20
 
 DEFAULT_SQS_TIMEOUT_S = 30
 DEFAULT_HARD_TIMEOUT_S = 4 * 60 * 60
@@ -244,6 +244,9 @@ class Worker:
     ``ECS_AGENT_URI`` is set.
     """
 
+    # Consecutive failed polls before run_single raises PollFailedError.
+    max_poll_failures = MAX_POLL_FAILURES
+
     def __init__(
         self,
         tasks: Optional[Registry] = None,
@@ -293,6 +296,8 @@ class Worker:
         self._task_manager: Any = None
         self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ecs)
         self.tasks_run = 0
+        # Set when burst mode ended the loop (a supervisor then does not restart it).
+        self.burst_ended = False
 
     # -- registry ------------------------------------------------------------
 
@@ -354,6 +359,10 @@ class Worker:
             )
         if self.hard_timeout <= 0:
             raise ValueError(f"hard_timeout must be > 0 seconds, got {self.hard_timeout!r}")
+        tasks = {name: spec.hard_timeout for name, spec in self.registry.items()}
+        problem = sqs.hard_timeouts_problem(self.hard_timeout, tasks)
+        if problem is not None:
+            raise ValueError(problem)
         if not 0 <= self.poll_wait_s <= MAX_POLL_WAIT_S:
             raise ValueError(f"poll_wait_s {self.poll_wait_s!r}: must be between 0 and 20")
         if self.shutdown_grace_s < 0:
@@ -532,9 +541,11 @@ class Worker:
         while not self.stopping:
             if self.burst_tasks is not None and self.tasks_run >= self.burst_tasks:
                 logger.info("burst mode: %d tasks run, stopping", self.tasks_run)
+                self.burst_ended = True
                 return
             if self.burst_idle_s is not None and time.monotonic() - idle_since >= self.burst_idle_s:
                 logger.info("burst mode: idle for %.1f s, stopping", self.burst_idle_s)
+                self.burst_ended = True
                 return
             try:
                 polled_at = time.monotonic()
@@ -542,12 +553,15 @@ class Worker:
             except Exception as error:
                 poll_failures += 1
                 logger.exception(
-                    "poll %d of %d failed on %s", poll_failures, MAX_POLL_FAILURES, self.queue_url
+                    "poll %d of %d failed on %s",
+                    poll_failures,
+                    self.max_poll_failures,
+                    self.queue_url,
                 )
                 self.notify(error, context={"queue_url": self.queue_url})
                 self._idle()
-                if poll_failures >= MAX_POLL_FAILURES:
-                    raise
+                if poll_failures >= self.max_poll_failures:
+                    raise PollFailedError(self.queue_url, poll_failures, error) from error
                 self._sleep(min(2.0**poll_failures, 30.0))
                 continue
             poll_failures = 0
@@ -625,8 +639,10 @@ class Worker:
             self._retry_later(message, task, count, "handler construction failed")
             return "failed"
         left = handler.visibility_budget_left()
-        if handler.hard_timeout > left:
-            refusal = VisibilityBudgetError(message_id, task, handler.hard_timeout, left)
+        if not sqs.fits(handler.hard_timeout, left):
+            refusal = VisibilityBudgetError(
+                message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
+            )
             self._refuse(message, refusal, task, count)
             return "refused"
         handler.visible_until = visible_until
@@ -664,8 +680,20 @@ class Worker:
             )
             self.notify(entry_error, context=failure_context(message))
             interrupted = entry_error
+        except SystemExit as exit_request:
+            # sys.exit() in a task (signal mode) fails that task, as in isolation:
+            # ending the worker would hand its message to the next worker to end.
+            logger.error(
+                "task %s message %s receive %d: the task called sys.exit(%r); "
+                "counted as a failure, the worker goes on",
+                task,
+                message_id,
+                count,
+                exit_request.code,
+            )
+            interrupted = exit_request
         except BaseException as fatal:
-            # KeyboardInterrupt, SystemExit from the task: hand back, then stop.
+            # KeyboardInterrupt from the task: hand back, then stop.
             self._hand_back(message, task, f"{type(fatal).__name__} while running")
             raise
         duration = time.monotonic() - started
@@ -702,15 +730,18 @@ class Worker:
         self._retry_later(message, task, count, type(error).__name__)
 
     def _retry_later(self, message: Any, task: Optional[str], count: int, why: str) -> None:
-        delay = self.retry.delay(count)
+        # Never past the message's 12-hour budget: SQS would refuse the change.
+        wanted = self.retry.delay(count)
+        delay = sqs.capped_visibility(wanted, sqs.budget_left_s(message))
         self._set_visibility(message, delay)
         logger.warning(
-            "task %s message %s receive %d: %s; visible again in %d s (retry backoff)",
+            "task %s message %s receive %d: %s; visible again in %d s (retry backoff%s)",
             task,
             message_id_of(message),
             count,
             why,
             delay,
+            "" if delay >= wanted else f" of {wanted} s, capped by the 12-hour budget",
         )
 
     def _hand_back(self, message: Any, task: Optional[str], why: str) -> None:

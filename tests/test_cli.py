@@ -157,6 +157,85 @@ def test_region_from_url() -> None:
     assert cli.region_from_url("http://127.0.0.1:5000/1/q") is None
 
 
+def test_region_from_a_path_form_url() -> None:
+    # The form LocalStack and ElasticMQ write: http://host:port/queue/REGION/ACCOUNT/NAME
+    url = "http://localhost:4566/queue/eu-central-1/000000000000/jobs"
+    assert cli.region_from_url(url) == "eu-central-1"
+    assert cli.region_from_url("http://localhost:9324/queue/jobs") is None
+    localstack = "http://sqs.ap-south-1.localhost.localstack.cloud:4566/000000000000/jobs"
+    assert cli.region_from_url(localstack) == "ap-south-1"
+
+
+@pytest.fixture
+def no_region(monkeypatch: Any, tmp_path: Any) -> None:
+    """No region in the environment or a config file, as on a fresh machine."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+
+
+def test_missing_region_exits_ret_usage_and_a_path_form_url_names_it(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli, no_region: None
+) -> None:
+    # A queue URL that names no region: exit 2, saying how to give one
+    code, _, err = run_cli("stats", sqs_queue.url)
+    assert code == cli.RET_USAGE
+    assert "--region" in err and "AWS_DEFAULT_REGION" in err
+    code, _, err = run_cli("worker", "worker_apps:app", "--queue-url", sqs_queue.url)
+    assert code == cli.RET_USAGE and "--region" in err
+    # The same queue by its path-form URL: the region is read from it
+    account, name = sqs_queue.url.rsplit("/", 2)[1:]
+    path_url = f"{sqs_server.endpoint_url}/queue/{sqs_server.region}/{account}/{name}"
+    code, out, err = run_cli("stats", path_url)
+    assert code == cli.RET_OK, err
+    assert "visible      0" in out
+
+
+def test_a_message_too_large_exits_ret_usage_saying_what_to_change(
+    sqs_server: Any, run_cli: Cli
+) -> None:
+    small = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
+    kwargs = json.dumps({"data": "x" * 2000})
+    code, _, err = run_cli("submit", small.url, "big", "--kwargs", kwargs)
+    assert code == cli.RET_USAGE
+    assert "MaximumMessageSize" in err and "S3" in err
+    assert small.queue.receive_messages(WaitTimeSeconds=0) == []
+
+
+def test_an_invalid_request_exits_ret_usage(sqs_server: Any, run_cli: Cli) -> None:
+    # A FIFO queue needs a MessageGroupId, which 0.0.11's submit does not send
+    fifo = sqs_server.make_queue(fifo=True)
+    code, _, err = run_cli("submit", fifo.url, "t")
+    assert code == cli.RET_USAGE
+    assert "MessageGroupId" in err and "message_group_id" in err
+
+
+def test_purge_in_progress_exits_ret_error_with_its_text(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli
+) -> None:
+    assert run_cli("purge", sqs_queue.url, "--yes")[0] == cli.RET_OK
+    code, _, err = run_cli("purge", sqs_queue.url, "--yes")
+    assert code == cli.RET_ERROR
+    assert "PurgeQueueInProgress" in err and "60 seconds" in err
+
+
+def test_worker_hard_timeout_beyond_12_hours_exits_ret_usage(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli
+) -> None:
+    code, _, err = run_cli(
+        "worker",
+        "worker_apps:app",
+        "--queue-url",
+        sqs_queue.url,
+        "--hard-timeout",
+        "43200",
+        "--burst-idle",
+        "0.5",
+    )
+    assert code == cli.RET_USAGE
+    assert "hard_timeout of 43200 s can never fit" in err and "43140 s" in err
+
+
 def test_python_dash_m_runs_the_same_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sqstaskmaster", "--help"], capture_output=True, text=True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -279,17 +280,115 @@ def test_messages_that_must_not_run_are_notified_and_left(
     assert_back_after(sqs_queue, 1, 3, started)  # not deleted: back after the backoff
 
 
-def test_a_task_that_cannot_fit_the_12_hour_budget_is_refused(
+def age(message: Any, budget_left_s: float) -> Any:
+    """Make a received message look first received long ago: ``budget_left_s`` of 12 h left."""
+    first = time.time() - (MAX_VISIBILITY_S - budget_left_s)
+    message.attributes["ApproximateFirstReceiveTimestamp"] = str(int(first * 1000))
+    return message
+
+
+def test_a_task_whose_hard_timeout_and_stop_margin_do_not_fit_is_refused(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path
 ) -> None:
-    worker, notify = make_worker(sqs_server, sqs_queue, hard_timeout=MAX_VISIBILITY_S)
+    # Given a message with 615 s of its 12 hours left, for a task with a 600 s hard
+    # timeout: the task fits, but not the 30 s to stop it and settle its message
+    worker, notify = make_worker(sqs_server, sqs_queue, hard_timeout=600)
     sqs_server.task_manager(sqs_queue).submit("ok", key="late")
+    message = age(receive_one(sqs_queue), 615)
     started = time.monotonic()
-    assert worker.process(receive_one(sqs_queue)) == "refused"
+    # When the worker gets it, then it refuses it before it starts, saying the figures
+    assert worker.process(message) == "refused"
     assert [type(error) for error in notify.errors] == [VisibilityBudgetError]
-    assert "12-hour" in str(notify.errors[0]) and "43200" in str(notify.errors[0])
+    text = str(notify.errors[0])
+    assert "needs 630 s" in text and "600 s" in text and "12-hour" in text
+    assert re.search(r"only 61[45] s are left", text), text
     assert list(trace_dir.glob("start.*")) == []
     assert_back_after(sqs_queue, 1, 3, started)
+
+
+def test_the_retry_delay_is_capped_by_the_budget_left(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, caplog: Any
+) -> None:
+    # Given a message with 3 s of its 12 hours left and a 60 s retry delay
+    retry = RetryPolicy(first_s=60, factor=1, max_s=60, jitter="none")
+    worker, _ = make_worker(sqs_server, sqs_queue, retry=retry, hard_timeout=5)
+    sqs_server.task_manager(sqs_queue).submit("ok", key="late")
+    message = age(receive_one(sqs_queue), 3)
+    started = time.monotonic()
+    # When it is refused, then it is visible again within the 3 s left, not after 60 s
+    assert worker.process(message) == "refused"
+    assert_back_after(sqs_queue, 0, 4, started)
+    assert "capped by the 12-hour budget" in caplog.text
+
+
+def test_the_entry_visibility_is_capped_by_the_budget_left(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path
+) -> None:
+    # Given a worker whose heartbeat sets 600 s, and a message with 100 s left
+    # (a client of its own, to watch the requests it sends)
+    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
+    sent: List[int] = []
+    sqs.meta.client.meta.events.register(
+        "provide-client-params.sqs.ChangeMessageVisibility",
+        lambda params, **_: sent.append(params["VisibilityTimeout"]),
+    )
+    worker = Worker(dict(apps.TASKS), sqs_timeout=600, hard_timeout=5, isolate=False)
+    worker.connect(sqs_queue.url, sqs=sqs)
+    sqs_server.task_manager(sqs_queue).submit("ok", key="entry")
+    message = wait_for(lambda: receive(sqs.Queue(sqs_queue.url)), 5)[0]
+    # When its task runs, then the entry asks for at most the 100 s left
+    assert worker.process(age(message, 100)) == "done"
+    assert sent and 95 <= sent[0] <= 100, sent
+
+
+@pytest.mark.parametrize(
+    "settings, register, named",
+    [
+        ({"hard_timeout": MAX_VISIBILITY_S}, None, "the worker's hard_timeout of 43200 s"),
+        ({"hard_timeout": 43141}, None, "43141"),
+        ({}, 43171, "task 'long'"),
+    ],
+    ids=["default-12-hours", "default-just-over", "task's-own"],
+)
+def test_a_hard_timeout_that_can_never_fit_is_refused_at_start_up(
+    settings: Dict[str, Any], register: Optional[int], named: str
+) -> None:
+    worker = Worker(dict(apps.TASKS), **settings)
+    if register is not None:
+        worker.register("long", apps.ok, hard_timeout=register)
+    with pytest.raises(ValueError) as refused:
+        worker.check()
+    text = str(refused.value)
+    assert named in text and "the longest hard timeout is 43140 s" in text
+    assert "does not fit in the 43200 s left" not in text
+    with pytest.raises(ValueError):
+        worker.run("http://127.0.0.1:1/000000000000/never-polled")
+    Worker(dict(apps.TASKS), hard_timeout=43140).check()  # the longest that fits
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
+def test_a_task_calling_sys_exit_fails_and_the_worker_goes_on(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, isolate: bool
+) -> None:
+    # Given a task that calls sys.exit(0)
+    worker, notify = make_worker(sqs_server, sqs_queue, isolate=isolate)
+    tm = sqs_server.task_manager(sqs_queue)
+    tm.submit("exit", key="x")
+    started = time.monotonic()
+    # When the worker runs it, then that task failed (not a way out of the worker) ...
+    assert worker.process(receive_one(sqs_queue)) == "failed"
+    assert len(traces(trace_dir, "start", "x")) == 1
+    assert notify.errors and "SystemExit" in repr(notify.errors[0])
+    # ... its message comes back after the retry delay, and the next task runs
+    assert_back_after(sqs_queue, 1, 3, started)
+    time.sleep(0.2)
+    tm.submit("ok", key="next")
+    assert (
+        worker.process(
+            wait_for(lambda: [m for m in receive(sqs_queue.queue) if "next" in m.body], 5)[0]
+        )
+        == "done"
+    )
 
 
 def test_a_message_received_while_stopping_is_handed_back(
@@ -402,6 +501,74 @@ def test_supervisor_restarts_a_killed_worker_and_the_task_completes(
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(15) == 0
     assert receive(sqs_queue.queue) == []
+
+
+def test_a_signal_mode_worker_outlives_a_task_calling_sys_exit(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    # Given a signal-mode worker, and a task that calls sys.exit(0) queued before a good one
+    tm = sqs_server.task_manager(sqs_queue)
+    tm.submit("exit", key="x")
+    worker = start_worker(sqs_queue.url, "--signal-mode", "--retry-first", "30")
+    wait_for(lambda: traces(trace_dir, "start", "x"), 15)
+    tm.submit("ok", key="after")
+    # When it has run the exiting task, then it goes on to the next one
+    wait_for(lambda: traces(trace_dir, "done", "after"), 15)
+    assert worker.alive()
+    assert "called sys.exit(0)" in worker.log and "receive 1: failed" in worker.log
+    assert worker.stop() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_supervisor_restarts_workers_that_exit_0_unasked(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    # Given two signal-mode worker processes, and two tasks that end their
+    # worker process with exit code 0 on their first run
+    tm = sqs_server.task_manager(sqs_queue)
+    tm.submit("hard_exit_first", key="a")
+    tm.submit("hard_exit_first", key="b")
+    supervisor = start_worker(
+        sqs_queue.url,
+        "--processes",
+        "2",
+        "--signal-mode",
+        "--sqs-timeout",
+        "3",
+        "--alarm-timeout",
+        "1",
+    )
+    # When both first runs end their workers, then the supervisor restarts them
+    # and both tasks complete on their second run
+    wait_for(lambda: traces(trace_dir, "done", "a") and traces(trace_dir, "done", "b"), 40, 0.2)
+    assert supervisor.log.count("died with exit code 0") >= 2
+    assert supervisor.alive()
+    assert supervisor.stop() == 0
+    assert receive(sqs_queue.queue) == []
+
+
+def test_supervisor_in_burst_mode_ends_without_restarts(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    sqs_server.task_manager(sqs_queue).submit("ok", key="one")
+    supervisor = start_worker(sqs_queue.url, "--processes", "2", "--burst-idle", "2")
+    assert supervisor.wait(30) == 0
+    assert len(traces(trace_dir, "done", "one")) == 1
+    assert supervisor.log.count("ended its burst; not restarted") == 2
+    assert "restarting" not in supervisor.log
+
+
+def test_a_worker_that_gives_up_polling_exits_ret_connect(
+    sqs_server: Any, trace_dir: Path, start_worker: Any
+) -> None:
+    # Given a running worker that gives up at its first failed poll
+    queue = sqs_server.make_queue()
+    worker = start_worker(queue.url, app="worker_apps:impatient")
+    wait_for(lambda: "consuming" in worker.log, 20)
+    # When its queue disappears, then it exits 4 (RET_CONNECT), saying why
+    queue.queue.delete()
+    assert worker.wait(20) == 4
+    assert "Gave up on queue" in worker.log
 
 
 # -- end to end: redrive, backoff, burst ---------------------------------------------

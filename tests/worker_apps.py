@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -54,6 +55,23 @@ def fail(key: str = "fail") -> None:
     raise RuntimeError(f"task {key} fails on purpose")
 
 
+def exit_task(key: str = "exit", code: int = 0) -> None:
+    """Asks to end its process, as a careless task would."""
+    _trace("start", key)
+    sys.exit(code)
+
+
+def hard_exit_first(key: str) -> None:
+    """Ends its process at once with exit code 0 on its first run only (no cleanup)."""
+    marker = os.path.join(os.environ["SQSTM_TEST_DIR"], f"marker.{key}")
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    _trace("start", key)
+    if first:
+        os._exit(0)
+    _trace("done", key)
+
+
 class Echo(MessageHandler):
     """A 0.0.11-style handler class."""
 
@@ -72,6 +90,18 @@ class Echo(MessageHandler):
         pass
 
 
-TASKS = {"ok": ok, "sleep": sleep, "sleep_first": sleep_first, "fail": fail, "echo": Echo}
+TASKS = {
+    "ok": ok,
+    "sleep": sleep,
+    "sleep_first": sleep_first,
+    "fail": fail,
+    "echo": Echo,
+    "exit": exit_task,
+    "hard_exit_first": hard_exit_first,
+}
 
 app = Worker(dict(TASKS))
+
+# Gives up at its first failed poll.
+impatient = Worker(dict(TASKS))
+impatient.max_poll_failures = 1
