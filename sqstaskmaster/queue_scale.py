@@ -12,6 +12,7 @@ import enum
 import logging
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+import boto3
 from botocore.exceptions import ClientError
 
 logger = logging.getLogger(__name__)
@@ -60,11 +61,12 @@ class Provisioner:
         self.rules = rule_list
         self._notify = notify
         if session is None:
-            import boto3
-
-            session = boto3
-        self.sqs = session.resource("sqs")
-        self.ecs = session.client("ecs")
+            # The module-level name: tests patch sqstaskmaster.queue_scale.boto3.
+            self.sqs = boto3.resource("sqs")
+            self.ecs = boto3.client("ecs")
+        else:
+            self.sqs = session.resource("sqs")
+            self.ecs = session.client("ecs")
 
     def queue_depths(self, rule: Dict[str, Any]) -> Dict[str, int]:
         """The three depth counts of the rule's queue, keyed as QUEUE_DEPTH_ATTRIBUTES."""
