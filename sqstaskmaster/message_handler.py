@@ -165,7 +165,7 @@ class MessageHandler(abc.ABC):
         if isinstance(attributes, dict):  # not a test's Mock message
             stamp = attributes.get("ApproximateFirstReceiveTimestamp")
         try:
-            first_receive = int(stamp) / 1000.0 if isinstance(stamp, (str, int)) else None
+            first_receive = int(stamp) / 1000.0 if isinstance(stamp, (str, int, float)) else None
         except ValueError:
             first_receive = None
         if first_receive is None:
