@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import time
 import uuid
+from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, Dict, List, Optional
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ class LocalMessage:
     def message_attributes(self) -> Dict[str, Any]:
         return self._message_attributes
 
-    def change_visibility(self, **kwargs: Any) -> None:
-        """Does nothing: a local queue has no visibility timeout."""
-        logger.info("noop change visibility %s", kwargs)
+    def change_visibility(self, *args: Any, **kwargs: Any) -> None:
+        """Does nothing but log: a local queue has no visibility timeout."""
+        logger.info("noop called with %s, %s", args, kwargs)
 
     def delete(self) -> None:
         """Does nothing: a received local message is already gone from the queue."""
@@ -59,11 +59,23 @@ class LocalMessage:
 class LocalQueue:
     """An in-memory FIFO queue; every LocalQueue of one URL shares one queue."""
 
-    local_queues: ClassVar[Dict[str, queue.SimpleQueue[LocalMessage]]] = {}
+    local_queues: ClassVar[Dict[str, SimpleQueue[LocalMessage]]] = {}
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.queue = LocalQueue.local_queues.setdefault(url, queue.SimpleQueue())
+        LocalQueue.local_queues.setdefault(url, SimpleQueue())
+
+    @property
+    def queue(self) -> SimpleQueue[LocalMessage]:
+        """The ``queue.SimpleQueue`` shared by every LocalQueue of this URL (read-only).
+
+        Looked up at each use, so after ``local_queues.clear()`` old and new
+        LocalQueues of one URL share the new queue.
+        """
+        shared = LocalQueue.local_queues.get(self.url)
+        if shared is None:
+            shared = LocalQueue.local_queues.setdefault(self.url, SimpleQueue())
+        return shared
 
     def load(self) -> None:
         """Does nothing: the attributes are always current."""
@@ -85,7 +97,7 @@ class LocalQueue:
         while True:
             try:
                 self.queue.get_nowait()
-            except queue.Empty:
+            except Empty:
                 return
 
     def send_message(
@@ -95,7 +107,8 @@ class LocalQueue:
         **kwargs: Any,
     ) -> Dict[str, Any]:
         """Enqueue a message; other SQS keywords are accepted and ignored."""
-        self.queue.put(LocalMessage(MessageBody, {}, MessageAttributes or {}))
+        # Through the module-level name, so tests can patch LocalMessage.
+        self.queue.put_nowait(LocalMessage(MessageBody, {}, MessageAttributes or {}))
         digest = hashlib.md5(MessageBody.encode("utf-8")).hexdigest()  # noqa: S324 (as SQS does)
         return {"MD5OfMessageBody": digest}
 
@@ -119,16 +132,17 @@ class LocalQueue:
         """Up to ``MaxNumberOfMessages`` in FIFO order, waiting ``WaitTimeSeconds`` at most."""
         deadline = time.monotonic() + WaitTimeSeconds
         received: List[LocalMessage] = []
+        shared = self.queue
         while len(received) < MaxNumberOfMessages:
             try:
                 if received:
-                    received.append(self.queue.get_nowait())
+                    received.append(shared.get_nowait())
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        received.append(self.queue.get_nowait())
+                        received.append(shared.get_nowait())
                     else:
-                        received.append(self.queue.get(timeout=left))
-            except queue.Empty:
+                        received.append(shared.get(timeout=left))
+            except Empty:
                 break
         return received

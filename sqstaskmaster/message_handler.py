@@ -11,6 +11,11 @@ extended again (the heartbeat); at ``hard_timeout`` seconds after construction
 ``TimeoutError`` interrupts ``run()``. On a clean exit the message is deleted;
 on an error it is reported through ``notify``, logged, and left for SQS to
 redeliver.
+
+0.0.11's subclass and test-patch surface is kept: ``_message``,
+``_start_time``, ``_run_time()``, ``_handle_alarm(signum, frame)`` (every
+timer firing goes through it) and ``_extend_timeout(seconds)`` (every
+heartbeat and entry visibility change goes through it).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from types import TracebackType
+from time import monotonic
+from types import FrameType, TracebackType
 from typing import Any, Dict, Optional, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import HardTimeoutError, TaskStuckError
-from .sqs import MAX_VISIBILITY_S, capped_visibility
+from .sqs import MAX_VISIBILITY_S
 from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
@@ -80,8 +86,13 @@ class MessageHandler(abc.ABC):
         self.alarm_timeout = alarm_timeout
         self.hard_timeout = hard_timeout
         # The hard-timeout clock starts here, at construction, as in 0.0.11.
+        # The deadline is kept on the monotonic clock (a wall-clock step must
+        # not move it) but follows any change a subclass or test makes to
+        # _start_time. `monotonic` is imported by name so that tests patching
+        # this module's `time` (as 0.0.11's did) only steer _start_time.
         self._start_time = time.time()
-        self._start_monotonic = time.monotonic()
+        self._constructed_at = self._start_time
+        self._start_monotonic = monotonic()
         self._timer: Optional[SignalTimer] = None
         # When the caller knows the message is invisible until a given
         # time.monotonic() (it was just received with VisibilityTimeout =
@@ -118,12 +129,22 @@ class MessageHandler(abc.ABC):
 
     @property
     def deadline(self) -> float:
-        """The hard deadline as a ``time.monotonic()`` value."""
-        return self._start_monotonic + self.hard_timeout
+        """The hard deadline as a ``time.monotonic()`` value, judged from ``_start_time``."""
+        moved_s = self._start_time - self._constructed_at
+        return self._start_monotonic + moved_s + self.hard_timeout
 
     def elapsed(self) -> float:
-        """Seconds since construction (the hard-timeout clock)."""
-        return time.monotonic() - self._start_monotonic
+        """Seconds on the hard-timeout clock (since construction, or the moved ``_start_time``)."""
+        return monotonic() - (self.deadline - self.hard_timeout)
+
+    def _run_time(self) -> float:
+        """Seconds since ``_start_time`` by the wall clock (0.0.11's name and meaning)."""
+        return time.time() - self._start_time
+
+    def _past_hard_timeout(self) -> bool:
+        # _run_time() as in 0.0.11, or the monotonic deadline the timer is
+        # armed for (the wall clock may lag it by a hair when the timer fires).
+        return self._run_time() >= self.hard_timeout or monotonic() >= self.deadline
 
     def _safe_notify(self, exception: BaseException, context: Optional[Dict[str, Any]]) -> None:
         try:
@@ -140,38 +161,56 @@ class MessageHandler(abc.ABC):
         first receive; ``ApproximateFirstReceiveTimestamp`` (milliseconds)
         dates it. Without that attribute the handler's construction is used.
         """
-        attributes = getattr(self._message, "attributes", None) or {}
-        stamp: Any = attributes.get("ApproximateFirstReceiveTimestamp")
+        attributes = getattr(self._message, "attributes", None)
+        stamp: Any = None
+        if isinstance(attributes, dict):  # not a test's Mock message
+            stamp = attributes.get("ApproximateFirstReceiveTimestamp")
         try:
-            first_receive = int(stamp) / 1000.0
-        except (TypeError, ValueError):
-            first_receive = self._start_time
+            first_receive = int(stamp) / 1000.0 if isinstance(stamp, (str, int, float)) else None
+        except ValueError:
+            first_receive = None
+        if first_receive is None:
+            first_receive = self._constructed_at
         return SQS_VISIBILITY_BUDGET_S - (time.time() - first_receive)
 
-    def extend_visibility(self) -> None:
-        """Set the message's visibility to ``sqs_timeout`` again; errors are reported.
+    def _extend_timeout(self, seconds: int) -> None:
+        """``self._message.change_visibility(VisibilityTimeout=seconds)`` (0.0.11's name).
 
-        Never asks for more than the 12-hour budget has left.
+        Every heartbeat and the entry visibility change come through here, in
+        signal mode and isolated alike, so an override sees them all. Never
+        asks for more than the 12-hour budget has left: ``seconds`` is capped
+        to it, and nothing is sent once it is used up. Errors propagate.
         """
-        timeout = min(self.sqs_timeout, int(self.visibility_budget_left()))
+        timeout = min(seconds, int(self.visibility_budget_left()))
         if timeout <= 0:
             logger.warning(
                 "message %s has used its 12-hour visibility budget; not extending",
                 self.message_id,
             )
             return
+        if timeout < seconds:
+            logger.info(
+                "message %s: visibility %s s capped to the %s s left of its 12-hour budget",
+                self.message_id,
+                seconds,
+                timeout,
+            )
+        self._message.change_visibility(VisibilityTimeout=timeout)
+
+    def extend_visibility(self) -> None:
+        """The heartbeat's extension: ``_extend_timeout(sqs_timeout)``; errors are reported."""
         if self._heartbeats_stopped:
             logger.debug("message %s: handler left; heartbeat dropped", self.message_id)
             return
         try:
-            self._message.change_visibility(VisibilityTimeout=timeout)
+            self._extend_timeout(self.sqs_timeout)
         except (ClientError, BotoCoreError) as error:
             # A network error past botocore's retries is not fatal either: the
             # next heartbeat still comes before the visibility runs out.
             logger.exception(
                 "failed to extend visibility of message %s to %s s",
                 self.message_id,
-                timeout,
+                self.sqs_timeout,
             )
             self._safe_notify(error, failure_context(self._message))
 
@@ -185,6 +224,21 @@ class MessageHandler(abc.ABC):
             )
         logger.debug("heartbeat for message %s after %.1f s", self.message_id, self.elapsed())
         self.extend_visibility()
+
+    def _handle_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
+        """The SIGALRM handler (0.0.11's name); every timer firing calls it, and so may tests.
+
+        Past ``hard_timeout`` (by ``_run_time()``) it raises the hard timeout.
+        Otherwise, if ``running()``, it extends the visibility through
+        ``_extend_timeout(sqs_timeout)`` (an SQS error is notified and logged)
+        and re-arms; if not, it raises the "Handler is stuck on" RuntimeError.
+        """
+        if self._past_hard_timeout():
+            self._hard_timeout()
+        self._heartbeat()
+        timer = self._timer
+        if timer is not None:
+            timer.rearm()
 
     def _hard_timeout(self) -> None:
         elapsed = self.elapsed()
@@ -205,7 +259,7 @@ class MessageHandler(abc.ABC):
         Never more than the 12-hour budget has left (SQS would refuse it).
         """
         if self.visible_until is not None:
-            left = self.visible_until - time.monotonic()
+            left = self.visible_until - monotonic()
             if left >= self.alarm_timeout + ENTRY_VISIBILITY_MARGIN_S:
                 logger.debug(
                     "message %s stays invisible %.1f s more; no visibility change on entry",
@@ -213,8 +267,7 @@ class MessageHandler(abc.ABC):
                     left,
                 )
                 return
-        timeout = capped_visibility(self.sqs_timeout, self.visibility_budget_left())
-        self._message.change_visibility(VisibilityTimeout=max(timeout, 1))
+        self._extend_timeout(self.sqs_timeout)
 
     def delete_message(self) -> None:
         """Delete the message after success; an SQS or network error is reported, not raised.
@@ -236,6 +289,11 @@ class MessageHandler(abc.ABC):
         self._safe_notify(exception, failure_context(self._message))
         logger.exception("Failed for message: %s", self._message)
 
+    def _dispatch_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
+        # Looked up at each firing, so an override (or a patch) of
+        # _handle_alarm made after entry is honoured too.
+        self._handle_alarm(signum, frame)
+
     # -- the context manager --------------------------------------------------
 
     def __enter__(self) -> MessageHandler:
@@ -247,9 +305,8 @@ class MessageHandler(abc.ABC):
             return self
         timer = SignalTimer(
             self.alarm_timeout,
-            self.deadline,
-            self._heartbeat,
-            self._hard_timeout,
+            lambda: self.deadline,
+            on_alarm=self._dispatch_alarm,
             owner=type(self).__name__,
             protected=_protected_codes(type(self)),
         )

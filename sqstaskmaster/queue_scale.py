@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+import boto3
 from botocore.exceptions import ClientError
 
 from .scale_rules import Proportional, ScaleInCooldown, proportional_of
@@ -69,11 +70,12 @@ class Provisioner:
         self._cooldown = ScaleInCooldown()
         self._notify = notify
         if session is None:
-            import boto3
-
-            session = boto3
-        self.sqs = session.resource("sqs")
-        self.ecs = session.client("ecs")
+            # The module-level name: tests patch sqstaskmaster.queue_scale.boto3.
+            self.sqs = boto3.resource("sqs")
+            self.ecs = boto3.client("ecs")
+        else:
+            self.sqs = session.resource("sqs")
+            self.ecs = session.client("ecs")
 
     def queue_depths(self, rule: Dict[str, Any]) -> Dict[str, int]:
         """The three depth counts of the rule's queue, keyed as QUEUE_DEPTH_ATTRIBUTES."""

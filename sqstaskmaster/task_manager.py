@@ -25,6 +25,8 @@ from typing import (
     Tuple,
 )
 
+import boto3
+
 from .local import LocalQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,8 +85,7 @@ class TaskManager:
         if queue_constructor is None:
             if sqs is None:
                 if session is None:
-                    import boto3
-
+                    # The module-level name: tests patch sqstaskmaster.task_manager.boto3.
                     sqs = boto3.resource("sqs")
                 else:
                     sqs = session.resource("sqs")

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from types import CodeType, FrameType
-from typing import Any, Callable, FrozenSet, Optional
+from typing import Any, Callable, FrozenSet, Optional, Union
 
 logger = logging.getLogger(__name__)
 
@@ -41,33 +41,51 @@ def _let_pending_handlers_run() -> None:
     """A Python-level call: CPython runs tripped signal handlers on entry."""
 
 
+AlarmCallback = Callable[[int, Optional[FrameType]], None]
+
+
 class SignalTimer:
     """Calls ``on_heartbeat`` every ``interval_s`` seconds and ``on_deadline`` at ``deadline``.
 
-    ``deadline`` is a ``time.monotonic()`` value. Both callbacks run inside the
-    SIGALRM handler, in the main thread, interrupting whatever Python code is
-    running; ``on_deadline`` is expected to raise. ``protected`` holds code
-    objects during whose execution (anywhere on the stack) the timer defers
-    itself, so an alarm cannot raise out of the handler's enter or exit path.
+    ``deadline`` is a ``time.monotonic()`` value, or a callable returning one
+    that is asked again at each firing (so a deadline that moves is followed).
+    The callbacks run inside the SIGALRM handler, in the main thread,
+    interrupting whatever Python code is running; ``on_deadline`` is expected
+    to raise. With ``on_alarm`` instead, every firing that has a heartbeat or
+    the deadline due calls ``on_alarm(signum, frame)``, which decides (that is
+    how :class:`~sqstaskmaster.message_handler.MessageHandler` routes each
+    firing through its ``_handle_alarm``). ``protected`` holds code objects
+    during whose execution (anywhere on the stack) the timer defers itself, so
+    an alarm cannot raise out of the handler's enter or exit path.
     """
 
     def __init__(
         self,
         interval_s: float,
-        deadline: float,
-        on_heartbeat: Callable[[], None],
-        on_deadline: Callable[[], None],
+        deadline: Union[float, Callable[[], float]],
+        on_heartbeat: Optional[Callable[[], None]] = None,
+        on_deadline: Optional[Callable[[], None]] = None,
         *,
+        on_alarm: Optional[AlarmCallback] = None,
         owner: str = "MessageHandler",
         protected: FrozenSet[CodeType] = frozenset(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"Heartbeat interval must be positive, got {interval_s!r} seconds")
+        if on_alarm is None and (on_heartbeat is None or on_deadline is None):
+            raise TypeError(
+                f"{owner}: SignalTimer needs on_alarm, or both on_heartbeat and on_deadline"
+            )
         self.interval_s = float(interval_s)
-        self.deadline = float(deadline)
+        self._deadline: Union[float, Callable[[], float]] = (
+            deadline if callable(deadline) else float(deadline)
+        )
         self._on_heartbeat = on_heartbeat
         self._on_deadline = on_deadline
+        self._on_alarm = on_alarm
+        # How many of our callbacks are running (a slow one can be re-entered).
+        self._callback_depth = 0
         self._owner = owner
         self._protected = protected
         self._clock = clock
@@ -77,6 +95,16 @@ class SignalTimer:
         self._next_heartbeat = 0.0
         self._previous_handler: Any = None
         self._previous_timer = (0.0, 0.0)
+
+    @property
+    def deadline(self) -> float:
+        """The hard deadline as a ``time.monotonic()`` value, as it stands now."""
+        source = self._deadline
+        return float(source()) if callable(source) else source
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._deadline = float(value)
 
     @property
     def active(self) -> bool:
@@ -137,11 +165,25 @@ class SignalTimer:
             left = remaining - (self._clock() - self._started_at)
             signal.setitimer(signal.ITIMER_REAL, max(left, _SOONEST_S), interval)
 
+    def rearm(self) -> None:
+        """Count the next heartbeat ``interval_s`` from now, as a fresh alarm would.
+
+        For a heartbeat made outside the timer (a direct ``_handle_alarm``
+        call). Inside one of our own firings it does nothing: the timer
+        re-armed itself before calling back, keeping its period without drift.
+        """
+        if not self._active or self._callback_depth:
+            return
+        now = self._clock()
+        self._next_heartbeat = now + self.interval_s
+        self._arm(now)
+
     def _arm(self, now: float) -> None:
-        if now >= self.deadline:
+        deadline = self.deadline
+        if now >= deadline:
             delay = _SOONEST_S
         else:
-            delay = min(self._next_heartbeat, self.deadline) - now
+            delay = min(self._next_heartbeat, deadline) - now
         signal.setitimer(signal.ITIMER_REAL, max(delay, _SOONEST_S))
 
     def _in_protected_frame(self, frame: Optional[FrameType]) -> bool:
@@ -160,16 +202,27 @@ class SignalTimer:
             signal.setitimer(signal.ITIMER_REAL, PROTECTED_RETRY_S)
             return
         now = self._clock()
-        if now >= self.deadline:
+        deadline_due = now >= self.deadline
+        heartbeat_due = False
+        if deadline_due:
             signal.setitimer(signal.ITIMER_REAL, DEADLINE_REPEAT_S)
-            self._on_deadline()
-            return
-        heartbeat_due = now >= self._next_heartbeat
-        if heartbeat_due:
-            while self._next_heartbeat <= now:
-                self._next_heartbeat += self.interval_s
-        # Re-arm before the heartbeat's network call, so a slow or failing
-        # extension can neither stop later heartbeats nor delay the deadline.
-        self._arm(now)
-        if heartbeat_due:
-            self._on_heartbeat()
+        else:
+            heartbeat_due = now >= self._next_heartbeat
+            if heartbeat_due:
+                while self._next_heartbeat <= now:
+                    self._next_heartbeat += self.interval_s
+            # Re-arm before the heartbeat's network call, so a slow or failing
+            # extension can neither stop later heartbeats nor delay the deadline.
+            self._arm(now)
+        if not (deadline_due or heartbeat_due):
+            return  # woke a hair early: re-armed for the rest
+        self._callback_depth += 1
+        try:
+            if self._on_alarm is not None:
+                self._on_alarm(signum, frame)
+            elif deadline_due and self._on_deadline is not None:
+                self._on_deadline()
+            elif self._on_heartbeat is not None:
+                self._on_heartbeat()
+        finally:
+            self._callback_depth -= 1

@@ -51,11 +51,14 @@ def test_queues_are_shared_per_url_and_clearable() -> None:
     assert bodies(second.receive_messages(WaitTimeSeconds=0)) == ["shared"]
 
     first.send_message(MessageBody="forgotten")
+    cleared = first.queue
     LocalQueue.local_queues.clear()
     assert LocalQueue.local_queues == {}
     fresh = LocalQueue(URL)
-    assert fresh.queue is not first.queue
+    assert fresh.queue is not cleared
     assert fresh.receive_messages(WaitTimeSeconds=0) == []
+    # .queue is looked up at each use: LocalQueues made before the clear share the new queue.
+    assert first.queue is fresh.queue
 
 
 def test_local_queues_is_a_class_level_mapping() -> None:
