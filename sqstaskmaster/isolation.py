@@ -275,7 +275,9 @@ def _run_isolated(handler: MessageHandler) -> Any:
     if time.monotonic() >= handler.deadline:
         handler._hard_timeout()
     run = type(handler).run
-    child = ForkedChild(lambda: run(handler), label=_label(handler))
+    # A task's return value never decides its outcome: one JSON cannot carry
+    # is dropped with a warning, and the task still counts as done.
+    child = ForkedChild(lambda: run(handler), label=_label(handler), drop_unsendable_result=True)
     state.child = child
     # A heartbeat that fell due between two run() calls is sent at once.
     return supervise(
