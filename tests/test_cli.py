@@ -57,6 +57,41 @@ def test_submit_refuses_kwargs_that_are_not_an_object(
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
 
 
+@pytest.mark.parametrize(
+    ("task", "kwargs", "named"),
+    [
+        ("", "{}", "Task name ''"),
+        ("t", '{"x": [1, NaN]}', "kwargs['x'][1] is nan"),
+        ("t", '{"x": Infinity}', "kwargs['x'] is inf"),
+        ("t", '{"a": ' + "[" * 600 + "]" * 600 + "}", "levels deep"),
+    ],
+    ids=["empty-task", "nan", "infinity", "too-deep"],
+)
+def test_submit_refuses_what_no_worker_can_run(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli, task: str, kwargs: str, named: str
+) -> None:
+    code, _, err = run_cli("submit", sqs_queue.url, task, "--kwargs", kwargs)
+    assert code == cli.RET_USAGE
+    assert named in err and "not sent" in err
+    assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
+
+
+def test_submit_refuses_kwargs_json_cannot_decode(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli
+) -> None:
+    code, _, err = run_cli("submit", sqs_queue.url, "t", "--kwargs", "[" * 3000)
+    assert code == cli.RET_USAGE
+    assert "--kwargs is not JSON" in err
+
+
+def test_submit_checks_the_size_before_sending(sqs_server: Any, run_cli: Cli) -> None:
+    queue = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
+    code, _, err = run_cli("submit", queue.url, "t", "--kwargs", json.dumps({"x": "y" * 2000}))
+    assert code == cli.RET_USAGE
+    assert "MaximumMessageSize of 1024 bytes" in err
+    assert queue.queue.receive_messages(WaitTimeSeconds=0) == []
+
+
 def test_stats_counts_visible_in_flight_and_dead_letter(sqs_server: Any, run_cli: Cli) -> None:
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=5)
     tm = sqs_server.task_manager(queue)

@@ -72,6 +72,21 @@ class Echo(MessageHandler):
         pass
 
 
-TASKS = {"ok": ok, "sleep": sleep, "sleep_first": sleep_first, "fail": fail, "echo": Echo}
+class ReturnsSet(Echo):
+    """A 0.0.11 handler whose run() returns what JSON cannot carry, after its work is done."""
+
+    def run(self) -> Any:
+        super().run()
+        return {"a", "set"}
+
+
+TASKS = {
+    "ok": ok,
+    "sleep": sleep,
+    "sleep_first": sleep_first,
+    "fail": fail,
+    "echo": Echo,
+    "returns_set": ReturnsSet,
+}
 
 app = Worker(dict(TASKS))
