@@ -41,7 +41,11 @@ class HardTimeoutError(SQSTaskMasterError, TimeoutError):
 
 
 class ChildTaskError(SQSTaskMasterError):
-    """A task run in an isolated child process raised; carries the child's exception as text."""
+    """A task run in an isolated child process raised; carries the child's exception as text.
+
+    Where the task's exception class is importable in the parent, the error
+    raised is also an instance of that class (see sqstaskmaster.child_error).
+    """
 
     def __init__(
         self, type_name: str, message: str, traceback: str, pid: Optional[int] = None

@@ -66,10 +66,9 @@ def encode_task(task: Any, kwargs: Dict[str, Any], index: Optional[int] = None) 
         raise EncodeError(task, error, index=index) from error
     # Every level opens a bracket, so few brackets prove shallow kwargs cheaply.
     if body.count("[") + body.count("{") > MAX_KWARGS_DEPTH:
-        depth = _depth(kwargs)
-        if depth > MAX_KWARGS_DEPTH:
+        if _depth(kwargs, MAX_KWARGS_DEPTH) > MAX_KWARGS_DEPTH:
             reason = ValueError(
-                f"kwargs nest {depth} levels deep, over the {MAX_KWARGS_DEPTH} a worker "
+                f"kwargs nest more than {MAX_KWARGS_DEPTH} levels deep, more than a worker "
                 "is sure to decode"
             )
             raise EncodeError(task, reason, index=index)
@@ -94,17 +93,23 @@ def _children(value: Any, where: str) -> Iterator[Tuple[str, Any]]:
             yield f"{where}[{position}]", item
 
 
-def _depth(kwargs: Any) -> int:
-    """Nesting depth of dicts, lists and tuples; only for values json has encoded (no cycles)."""
-    deepest = 0
-    stack = [(kwargs, 1)]
-    while stack:
-        value, level = stack.pop()
-        if isinstance(value, (dict, list, tuple)):
-            deepest = max(deepest, level)
+def _depth(kwargs: Any, limit: int) -> int:
+    """Nesting depth of dicts, lists and tuples, counted up to ``limit + 1`` levels.
+
+    Level by level, so a value json has encoded (no cycles) is walked once,
+    and very deep kwargs stop the walk early.
+    """
+    containers = (dict, list, tuple)
+    level = [kwargs] if isinstance(kwargs, containers) else []
+    depth = 0
+    while level and depth <= limit:
+        depth += 1
+        below: list = []
+        for value in level:
             items = value.values() if isinstance(value, dict) else value
-            stack.extend((item, level + 1) for item in items)
-    return deepest
+            below.extend(item for item in items if isinstance(item, containers))
+        level = below
+    return depth
 
 
 def _first_non_finite(kwargs: Any) -> Optional[Tuple[str, float]]:
