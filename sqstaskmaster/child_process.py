@@ -5,7 +5,9 @@ task started), with Python's signal handlers reset to the defaults, and
 reports exactly once, as one JSON document on a pipe::
 
     {"ok": true, "result": <the task's return value>}
-    {"ok": false, "type": "<exception type>", "message": "...", "traceback": "..."}
+    {"ok": true, "result": null, "dropped": "<why the return value could not be sent>"}
+    {"ok": false, "type": "<exception type>", "module": "...", "qualname": "...",
+     "message": "...", "traceback": "..."}
 
 then leaves with ``os._exit`` (no atexit handlers, no flushing of objects it
 inherited, such as boto3's connections, which belong to the parent).
@@ -30,7 +32,8 @@ import traceback
 from types import TracebackType
 from typing import Any, Callable, List, NoReturn, Optional
 
-from .errors import ChildDiedError, ChildTaskError
+from .child_error import child_task_error
+from .errors import ChildDiedError
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +85,19 @@ class ForkedChild:
     """Fork a child that calls ``target()`` and reports its result or exception.
 
     ``label`` names the task in log lines (for example "MyHandler message 1234").
-    The parent must end with :meth:`reap` (directly, or through :meth:`terminate`),
-    then read :meth:`outcome`.
+    With ``drop_unsendable_result``, a return value that cannot be sent as JSON
+    (or is over MAX_RESULT_BYTES) is dropped with a warning and the outcome is
+    None; without it, that is a ChildTaskError. The parent must end with
+    :meth:`reap` (directly, or through :meth:`terminate`), then read :meth:`outcome`.
     """
 
-    def __init__(self, target: Callable[[], Any], *, label: str = "task") -> None:
+    def __init__(
+        self,
+        target: Callable[[], Any],
+        *,
+        label: str = "task",
+        drop_unsendable_result: bool = False,
+    ) -> None:
         self.label = label
         prctl = _lookup_prctl()
         parent_pid = os.getpid()
@@ -100,7 +111,7 @@ class ForkedChild:
             os.close(writer)
             raise
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            _child_main(reader, writer, target, parent_pid, prctl)
+            _child_main(reader, writer, target, parent_pid, prctl, drop_unsendable_result)
         os.close(writer)
         self.pid = pid
         self.started_at = time.monotonic()
@@ -286,17 +297,30 @@ class ForkedChild:
     # -- the result -----------------------------------------------------------
 
     def outcome(self) -> Any:
-        """The task's return value; or raise ChildTaskError / ChildDiedError. After reap()."""
+        """The task's return value; or raise ChildTaskError / ChildDiedError. After reap().
+
+        A task's exception is raised as its own class (also a ChildTaskError)
+        where :mod:`sqstaskmaster.child_error` can rebuild it.
+        """
         if not self._reaped:
             raise RuntimeError(f"{self.label}: outcome() called before the child was reaped")
         report = self._decode_report()
         if report is not None:
             if report.get("ok") is True:
+                if report.get("dropped"):
+                    logger.warning(
+                        "%s: the task's return value is dropped (the task still counts as "
+                        "done): %s",
+                        self.label,
+                        report["dropped"],
+                    )
                 return report.get("result")
-            error = ChildTaskError(
-                str(report.get("type")),
+            error = child_task_error(
+                report.get("module"),
+                report.get("qualname"),
                 str(report.get("message")),
                 str(report.get("traceback")),
+                str(report.get("type")),
                 self.pid,
             )
             logger.error(
@@ -415,35 +439,39 @@ def _error_report(error: BaseException) -> bytes:
         {
             "ok": False,
             "type": _type_name(error),
+            "module": type(error).__module__,
+            "qualname": type(error).__qualname__,
             "message": _clip(str(error)),
             "traceback": _clip(text),
         }
     ).encode("utf-8")
 
 
-def _result_report(result: Any) -> bytes:
-    """The success report, or an error report when the result cannot cross as JSON."""
+def _result_report(result: Any, drop_unsendable: bool) -> bytes:
+    """The success report; a result that cannot cross as JSON is dropped or an error report."""
+    problem: Exception
     try:
         encoded = json.dumps({"ok": True, "result": result}).encode("utf-8")
-    except (TypeError, ValueError) as error:
-        try:
-            raise TypeError(
-                f"run() returned {type(result).__name__}, which cannot be sent to the "
-                f"parent process as JSON ({error}); return plain JSON values "
-                "(dict, list, str, int, float, bool, None)"
-            ) from error
-        except TypeError as wrapped:
-            return _error_report(wrapped)
-    if len(encoded) > MAX_RESULT_BYTES:
-        try:
-            raise ValueError(
-                f"run() returned {len(encoded)} bytes of JSON, over the {MAX_RESULT_BYTES} "
-                "byte limit for an isolated task's result; store large output elsewhere "
-                "(for example S3) and return a reference to it"
-            )
-        except ValueError as too_large:
-            return _error_report(too_large)
-    return encoded
+    except Exception as error:  # TypeError, ValueError (circular), RecursionError (deep)
+        problem = TypeError(
+            f"run() returned {type(result).__name__}, which cannot be sent to the "
+            f"parent process as JSON ({type(error).__name__}: {error}); return plain JSON "
+            "values (dict, list, str, int, float, bool, None)"
+        )
+    else:
+        if len(encoded) <= MAX_RESULT_BYTES:
+            return encoded
+        problem = ValueError(
+            f"run() returned {len(encoded)} bytes of JSON, over the {MAX_RESULT_BYTES} "
+            "byte limit for an isolated task's result; store large output elsewhere "
+            "(for example S3) and return a reference to it"
+        )
+    if drop_unsendable:
+        return json.dumps({"ok": True, "result": None, "dropped": str(problem)}).encode("utf-8")
+    try:
+        raise problem
+    except Exception as raised:  # gives it a traceback for the report
+        return _error_report(raised)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -459,6 +487,7 @@ def _child_main(
     target: Callable[[], Any],
     parent_pid: int,
     prctl: Optional[Callable[..., int]],
+    drop_unsendable_result: bool,
 ) -> NoReturn:  # pragma: no cover - runs in the child
     code = EXIT_REPORT_FAILED
     try:
@@ -474,7 +503,7 @@ def _child_main(
         except BaseException as error:
             report, outcome_code = _error_report(error), EXIT_TASK_RAISED
         else:
-            report = _result_report(result)
+            report = _result_report(result, drop_unsendable_result)
             outcome_code = EXIT_OK
         _write_all(writer, report)
         os.close(writer)

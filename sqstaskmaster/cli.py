@@ -290,17 +290,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """``submit URL TASK``: send one task; prints its message id."""
+    """``submit URL TASK``: send one task; prints its message id.
+
+    Checked as ``submit_with`` checks (task name, JSON a worker can decode,
+    the queue's MaximumMessageSize) before anything is sent.
+    """
     try:
         kwargs = json.loads(args.kwargs)
-    except ValueError as error:
-        logger.error("--kwargs is not JSON (%s): %r", error, args.kwargs)
+    except (ValueError, RecursionError) as error:
+        logger.error("--kwargs is not JSON (%s): %r", error, args.kwargs[:200])
         return RET_USAGE
     if not isinstance(kwargs, dict):
         logger.error("--kwargs must be a JSON object, got %r", args.kwargs)
         return RET_USAGE
     try:
-        response = _task_manager(args, args.url).submit(args.task, **kwargs)
+        response = _task_manager(args, args.url).submit_with(args.task, kwargs)
+    except ValueError as error:  # InvalidTaskNameError, EncodeError, MessageTooLargeError
+        logger.error("task %r not sent to %s: %s", args.task, args.url, error)
+        return RET_USAGE
     except _connection_errors() as error:
         return sqs_failure(f"send to {args.url}", error)
     print(response.get("MessageId", ""))

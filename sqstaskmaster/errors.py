@@ -41,7 +41,11 @@ class HardTimeoutError(SQSTaskMasterError, TimeoutError):
 
 
 class ChildTaskError(SQSTaskMasterError):
-    """A task run in an isolated child process raised; carries the child's exception as text."""
+    """A task run in an isolated child process raised; carries the child's exception as text.
+
+    Where the task's exception class is importable in the parent, the error
+    raised is also an instance of that class (see sqstaskmaster.child_error).
+    """
 
     def __init__(
         self, type_name: str, message: str, traceback: str, pid: Optional[int] = None
@@ -123,7 +127,7 @@ class MessageTooLargeError(SQSTaskMasterError, ValueError):
 
 
 class EncodeError(SQSTaskMasterError, ValueError):
-    """A task's kwargs cannot be encoded as JSON, even through str()."""
+    """A task's kwargs cannot be encoded as JSON that a worker can decode."""
 
     def __init__(self, task: Any, error: BaseException, index: Optional[int] = None) -> None:
         self.task = task
@@ -131,9 +135,37 @@ class EncodeError(SQSTaskMasterError, ValueError):
         self.index = index
         where = "" if index is None else f" (entry {index} of the batch)"
         super().__init__(
-            f"Task {task!r}{where}: kwargs cannot be encoded as JSON "
+            f"Task {task!r}{where}: kwargs cannot be encoded as JSON a worker can decode "
             f"({type(error).__name__}: {error}); nothing was sent. Pass plain JSON values "
-            "(no circular structures)."
+            "(no circular structures, no NaN or infinity, no deep nesting)."
+        )
+
+
+class DecodeError(SQSTaskMasterError, ValueError):
+    """A message body cannot be decoded as JSON, whatever the decoder raised."""
+
+    def __init__(self, body: Any, error: BaseException) -> None:
+        self.body = body
+        self.error = error
+        text = body if isinstance(body, str) else repr(body)
+        excerpt = text if len(text) <= 200 else text[:200] + "..."
+        super().__init__(
+            f"Message body of {len(text)} characters cannot be decoded as JSON "
+            f"({type(error).__name__}: {error}); it starts {excerpt!r}. The message is not "
+            "run and is left to the queue's redrive policy: fix the producer."
+        )
+
+
+class InvalidTaskNameError(SQSTaskMasterError, TypeError, ValueError):
+    """A task name to submit is not a non-empty str, so no worker could run it."""
+
+    def __init__(self, task: Any, index: Optional[int] = None) -> None:
+        self.task = task
+        self.index = index
+        where = "" if index is None else f" (entry {index} of the batch)"
+        super().__init__(
+            f"Task name {task!r}{where} is a {type(task).__name__}; a task name must be a "
+            "non-empty str (the name a worker registered the task under); nothing was sent."
         )
 
 

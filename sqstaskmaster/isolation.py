@@ -212,10 +212,12 @@ def run_in_child(
 
     The hard timeout counts ``hard_timeout_s`` seconds from this call; the
     rest is as in :func:`supervise`. Raises :class:`HardTimeoutError`,
-    :class:`~sqstaskmaster.errors.ChildTaskError` (the function raised) or
+    :class:`~sqstaskmaster.errors.ChildTaskError` (the function raised; an
+    instance of its exception's class too where that class is importable, see
+    :mod:`sqstaskmaster.child_error`) or
     :class:`~sqstaskmaster.errors.ChildDiedError` (the child died without
     reporting). The return value must encode to at most ``MAX_RESULT_BYTES``
-    of JSON.
+    of JSON, else ChildTaskError.
     """
     if hard_timeout_s <= 0:
         raise ValueError(f"Hard timeout must be positive, got {hard_timeout_s!r} seconds")
@@ -275,7 +277,9 @@ def _run_isolated(handler: MessageHandler) -> Any:
     if time.monotonic() >= handler.deadline:
         handler._hard_timeout()
     run = type(handler).run
-    child = ForkedChild(lambda: run(handler), label=_label(handler))
+    # A task's return value never decides its outcome: one JSON cannot carry
+    # is dropped with a warning, and the task still counts as done.
+    child = ForkedChild(lambda: run(handler), label=_label(handler), drop_unsendable_result=True)
     state.child = child
     # A heartbeat that fell due between two run() calls is sent at once.
     return supervise(

@@ -38,8 +38,8 @@ from typing import (
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import BatchSendError, EncodeError, FailedEntry, MessageTooLargeError
-from .task_manager import encode_body, service_name_attribute
+from .errors import BatchSendError, FailedEntry, MessageTooLargeError
+from .wire import check_task_name, encode_task, service_name_attribute
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class TaskMessage:
     on FIFO queues. ``message_group_id`` and ``deduplication_id`` are FIFO's
     group and deduplication ids. ``message_attributes`` are extra SQS message
     attributes (``{"name": {"DataType": "String", "StringValue": "..."}}``)
-    sent beside ``service_name``, which they may not replace.
+    sent beside ``service_name``, which they may not replace. A ``task`` that
+    is not a non-empty str raises :class:`~sqstaskmaster.errors.InvalidTaskNameError`.
     """
 
     task: Any
@@ -81,6 +82,9 @@ class TaskMessage:
     message_group_id: Optional[str] = None
     deduplication_id: Optional[str] = None
     message_attributes: Optional[Mapping[str, Mapping[str, Any]]] = None
+
+    def __post_init__(self) -> None:
+        check_task_name(self.task)
 
 
 TaskItem = Union[TaskMessage, Sequence[Any]]
@@ -199,10 +203,7 @@ def prepare(
     kwargs = message.kwargs if message.kwargs is not None else {}
     if not isinstance(kwargs, Mapping):
         raise TypeError(f"{where}: kwargs must be a dict, not {type(kwargs).__name__}: {kwargs!r}")
-    try:
-        body = encode_body(task, dict(kwargs))
-    except (ValueError, TypeError, RecursionError) as error:
-        raise EncodeError(task, error, index=index) from error
+    body = encode_task(task, dict(kwargs), index=index)
 
     attributes: Dict[str, Any] = service_name_attribute(sender)
     if message.message_attributes:
@@ -256,6 +257,7 @@ def as_task_message(
     if isinstance(item, TaskMessage):
         message = item
     elif isinstance(item, (tuple, list)) and len(item) == 2:
+        check_task_name(item[0], index)
         message = TaskMessage(item[0], item[1])
     else:
         raise TypeError(

@@ -6,11 +6,12 @@ this package can share a queue in both directions::
     body = {"task": "<name>", "kwargs": {...}}   # json.dumps, default separators,
                                                  # unknown types through str()
     MessageAttributes = {"service_name": {"StringValue": <sender>, "DataType": "String"}}
+
+Encoding and decoding live in :mod:`sqstaskmaster.wire`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import (
     TYPE_CHECKING,
@@ -27,7 +28,9 @@ from typing import (
 
 import boto3
 
+from .errors import DecodeError
 from .local import LocalQueue
+from .wire import encode_body, parse_json, service_name_attribute
 
 if TYPE_CHECKING:  # pragma: no cover
     from .producer import QueueLimits, TaskItem
@@ -38,16 +41,6 @@ MAX_WAIT_TIME_S = 20
 MAX_VISIBILITY_TIMEOUT_S = 12 * 60 * 60
 
 Notify = Callable[..., Any]
-
-
-def encode_body(task: Any, kwargs: Dict[str, Any]) -> str:
-    """The message body 0.0.11 sends for ``task`` with ``kwargs``."""
-    return json.dumps({"task": task, "kwargs": kwargs}, default=str)
-
-
-def service_name_attribute(sender_name: str) -> Dict[str, Dict[str, str]]:
-    """The ``service_name`` message attribute every 0.0.11 message carries."""
-    return {"service_name": {"StringValue": sender_name, "DataType": "String"}}
 
 
 def _log_submitted(task: Any, response: Any) -> None:
@@ -141,9 +134,10 @@ class TaskManager:
 
         ``wait_time`` is the long-poll wait (0 to 20 seconds); ``sqs_timeout``
         the visibility timeout each received message starts with (0 to 43200
-        seconds). A message that is not JSON or lacks ``task`` or ``kwargs``
-        is notified, logged and skipped, and left for SQS to redeliver (and a
-        redrive policy to dead-letter). Errors from SQS itself propagate.
+        seconds). A message that cannot be decoded (whatever the decoder
+        raises) or lacks ``task`` or ``kwargs`` is notified, logged and
+        skipped, and left for SQS to redeliver (and a redrive policy to
+        dead-letter). Errors from SQS itself propagate.
         """
         if not 0 <= wait_time <= MAX_WAIT_TIME_S:
             raise ValueError(f"Invalid polling wait time {wait_time}; must be between 0 and 20")
@@ -166,10 +160,16 @@ class TaskManager:
         """``(task, kwargs)`` of a message, or None after notifying and logging."""
         body = message.body
         try:
-            content = json.loads(body)
-        except ValueError as error:
-            self.notify(error, context={"body": body, **(message.attributes or {})})
-            logger.exception("failed to decode message %s with %s", body, message.attributes)
+            content = parse_json(body)
+        except DecodeError as decode_error:
+            # 0.0.11 reported the decoder's ValueError; anything else the
+            # decoder raised (RecursionError, say) is reported as the DecodeError.
+            error = decode_error.error
+            reported = error if isinstance(error, ValueError) else decode_error
+            self.notify(reported, context={"body": body, **(message.attributes or {})})
+            logger.exception(
+                "failed to decode message %s with %s", body, message.attributes, exc_info=reported
+            )
             return None
         try:
             return content["task"], content["kwargs"]
@@ -236,10 +236,13 @@ class TaskManager:
         (standard queues only); ``message_group_id`` and ``deduplication_id``
         are FIFO's; ``message_attributes`` are extra SQS message attributes
         beside ``service_name`` (which they may not replace). Before sending,
-        raises :class:`~sqstaskmaster.errors.EncodeError` for kwargs JSON cannot
-        encode, :class:`~sqstaskmaster.errors.MessageTooLargeError` for a
-        message over the queue's MaximumMessageSize, and ``ValueError`` for
-        invalid options.
+        raises :class:`~sqstaskmaster.errors.InvalidTaskNameError` for a task
+        name that is not a non-empty str,
+        :class:`~sqstaskmaster.errors.EncodeError` for kwargs a worker could
+        not decode (circular, NaN or infinity, nested deeper than
+        ``wire.MAX_KWARGS_DEPTH``),
+        :class:`~sqstaskmaster.errors.MessageTooLargeError` for a message over
+        the queue's MaximumMessageSize, and ``ValueError`` for invalid options.
         """
         from .producer import TaskMessage, prepare
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from typing import Any, List, Tuple
 
 import pytest
+from botocore.exceptions import ClientError
 
 from sqstaskmaster import cli
 
@@ -55,6 +57,41 @@ def test_submit_refuses_kwargs_that_are_not_an_object(
     assert code == cli.RET_USAGE
     assert repr(kwargs) in err
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "named"),
+    [
+        ("", "{}", "Task name ''"),
+        ("t", '{"x": [1, NaN]}', "kwargs['x'][1] is nan"),
+        ("t", '{"x": Infinity}', "kwargs['x'] is inf"),
+        ("t", '{"a": ' + "[" * 600 + "]" * 600 + "}", "levels deep"),
+    ],
+    ids=["empty-task", "nan", "infinity", "too-deep"],
+)
+def test_submit_refuses_what_no_worker_can_run(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli, task: str, kwargs: str, named: str
+) -> None:
+    code, _, err = run_cli("submit", sqs_queue.url, task, "--kwargs", kwargs)
+    assert code == cli.RET_USAGE
+    assert named in err and "not sent" in err
+    assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
+
+
+def test_submit_refuses_kwargs_json_cannot_decode(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli
+) -> None:
+    code, _, err = run_cli("submit", sqs_queue.url, "t", "--kwargs", "[" * 3000)
+    assert code == cli.RET_USAGE
+    assert "--kwargs is not JSON" in err
+
+
+def test_submit_checks_the_size_before_sending(sqs_server: Any, run_cli: Cli) -> None:
+    queue = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
+    code, _, err = run_cli("submit", queue.url, "t", "--kwargs", json.dumps({"x": "y" * 2000}))
+    assert code == cli.RET_USAGE
+    assert "MaximumMessageSize of 1024 bytes" in err
+    assert queue.queue.receive_messages(WaitTimeSeconds=0) == []
 
 
 def test_stats_counts_visible_in_flight_and_dead_letter(sqs_server: Any, run_cli: Cli) -> None:
@@ -203,11 +240,24 @@ def test_a_message_too_large_exits_ret_usage_saying_what_to_change(
 
 
 def test_an_invalid_request_exits_ret_usage(sqs_server: Any, run_cli: Cli) -> None:
-    # A FIFO queue needs a MessageGroupId, which 0.0.11's submit does not send
+    # A FIFO queue needs a MessageGroupId, which 0.0.11's submit does not send:
+    # refused before sending, saying what to change.
     fifo = sqs_server.make_queue(fifo=True)
     code, _, err = run_cli("submit", fifo.url, "t")
     assert code == cli.RET_USAGE
-    assert "MessageGroupId" in err and "message_group_id" in err
+    assert "message_group_id" in err
+
+
+def test_an_invalid_parameter_refused_by_sqs_is_the_callers_fault(
+    sqs_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An error the server itself answers with (a MessageGroupId missing on a FIFO send).
+    fifo = sqs_server.make_queue(fifo=True)
+    with pytest.raises(ClientError) as raised:
+        sqs_server.client.send_message(QueueUrl=fifo.url, MessageBody="{}")
+    with caplog.at_level(logging.ERROR, logger="sqstaskmaster.cli"):
+        assert cli.sqs_failure("send to the queue", raised.value) == cli.RET_USAGE
+    assert "MessageGroupId" in caplog.text
 
 
 def test_purge_in_progress_exits_ret_error_with_its_text(

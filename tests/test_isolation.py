@@ -389,15 +389,107 @@ def test_a_raising_child_is_reported_with_type_message_and_traceback(
     with Handler(message, raises, reason="no solution found") as handler:
         handler.run()
     [(error, context)] = handler.notified
-    assert isinstance(error, ChildTaskError)
+    assert isinstance(error, ChildTaskError) and isinstance(error, TaskFailure)
     assert error.type_name.endswith("TaskFailure")
     assert error.message == "no solution found"
-    assert "TaskFailure: no solution found" in str(error)
+    assert str(error) == "no solution found"
     assert "in raises" in error.traceback and "raise TaskFailure(reason)" in error.traceback
     assert "child_process.py" not in error.traceback
     assert context["body"] == message.body
     assert message.deletes == 0
     assert queue_counts(sqs_queue.queue) == (0, 1)
+
+
+class CodedFailure(Exception):
+    """A user exception whose constructor needs arguments the parent does not have."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"failure {self.code}"
+
+
+class PickyNew(ValueError):
+    """A user exception whose __new__ refuses anything but its own arguments."""
+
+    def __new__(cls, *, reason: str) -> PickyNew:
+        return super().__new__(cls, reason)
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(f"picky: {reason}")
+
+
+class Abort(BaseException):
+    """Not an Exception: the parent may not raise it as such."""
+
+
+def raise_kind(kind: str) -> None:
+    if kind == "builtin":
+        raise ValueError("bad value 7")
+    if kind == "user":
+        raise TaskFailure("no solution")
+    if kind == "required-init":
+        raise CodedFailure(42, "disk")
+    if kind == "custom-new":
+        raise PickyNew(reason="odd")
+    if kind == "os-error":
+        raise FileNotFoundError(2, "No such file", "/data/x")
+    if kind == "local":
+
+        class LocalFailure(Exception):
+            pass
+
+        raise LocalFailure("defined in a function")
+    if kind == "base-exception":
+        raise Abort("stop")
+
+
+def child_error(kind: str) -> ChildTaskError:
+    with pytest.raises(ChildTaskError) as caught:
+        run_in_child(raise_kind, {"kind": kind}, hard_timeout_s=10)
+    error = caught.value
+    assert "raise_kind" in error.traceback and error.pid is not None
+    return error
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls", "text"),
+    [
+        ("builtin", ValueError, "bad value 7"),
+        ("user", TaskFailure, "no solution"),
+        ("required-init", CodedFailure, "failure 42"),
+        ("custom-new", PickyNew, "picky: odd"),
+        ("os-error", FileNotFoundError, "[Errno 2] No such file: '/data/x'"),
+    ],
+)
+def test_an_importable_exception_keeps_its_class(kind: str, cls: type, text: str) -> None:
+    error = child_error(kind)
+    assert isinstance(error, cls) and isinstance(error, ChildTaskError)
+    assert type(error).__name__ == cls.__name__ and type(error).__module__ == cls.__module__
+    assert str(error) == text and error.message == text and error.args == (text,)
+    assert repr(error) == f"{cls.__name__}({text!r})"
+    assert f"{cls.__name__}: {text}" in error.traceback
+    # Caught as the task's own class, as it would be in one process.
+    with pytest.raises(cls):
+        run_in_child(raise_kind, {"kind": kind}, hard_timeout_s=10)
+
+
+def test_the_derived_classes_are_cached() -> None:
+    assert type(child_error("user")) is type(child_error("user"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_name"),
+    [("local", "raise_kind.<locals>.LocalFailure"), ("base-exception", "Abort")],
+)
+def test_a_class_the_parent_cannot_raise_falls_back_to_child_task_error(
+    kind: str, type_name: str
+) -> None:
+    error = child_error(kind)
+    assert type(error) is ChildTaskError
+    assert type_name in error.type_name and type_name in str(error)
 
 
 def test_a_segfaulting_child_is_reported_with_its_signal(receive: Any) -> None:
@@ -442,17 +534,41 @@ def test_run_returns_the_childs_json_result_and_self_is_not_shared(receive: Any)
     assert "run" not in vars(handler)  # the instance is plain again after the block
 
 
-@pytest.mark.parametrize(
-    ("result", "expected"),
-    [({1, 2}, "cannot be sent to the parent process as JSON"), ("x" * MAX_RESULT_BYTES, "limit")],
-)
-def test_a_result_that_cannot_cross_is_an_error(receive: Any, result: Any, expected: str) -> None:
+def nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+UNSENDABLE = [
+    ({1, 2}, "cannot be sent to the parent process as JSON"),
+    ("x" * MAX_RESULT_BYTES, "limit"),
+    (nested(5000), "RecursionError"),
+]
+
+
+@pytest.mark.parametrize(("result", "expected"), UNSENDABLE, ids=["set", "too-large", "too-deep"])
+def test_a_result_that_cannot_cross_is_dropped_and_the_task_is_done(
+    receive: Any, caplog: Any, result: Any, expected: str
+) -> None:
     message = receive()
+    caplog.set_level("WARNING", logger="sqstaskmaster.child_process")
     with Handler(message, lambda handler: result) as handler:
-        handler.run()
-    [(error, _context)] = handler.notified
-    assert isinstance(error, ChildTaskError) and expected in error.message
-    assert message.deletes == 0
+        returned = handler.run()
+    assert returned is None
+    assert handler.notified == [] and message.deletes == 1
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING" and "dropped" in r.message]
+    assert expected in warning.message and message.message_id in warning.message
+
+
+@pytest.mark.parametrize(("result", "expected"), UNSENDABLE, ids=["set", "too-large", "too-deep"])
+def test_run_in_child_still_raises_for_a_result_it_cannot_return(
+    result: Any, expected: str
+) -> None:
+    # run_in_child's caller asked for the function's result: no silent None.
+    with pytest.raises(ChildTaskError, match=expected):
+        run_in_child(lambda: result, hard_timeout_s=10)
 
 
 def test_isolated_handlers_work_outside_the_main_thread(receive: Any) -> None:
@@ -580,7 +696,7 @@ def test_without_pidfd_or_waitid_the_parent_polls(monkeypatch: Any, missing: Tup
     for name in missing:
         monkeypatch.delattr(os, name, raising=False)
     assert run_in_child(quick, {"value": 21}, hard_timeout_s=10) == 42
-    with pytest.raises(ChildTaskError, match="TaskFailure: slow"):
+    with pytest.raises(TaskFailure, match="slow"):
         run_in_child(raises, {"handler": None, "reason": "slow"}, hard_timeout_s=10)
     started = time.monotonic()
     with pytest.raises(HardTimeoutError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from datetime import date
@@ -14,11 +15,17 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
-from sqstaskmaster.errors import BatchSendError, EncodeError, MessageTooLargeError
+from sqstaskmaster.errors import (
+    BatchSendError,
+    EncodeError,
+    InvalidTaskNameError,
+    MessageTooLargeError,
+)
 from sqstaskmaster.local import LocalQueue
 from sqstaskmaster.producer import TaskMessage, message_size, plan_batches
 from sqstaskmaster.task_manager import TaskManager, encode_body, service_name_attribute
 from sqstaskmaster.testing import SQSServer, TestQueue
+from sqstaskmaster.wire import MAX_KWARGS_DEPTH
 
 SENDER = "producer-tests"
 
@@ -316,6 +323,80 @@ def test_unencodable_kwargs_are_refused_before_sending(sqs_server: SQSServer) ->
     assert caught.value.task == "circular" and caught.value.index == 1
     assert log.sends() == []
     assert queue_depth(queue) == 0
+
+
+@pytest.mark.parametrize("bad", [5, None, ["a"], "", True, b"x"], ids=repr)
+def test_task_names_no_worker_can_run_are_refused(sqs_server: SQSServer, bad: Any) -> None:
+    queue = sqs_server.make_queue()
+    with recording_manager(sqs_server, queue) as (tm, log):
+        with pytest.raises(InvalidTaskNameError, match=re.escape(repr(bad))) as caught:
+            tm.submit_with(bad, {"x": 1})
+        assert caught.value.task == bad and "non-empty str" in str(caught.value)
+        with pytest.raises(InvalidTaskNameError, match="entry 1 of the batch") as caught:
+            tm.submit_batch([("fine", {}), (bad, {})])
+        assert caught.value.index == 1
+        with pytest.raises(InvalidTaskNameError, match=re.escape(repr(bad))):
+            TaskMessage(bad, {})
+    assert log.sends() == []
+    assert queue_depth(queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"a": [1, float("nan")]}, "kwargs['a'][1] is nan"),
+        ({"a": {"b": (2, float("inf"))}}, "kwargs['a']['b'][1] is inf"),
+        ({"a": {float("-inf"): 1}}, "a key of kwargs['a'] is -inf"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_value(
+    sqs_server: SQSServer, kwargs: Dict[str, Any], named: str
+) -> None:
+    queue = sqs_server.make_queue()
+    with recording_manager(sqs_server, queue) as (tm, log):
+        with pytest.raises(EncodeError, match=re.escape(named)):
+            tm.submit_with("t", kwargs)
+        with pytest.raises(EncodeError, match=re.escape(named)) as caught:
+            tm.submit_batch([("fine", {}), TaskMessage("t", kwargs)])
+        assert caught.value.index == 1
+    assert log.sends() == []
+    assert queue_depth(queue) == 0
+
+
+def nested(levels: int) -> Any:
+    """``levels`` lists, one inside the other."""
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_kwargs_too_deep_for_a_worker_to_decode_are_refused(sqs_server: SQSServer) -> None:
+    queue = sqs_server.make_queue()
+    with recording_manager(sqs_server, queue) as (tm, log):
+        # kwargs {"a": nested(MAX - 1)} are MAX levels deep: sent, and a worker decodes them
+        tm.submit_with("deepest", {"a": nested(MAX_KWARGS_DEPTH - 1)})
+        with pytest.raises(EncodeError, match=f"nest more than {MAX_KWARGS_DEPTH} levels"):
+            tm.submit_with("deeper", {"a": nested(MAX_KWARGS_DEPTH)})
+        # json encodes 700 levels, but whether a worker decodes them depends on its stack
+        with pytest.raises(EncodeError, match="nest more than 500 levels"):
+            tm.submit_batch([("fine", {}), ("deep", {"a": nested(700)})])
+        # many brackets side by side are not depth
+        tm.submit_with("wide", {"a": [[[]] for _ in range(MAX_KWARGS_DEPTH)]})
+    assert len(log.sends()) == 2
+    decoded = [tm.decode(message) for message in receive_all(queue, 2)]
+    assert sorted(task for task, _ in decoded) == ["deepest", "wide"]
+
+
+def test_0_0_11_submit_still_sends_what_0_0_11_sends() -> None:
+    # SPEC.md: submit keeps 0.0.11's behaviour exactly; only the new API refuses.
+    tm = TaskManager("local://0.0.11", queue_constructor=LocalQueue)
+    tm.submit(5, x=float("nan"))
+    tm.submit(b"x")
+    received = tm.queue.receive_messages(MaxNumberOfMessages=2, WaitTimeSeconds=1)
+    LocalQueue.local_queues.pop("local://0.0.11")
+    bodies = [message.body for message in received]
+    assert bodies == ['{"task": 5, "kwargs": {"x": NaN}}', '{"task": "b\'x\'", "kwargs": {}}']
 
 
 def test_bad_items_and_options_are_refused_before_sending(sqs_server: SQSServer) -> None:

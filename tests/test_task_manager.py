@@ -16,7 +16,8 @@ import handlers
 import pytest
 from botocore.exceptions import ClientError
 
-from sqstaskmaster.local import LocalQueue
+from sqstaskmaster.errors import DecodeError
+from sqstaskmaster.local import LocalMessage, LocalQueue
 from sqstaskmaster.task_manager import TaskManager
 
 LOGGER_NAME = "sqstaskmaster.task_manager"
@@ -460,6 +461,48 @@ def test_malformed_bodies_are_notified_logged_skipped_and_kept(
     assert failures[2].args[0] is notify.calls[2][0]
     # ... and none was deleted: all four are in flight.
     assert depth(sqs_server, sqs_queue.url) == (0, 4)
+
+
+# About 1,000 levels (2 KB): json.loads raises RecursionError, which is no ValueError.
+TOO_DEEP = '{"task": "t", "kwargs": {"a": ' + "[" * 1000 + "]" * 1000 + "}}"
+
+
+def test_a_body_too_deep_to_decode_is_malformed_not_fatal(
+    sqs_server: Any, sqs_queue: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a body nested too deep for json, followed by a good message
+    sqs_server.client.send_message(QueueUrl=sqs_queue.url, MessageBody=TOO_DEEP)
+    notify = Recorder()
+    tm = sqs_server.task_manager(sqs_queue, notify=notify)
+    tm.submit("good", n=1)
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+
+    # When the generator is asked for a task, it does not crash ...
+    task, kwargs, message = first(tm, wait_time=0, sqs_timeout=60)
+
+    # Then the good one is yielded, the deep one notified as a ValueError that
+    # names the decoder's RecursionError, logged with the contract's line, and kept
+    assert (task, kwargs) == ("good", {"n": 1})
+    [(error, context)] = notify.calls
+    assert isinstance(error, DecodeError) and isinstance(error, ValueError)
+    assert isinstance(error.error, RecursionError) and "RecursionError" in str(error)
+    assert context["body"] == TOO_DEEP
+    [record] = [r for r in task_records(caplog) if r.levelno == logging.ERROR]
+    assert record.msg == DECODE_FAILED and record.args[0] == TOO_DEEP
+    assert record.exc_info is not None and record.exc_info[1] is error
+    assert depth(sqs_server, sqs_queue.url) == (0, 2)
+
+
+def test_whatever_the_decoder_raises_is_malformed() -> None:
+    # A LocalMessage can carry any object as its body; None makes json.loads raise TypeError.
+    notify = Recorder()
+    tm = TaskManager("local://q", notify=notify, queue_constructor=LocalQueue)
+    tm.queue.queue.put(LocalMessage(None, {}, {}))
+    tm.submit("good")
+    assert first(tm, wait_time=0)[0] == "good"
+    [(error, context)] = notify.calls
+    assert isinstance(error, DecodeError) and isinstance(error.error, TypeError)
+    assert context == {"body": None}
 
 
 @pytest.mark.parametrize("body", MALFORMED + ["[1, 2]", '"text"', "null"])

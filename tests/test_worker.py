@@ -21,11 +21,19 @@ import pytest
 import worker_apps as apps
 from worker_process import WorkerProcess
 
-from sqstaskmaster.errors import InvalidTaskMessageError, UnknownTaskError, VisibilityBudgetError
+from sqstaskmaster.errors import (
+    DecodeError,
+    InvalidTaskMessageError,
+    UnknownTaskError,
+    VisibilityBudgetError,
+)
 from sqstaskmaster.supervisor import resolve_processes
 from sqstaskmaster.worker import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
 
 # -- helpers ------------------------------------------------------------------
+
+# About 1,000 levels (2 KB): json.loads raises RecursionError, which is no ValueError.
+TOO_DEEP = '{"task": "ok", "kwargs": {"a": ' + "[" * 1000 + "]" * 1000 + "}}"
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, step_s: float = 0.05) -> Any:
@@ -243,6 +251,22 @@ def test_success_runs_the_task_and_deletes(
     assert receive(sqs_queue.queue) == []
 
 
+def test_a_result_json_cannot_carry_does_not_fail_the_task(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, caplog: Any
+) -> None:
+    # Given a 0.0.11 handler whose run() returns a set, under the default isolation
+    worker, notify = make_worker(sqs_server, sqs_queue)
+    sqs_server.task_manager(sqs_queue).submit("returns_set", key="s1")
+    caplog.set_level("WARNING", logger="sqstaskmaster.child_process")
+    # Then its work counts: done once, no error, the message deleted, one warning
+    assert worker.process(receive_one(sqs_queue)) == "done"
+    assert len(traces(trace_dir, "done", "s1")) == 1
+    assert notify.errors == []
+    assert len([r for r in caplog.records if "return value is dropped" in r.message]) == 1
+    time.sleep(0.2)
+    assert receive(sqs_queue.queue) == []
+
+
 def test_failure_sets_the_backoff_and_logs_the_receive_count(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, caplog: Any
 ) -> None:
@@ -265,8 +289,9 @@ def test_failure_sets_the_backoff_and_logs_the_receive_count(
         ('{"task": "nope", "kwargs": {}}', UnknownTaskError),
         ('{"task": 7, "kwargs": {}}', InvalidTaskMessageError),
         ('{"task": "ok", "kwargs": [1]}', InvalidTaskMessageError),
+        (TOO_DEEP, DecodeError),
     ],
-    ids=["unknown", "task-not-str", "kwargs-not-dict"],
+    ids=["unknown", "task-not-str", "kwargs-not-dict", "too-deep-to-decode"],
 )
 def test_messages_that_must_not_run_are_notified_and_left(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, body: str, error_type: type
@@ -578,12 +603,13 @@ def test_poison_unknown_and_malformed_reach_the_dlq_with_the_backoff(
     sqs_server: Any, trace_dir: Path, start_worker: Any
 ) -> None:
     # Given a queue that dead-letters after 4 receives, a failing task, an unknown
-    # task, a malformed message and a good task
+    # task, two malformed messages (one too deep for json) and a good task
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=4)
     tm = sqs_server.task_manager(queue)
     tm.submit("fail", key="poison")
     tm.submit("no_such_task", x=1)
     queue.queue.send_message(MessageBody="not json")
+    queue.queue.send_message(MessageBody=TOO_DEEP)
     tm.submit("ok", key="good")
     # When a worker in burst mode runs with a 1 s, x3, max 3 s backoff
     worker = start_worker(
@@ -612,6 +638,7 @@ def test_poison_unknown_and_malformed_reach_the_dlq_with_the_backoff(
             '{"task": "fail", "kwargs": {"key": "poison"}}',
             '{"task": "no_such_task", "kwargs": {"x": 1}}',
             "not json",
+            TOO_DEEP,
         ]
     )
     assert "unknown task 'no_such_task'" in worker.log

@@ -90,6 +90,14 @@ class Echo(MessageHandler):
         pass
 
 
+class ReturnsSet(Echo):
+    """A 0.0.11 handler whose run() returns what JSON cannot carry, after its work is done."""
+
+    def run(self) -> Any:
+        super().run()
+        return {"a", "set"}
+
+
 TASKS = {
     "ok": ok,
     "sleep": sleep,
@@ -98,6 +106,7 @@ TASKS = {
     "echo": Echo,
     "exit": exit_task,
     "hard_exit_first": hard_exit_first,
+    "returns_set": ReturnsSet,
 }
 
 app = Worker(dict(TASKS))

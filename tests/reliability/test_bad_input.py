@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from sqstaskmaster.errors import EncodeError, MessageTooLargeError
+from sqstaskmaster.errors import EncodeError, InvalidTaskNameError, MessageTooLargeError
 from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.worker import Worker
 
@@ -67,6 +67,8 @@ def test_producer_refuses_bad_input_before_sending(sqs_server: Any) -> None:
     circular: Dict[str, Any] = {}
     circular["self"] = circular
     refused(EncodeError, lambda: tm.submit_with("work", {"loop": circular}), "'work'")
+    refused(EncodeError, lambda: tm.submit_with("work", {"x": float("nan")}), "kwargs['x'] is nan")
+    refused(InvalidTaskNameError, lambda: tm.submit_with(5, {}), "Task name 5")
     refused(ValueError, lambda: tm.submit_with("work", {}, delay_seconds=901), "901")
     assert queue_depth(sqs_server, queue.url) == 0
     # 0.0.11's submit() does not check sizes: SQS itself refuses the message.
@@ -113,6 +115,8 @@ BAD_MESSAGES = {
     '{"task": "work", "kwargs": {"key": "b1", "bogus": 1}}': "TypeError",
     '{"task": "poison_class", "kwargs": {"bogus": 1}}': "TypeError",
     '{"task": "takes_number", "kwargs": {"key": "b2", "number": "seven"}}': "TypeError",
+    # About 1,000 levels: json.loads raises RecursionError (SPEC.md defect 9).
+    '{"task": "work", "kwargs": {"a": ' + "[" * 1000 + "]" * 1000 + "}}": "DecodeError",
 }
 
 

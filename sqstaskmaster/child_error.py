@@ -1,0 +1,123 @@
+"""An isolated task's exception, raised again in the parent with the task's own class.
+
+The child reports its exception as text: the class's module and qualified
+name, ``str(error)`` and the formatted traceback (never pickle). When that
+class can be imported in the parent and derives from ``Exception``, the parent
+raises an instance of a class derived from both it and
+:class:`~sqstaskmaster.errors.ChildTaskError`, so ``except ValueError``, a
+``notify`` that groups errors by class, and a retry rule by type all see the
+task's class, while ``except ChildTaskError`` still catches every isolated
+failure. Otherwise (a class defined inside a function, a ``BaseException``
+that is not an ``Exception``, a class that cannot be subclassed, the worker's
+own ``WorkerShutdownError``) it is a plain ``ChildTaskError``.
+
+The instance is made without calling the task class's ``__init__`` or
+``__new__`` (they may require arguments the parent does not have): its
+``args`` are ``(message,)`` and ``str()`` gives the child's message. The
+derived classes are cached, one per task class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Dict, Optional
+
+from .errors import ChildTaskError, WorkerShutdownError
+
+logger = logging.getLogger(__name__)
+
+# Task exception class -> its class derived with ChildTaskError (None: cannot be derived).
+_DERIVED: Dict[type, Optional[type]] = {}
+# Py_TPFLAGS_HEAPTYPE: set on classes made by a class statement or type().
+_HEAP_TYPE = 1 << 9
+
+
+def child_task_error(
+    module: Any, qualname: Any, message: str, traceback: str, type_name: str, pid: Optional[int]
+) -> ChildTaskError:
+    """The error to raise in the parent for an exception reported by a child."""
+    cls = _importable_exception_class(module, qualname)
+    derived = _derived_class(cls) if cls is not None else None
+    if derived is not None:
+        try:
+            error = _instance(derived, message)
+            _fill(error, type_name, message, traceback, pid)
+            return error
+        except Exception as failure:  # a class whose attributes refuse ours
+            logger.debug(
+                "%s from the child process %s is raised as ChildTaskError: %r",
+                type_name,
+                pid,
+                failure,
+            )
+    return ChildTaskError(type_name, message, traceback, pid)
+
+
+def _importable_exception_class(module: Any, qualname: Any) -> Optional[type]:
+    """The class named ``module``.``qualname`` in this process, if an Exception class."""
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<locals>" in qualname:
+        return None
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception as error:  # ImportError, AttributeError, or the module's own import error
+        logger.debug("exception class %s.%s is not importable here: %r", module, qualname, error)
+        return None
+    if (
+        isinstance(found, type)
+        and issubclass(found, Exception)
+        and not issubclass(found, ChildTaskError)
+        # Only the worker itself may stop a task for shutdown (it hands the message back).
+        and not issubclass(found, WorkerShutdownError)
+        and found.__module__ == module
+        and found.__qualname__ == qualname
+    ):
+        return found
+    return None
+
+
+def _derived_class(cls: type) -> Optional[type]:
+    if cls in _DERIVED:
+        return _DERIVED[cls]
+    namespace = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        # The task class's own __str__/__repr__ may read attributes its
+        # __init__ sets, which this instance never got.
+        "__str__": _child_str,
+        "__repr__": _child_repr,
+    }
+    derived: Optional[type]
+    try:
+        derived = type(cls.__name__, (cls, ChildTaskError), namespace)
+    except Exception as error:  # layout conflict, metaclass or __init_subclass__ refusing
+        logger.debug("cannot derive %s with ChildTaskError: %r", cls.__qualname__, error)
+        derived = None
+    _DERIVED[cls] = derived
+    return derived
+
+
+def _instance(derived: type, message: str) -> Any:
+    """An instance of ``derived`` made by its nearest built-in base, skipping user constructors."""
+    base = next(kind for kind in derived.__mro__ if not kind.__flags__ & _HEAP_TYPE)
+    error: Any = base.__new__(derived, message)  # type: ignore[call-overload]
+    error.args = (message,)
+    return error
+
+
+def _fill(error: Any, type_name: str, message: str, traceback: str, pid: Optional[int]) -> None:
+    error.type_name = type_name
+    error.message = message
+    error.traceback = traceback
+    error.pid = pid
+
+
+def _child_str(self: Any) -> str:
+    return str(self.message)
+
+
+def _child_repr(self: Any) -> str:
+    return f"{type(self).__name__}({self.message!r})"
