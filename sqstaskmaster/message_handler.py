@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import metrics
 from .errors import HardTimeoutError, TaskStuckError
 from .timer import SignalTimer
 
@@ -147,10 +148,11 @@ class MessageHandler(abc.ABC):
             first_receive = self._start_time
         return SQS_VISIBILITY_BUDGET_S - (time.time() - first_receive)
 
-    def extend_visibility(self) -> None:
+    def extend_visibility(self) -> bool:
         """Set the message's visibility to ``sqs_timeout`` again; errors are reported.
 
-        Never asks for more than the 12-hour budget has left.
+        Never asks for more than the 12-hour budget has left. Returns False
+        when SQS (or the network) refused the change, True otherwise.
         """
         timeout = min(self.sqs_timeout, int(self.visibility_budget_left()))
         if timeout <= 0:
@@ -158,10 +160,10 @@ class MessageHandler(abc.ABC):
                 "message %s has used its 12-hour visibility budget; not extending",
                 self.message_id,
             )
-            return
+            return True
         if self._heartbeats_stopped:
             logger.debug("message %s: handler left; heartbeat dropped", self.message_id)
-            return
+            return True
         try:
             self._message.change_visibility(VisibilityTimeout=timeout)
         except (ClientError, BotoCoreError) as error:
@@ -173,6 +175,8 @@ class MessageHandler(abc.ABC):
                 timeout,
             )
             self._safe_notify(error, failure_context(self._message))
+            return False
+        return True
 
     def _heartbeat(self) -> None:
         if not self.running():
@@ -183,7 +187,8 @@ class MessageHandler(abc.ABC):
                 self.elapsed(),
             )
         logger.debug("heartbeat for message %s after %.1f s", self.message_id, self.elapsed())
-        self.extend_visibility()
+        # A subclass's extend_visibility may return None: only False is a failure.
+        metrics.heartbeat(ok=self.extend_visibility() is not False)
 
     def _hard_timeout(self) -> None:
         elapsed = self.elapsed()
@@ -277,6 +282,9 @@ class MessageHandler(abc.ABC):
                 exit_isolated(self)
             self.finished = True
             self.error = exc
+            if isinstance(exc, HardTimeoutError):
+                # Stopped now: the isolated child is reaped, or the alarm was caught.
+                metrics.hard_timeout_overshoot(time.monotonic() - self.deadline)
             if exc is None:
                 self.delete_message()
                 return False

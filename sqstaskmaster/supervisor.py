@@ -24,6 +24,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
+from . import metrics
 from .cli import RET_ERROR, RET_KILLED, RET_OK
 from .worker import record_early_signals, take_early_signals
 
@@ -63,6 +64,7 @@ def _child_main(worker: Worker) -> None:
     # Drop the parent's handlers; a stop passed on before the worker installs
     # its own is counted and honoured by it.
     record_early_signals()
+    metrics.in_forked_worker()
     sys.exit(worker.run_single())
 
 
@@ -123,10 +125,14 @@ class Supervisor:
             if early:
                 logger.info("supervisor: stopped before starting any worker")
                 return RET_OK
+            if self.worker.metrics_port is not None:
+                metrics.serve_multiprocess(self.worker.metrics_port, self.worker.metrics_host)
             for slot in range(self.count):
                 self._start(slot)
             code = self._supervise()
         finally:
+            if self.worker.metrics_port is not None:
+                metrics.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         logger.info("supervisor: all workers stopped (%d restarts), exit %d", self.restarts, code)
@@ -148,6 +154,8 @@ class Supervisor:
                     continue
                 process.join()
                 del self._children[slot]
+                if process.pid:
+                    metrics.process_died(process.pid)
                 exitcode = process.exitcode
                 if self._signals or exitcode == 0:
                     logger.info("supervisor: worker %d exited with %s", slot, exitcode)
@@ -174,6 +182,7 @@ class Supervisor:
                 if now >= when:
                     del pending[slot]
                     self.restarts += 1
+                    metrics.worker_restarted()
                     self._start(slot)
             if self._stop_at is not None and self._children:
                 limit = self.worker.shutdown_grace_s + STOP_MARGIN_S

@@ -47,12 +47,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
+from . import metrics
 from .errors import (
     InvalidTaskMessageError,
     UnknownTaskError,
     VisibilityBudgetError,
     WorkerShutdownError,
 )
+from .logformat import add_to_context, task_context
 from .message_handler import failure_context, message_id_of
 
 logger = logging.getLogger(__name__)
@@ -239,6 +241,8 @@ class Worker:
     (undecodable messages, unknown tasks, refusals) and function tasks' errors.
     ``session`` is a boto3 Session (each worker process makes its own
     resource from it); ``endpoint_url`` overrides the SQS endpoint.
+    ``metrics_port`` serves Prometheus metrics on ``metrics_host`` (needs
+    ``sqstaskmaster[metrics]``; see :mod:`sqstaskmaster.metrics`).
     """
 
     def __init__(
@@ -259,6 +263,8 @@ class Worker:
         notify: Optional[Notify] = None,
         session: Any = None,
         endpoint_url: Optional[str] = None,
+        metrics_port: Optional[int] = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.queue_url = queue_url
         self.sqs_timeout = sqs_timeout
@@ -274,6 +280,8 @@ class Worker:
         self.notify_callable = notify
         self.session = session
         self.endpoint_url = endpoint_url
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.registry: Dict[str, TaskSpec] = {}
         self._classes: Dict[str, type] = {}
         for name, target in (tasks or {}).items():
@@ -432,6 +440,11 @@ class Worker:
                 "for graceful shutdown. Start one process per worker instead of threads."
             )
         tm = self._task_manager or self.connect()
+        # Under a supervisor, it serves every process's metrics.
+        port = self.metrics_port
+        serving = port is not None and not metrics.enabled()
+        if port is not None and serving:
+            metrics.serve(port, self.metrics_host)
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
@@ -456,6 +469,8 @@ class Worker:
             watchdog.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            if serving:
+                metrics.stop()
         logger.info("worker %d stopped after %d tasks", os.getpid(), self.tasks_run)
         return 0
 
@@ -526,6 +541,7 @@ class Worker:
                 messages = tm.receive(self.poll_wait_s, self.sqs_timeout)
             except Exception as error:
                 poll_failures += 1
+                metrics.poll_failed()
                 logger.exception(
                     "poll %d of %d failed on %s", poll_failures, MAX_POLL_FAILURES, self.queue_url
                 )
@@ -540,6 +556,7 @@ class Worker:
                 continue
             for message in messages:
                 if self.stopping:
+                    metrics.task_ended(None, "received while shutting down")
                     self._hand_back(message, None, "received while shutting down")
                     continue
                 # Received with VisibilityTimeout=sqs_timeout: invisible until
@@ -561,19 +578,27 @@ class Worker:
         current visibility timeout ends, if known; it spares the handler's
         entry a visibility change while the first heartbeat comes in time.
         """
-        tm = self._task_manager
         count = receive_count_of(message)
+        with task_context(message_id=message_id_of(message), receive_count=count):
+            return self._process(message, visible_until, count)
+
+    def _process(self, message: Any, visible_until: Optional[float], count: int) -> str:
+        tm = self._task_manager
         message_id = message_id_of(message)
         decoded = tm.decode(message)
         if decoded is None:
             # TaskManager.decode has notified and logged.
+            self._not_run(None, "invalid")
             self._retry_later(message, None, count, "undecodable")
             return "invalid"
         task, kwargs = decoded
         if not isinstance(task, str) or not isinstance(kwargs, dict):
+            self._not_run(None, "invalid")
             self._refuse(message, InvalidTaskMessageError(message_id, task, kwargs), None, count)
             return "invalid"
+        add_to_context(task=task)
         if task not in self.registry:
+            self._not_run(task, "unknown")
             self._refuse(message, UnknownTaskError(message_id, task, self.registry), task, count)
             return "unknown"
         spec = self.registry[task]
@@ -600,15 +625,22 @@ class Worker:
                 sorted(kwargs),
             )
             self.notify(error, context=failure_context(message))
+            self._not_run(task, "failed")
             self._retry_later(message, task, count, "handler construction failed")
             return "failed"
         left = handler.visibility_budget_left()
         if handler.hard_timeout > left:
             refusal = VisibilityBudgetError(message_id, task, handler.hard_timeout, left)
+            self._not_run(task, "refused")
             self._refuse(message, refusal, task, count)
             return "refused"
         handler.visible_until = visible_until
         return self._run(handler, message, task, count)
+
+    def _not_run(self, task: Optional[str], outcome: str) -> None:
+        """A message whose task did not run: its outcome to the metrics and the log fields."""
+        metrics.task_ended(task, outcome)
+        add_to_context(outcome=metrics.outcome_label(outcome))
 
     def _run(self, handler: Any, message: Any, task: str, count: int) -> str:
         message_id = message_id_of(message)
@@ -618,6 +650,7 @@ class Worker:
         interrupted: Optional[BaseException] = None
         self._stop_delivered = False
         self._task_isolated = bool(getattr(handler, "isolate", False))
+        metrics.task_started(task)
         try:
             self._in_task = True
             try:
@@ -642,6 +675,7 @@ class Worker:
             interrupted = entry_error
         except BaseException as fatal:
             # KeyboardInterrupt, SystemExit from the task: hand back, then stop.
+            self._ended(task, "interrupted by shutdown", time.monotonic() - started)
             self._hand_back(message, task, f"{type(fatal).__name__} while running")
             raise
         duration = time.monotonic() - started
@@ -654,6 +688,7 @@ class Worker:
             outcome = "timed out"
         else:
             outcome = "failed"
+        self._ended(task, outcome, duration)
         logger.info(
             "task %s message %s receive %d: %s in %.3f s%s",
             task,
@@ -668,6 +703,10 @@ class Worker:
         elif error is not None:
             self._retry_later(message, task, count, outcome)
         return outcome
+
+    def _ended(self, task: str, outcome: str, duration_s: float) -> None:
+        metrics.task_ended(task, outcome, duration_s, ran=True)
+        add_to_context(outcome=metrics.outcome_label(outcome), duration_s=round(duration_s, 3))
 
     def _refuse(self, message: Any, error: Exception, task: Optional[str], count: int) -> None:
         """Never run: notify, log, and leave the message to the backoff and redrive policy."""
