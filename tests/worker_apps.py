@@ -75,3 +75,9 @@ class Echo(MessageHandler):
 TASKS = {"ok": ok, "sleep": sleep, "sleep_first": sleep_first, "fail": fail, "echo": Echo}
 
 app = Worker(dict(TASKS))
+
+# Every outcome the metrics and JSON-log tests need: "stuck" times out after
+# 1 s; "too_long" asks more than SQS's 12-hour visibility budget (refused).
+watched = Worker(dict(TASKS))
+watched.register("stuck", sleep, hard_timeout=1)
+watched.register("too_long", ok, hard_timeout=13 * 60 * 60)
