@@ -22,6 +22,7 @@ import tempfile
 from typing import Any, Dict, Optional
 
 from .errors import SQSTaskMasterError
+from .logformat import add_to_context
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,17 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
     _listen(prometheus, port, host, registry)
 
 
+def serve_unless_supervised(port: Optional[int], host: str) -> bool:
+    """A worker's start: serve on ``port`` unless off (None) or its supervisor serves.
+
+    Returns whether it started serving (then :func:`stop` it at the end).
+    """
+    if port is None or enabled():
+        return False
+    serve(port, host)
+    return True
+
+
 def serve_multiprocess(port: int, host: str = "127.0.0.1") -> None:
     """In a supervisor: set up multiprocess mode for the workers it forks, and serve their sum."""
     global _metrics, _multiprocess_dir, _previous_dir
@@ -234,6 +246,19 @@ def address() -> Optional[Dict[str, Any]]:
 
 
 # -- hooks (no-ops while metrics are off) ----------------------------------------------
+
+
+def record_outcome(task: Optional[str], outcome: str, duration_s: Optional[float] = None) -> None:
+    """A message was handled: to the metrics, and to the log fields (:mod:`.logformat`).
+
+    ``duration_s`` is given for a task that ran (after :func:`task_started`).
+    """
+    ran = duration_s is not None
+    task_ended(task, outcome, duration_s, ran=ran)
+    fields: Dict[str, Any] = {"outcome": outcome_label(outcome)}
+    if ran:
+        fields["duration_s"] = round(duration_s or 0.0, 3)
+    add_to_context(**fields)
 
 
 def task_started(task: str) -> None:

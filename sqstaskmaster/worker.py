@@ -440,11 +440,7 @@ class Worker:
                 "for graceful shutdown. Start one process per worker instead of threads."
             )
         tm = self._task_manager or self.connect()
-        # Under a supervisor, it serves every process's metrics.
-        port = self.metrics_port
-        serving = port is not None and not metrics.enabled()
-        if port is not None and serving:
-            metrics.serve(port, self.metrics_host)
+        serving = metrics.serve_unless_supervised(self.metrics_port, self.metrics_host)
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
@@ -556,7 +552,7 @@ class Worker:
                 continue
             for message in messages:
                 if self.stopping:
-                    metrics.task_ended(None, "received while shutting down")
+                    metrics.record_outcome(None, "received while shutting down")
                     self._hand_back(message, None, "received while shutting down")
                     continue
                 # Received with VisibilityTimeout=sqs_timeout: invisible until
@@ -588,17 +584,17 @@ class Worker:
         decoded = tm.decode(message)
         if decoded is None:
             # TaskManager.decode has notified and logged.
-            self._not_run(None, "invalid")
+            metrics.record_outcome(None, "invalid")
             self._retry_later(message, None, count, "undecodable")
             return "invalid"
         task, kwargs = decoded
         if not isinstance(task, str) or not isinstance(kwargs, dict):
-            self._not_run(None, "invalid")
+            metrics.record_outcome(None, "invalid")
             self._refuse(message, InvalidTaskMessageError(message_id, task, kwargs), None, count)
             return "invalid"
         add_to_context(task=task)
         if task not in self.registry:
-            self._not_run(task, "unknown")
+            metrics.record_outcome(task, "unknown")
             self._refuse(message, UnknownTaskError(message_id, task, self.registry), task, count)
             return "unknown"
         spec = self.registry[task]
@@ -625,22 +621,17 @@ class Worker:
                 sorted(kwargs),
             )
             self.notify(error, context=failure_context(message))
-            self._not_run(task, "failed")
+            metrics.record_outcome(task, "failed")
             self._retry_later(message, task, count, "handler construction failed")
             return "failed"
         left = handler.visibility_budget_left()
         if handler.hard_timeout > left:
             refusal = VisibilityBudgetError(message_id, task, handler.hard_timeout, left)
-            self._not_run(task, "refused")
+            metrics.record_outcome(task, "refused")
             self._refuse(message, refusal, task, count)
             return "refused"
         handler.visible_until = visible_until
         return self._run(handler, message, task, count)
-
-    def _not_run(self, task: Optional[str], outcome: str) -> None:
-        """A message whose task did not run: its outcome to the metrics and the log fields."""
-        metrics.task_ended(task, outcome)
-        add_to_context(outcome=metrics.outcome_label(outcome))
 
     def _run(self, handler: Any, message: Any, task: str, count: int) -> str:
         message_id = message_id_of(message)
@@ -675,7 +666,7 @@ class Worker:
             interrupted = entry_error
         except BaseException as fatal:
             # KeyboardInterrupt, SystemExit from the task: hand back, then stop.
-            self._ended(task, "interrupted by shutdown", time.monotonic() - started)
+            metrics.record_outcome(task, "interrupted by shutdown", time.monotonic() - started)
             self._hand_back(message, task, f"{type(fatal).__name__} while running")
             raise
         duration = time.monotonic() - started
@@ -688,7 +679,7 @@ class Worker:
             outcome = "timed out"
         else:
             outcome = "failed"
-        self._ended(task, outcome, duration)
+        metrics.record_outcome(task, outcome, duration)
         logger.info(
             "task %s message %s receive %d: %s in %.3f s%s",
             task,
@@ -703,10 +694,6 @@ class Worker:
         elif error is not None:
             self._retry_later(message, task, count, outcome)
         return outcome
-
-    def _ended(self, task: str, outcome: str, duration_s: float) -> None:
-        metrics.task_ended(task, outcome, duration_s, ran=True)
-        add_to_context(outcome=metrics.outcome_label(outcome), duration_s=round(duration_s, 3))
 
     def _refuse(self, message: Any, error: Exception, task: Optional[str], count: int) -> None:
         """Never run: notify, log, and leave the message to the backoff and redrive policy."""
