@@ -155,10 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (needs [metrics])"
     )
     worker.add_argument("--metrics-host", help="address of the metrics endpoint (127.0.0.1)")
-    # Also accepted after the subcommand; default=SUPPRESS keeps the main parser's.
-    worker.add_argument(
-        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help
-    )
 
     submit = commands.add_parser("submit", help="send one task")
     submit.add_argument("url", metavar="URL")
@@ -177,15 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="refresh every SECONDS (default 2), with each figure's change per minute",
     )
-    stats.add_argument(
-        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help
-    )
     _add_connection(stats)
 
     purge = commands.add_parser("purge", help="delete every message of a queue")
     purge.add_argument("url", metavar="URL")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
     _add_connection(purge)
+    for command in (demo, worker, submit, stats, purge):
+        # Also accepted after the subcommand; SUPPRESS keeps the main parser's default.
+        command.add_argument(
+            "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help
+        )
     return parser
 
 
