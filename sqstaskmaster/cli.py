@@ -5,7 +5,7 @@
     sqstaskmaster demo                                   # try it: embedded server, no AWS
     sqstaskmaster worker app:worker --queue-url URL      # run tasks
     sqstaskmaster submit URL TASK --kwargs '{"x": 1}'    # send one task
-    sqstaskmaster stats URL                              # queue depths (and its DLQ's)
+    sqstaskmaster stats URL [--watch [SECONDS]]          # queue depths (and its DLQ's)
     sqstaskmaster purge URL [--yes]                      # empty a queue
     sqstaskmaster provision RULES.json [--dry-run]       # scale ECS services by queue depth
 
@@ -23,6 +23,9 @@ import re
 import sys
 from typing import Any, Dict, List, Optional
 
+from .logformat import FORMATS as LOG_FORMATS
+from .logformat import TEXT_FORMAT
+
 logger = logging.getLogger(__name__)
 
 RET_OK = 0  # done; for a worker: stopped cleanly (signal, burst end)
@@ -33,7 +36,7 @@ RET_CONNECT = 4  # SQS cannot be reached, the queue does not exist, or polls kep
 RET_KILLED = 5  # a worker process had to be killed at shutdown
 RET_INTERRUPTED = 130  # submit, stats or purge cut short by Ctrl-C (128 + SIGINT)
 
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = TEXT_FORMAT
 
 _REGION = r"[a-z]{2}(?:-[a-z]+)+-\d"
 _REGION_IN_HOST = re.compile(rf"(?:sqs\.|^)({_REGION})\.")
@@ -94,6 +97,7 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from .stats_watch import check_interval
     from .worker import DEFAULT_POLL_WAIT_S, DEFAULT_SHUTDOWN_GRACE_S, RetryPolicy
 
     defaults = RetryPolicy()
@@ -104,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
+    log_format_help = "text (default) or json, one object per line"
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text", help=log_format_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -158,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-max", type=float, help=f"longest retry delay, s (default {defaults.max_s:g})"
     )
     worker.add_argument("--retry-jitter", choices=["equal", "full", "none"], help="(default equal)")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (needs [metrics])"
+    )
+    worker.add_argument("--metrics-host", help="address of the metrics endpoint (127.0.0.1)")
 
     submit = commands.add_parser("submit", help="send one task")
     submit.add_argument("url", metavar="URL")
@@ -168,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="show a queue's depths")
     stats.add_argument("url", metavar="URL")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=check_interval,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2), with each figure's change per minute",
+    )
     _add_connection(stats)
 
     from .provision import add_arguments
@@ -178,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("url", metavar="URL")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
     _add_connection(purge)
+    for command in (demo, worker, submit, stats, purge):
+        # Also accepted after the subcommand; SUPPRESS keeps the main parser's default.
+        command.add_argument(
+            "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help
+        )
     return parser
 
 
@@ -248,6 +271,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "ecs_protection": args.ecs_protection,
         "queue_url": args.queue_url,
         "endpoint_url": args.endpoint_url,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
     }
     worker = worker.replace(**options)
     retry = {
@@ -271,7 +296,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from .supervisor import resolve_processes
 
         resolve_processes(worker.processes)
-    except ValueError as error:
+        if worker.metrics_port is not None:
+            from .metrics import require
+
+            if not 0 <= worker.metrics_port <= 65535:
+                raise ValueError(f"--metrics-port must be 0-65535, got {worker.metrics_port!r}")
+            require()
+    except (ValueError, ImportError) as error:
         logger.error("worker settings: %s", error)
         return RET_USAGE
     if worker.session is None:
@@ -351,9 +382,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """``stats URL``: visible, in flight, delayed, and the dead-letter depth."""
     session = make_session(args.region, args.url)
     try:
-        stats = queue_stats(session.resource("sqs", endpoint_url=args.endpoint_url), args.url)
+        sqs = session.resource("sqs", endpoint_url=args.endpoint_url)
+        stats = queue_stats(sqs, args.url)
     except _connection_errors() as error:
         return sqs_failure(f"read {args.url}", error)
+    if args.watch is not None:
+        from .stats_watch import watch
+
+        try:
+            watch(lambda: queue_stats(sqs, args.url), args.watch, as_json=args.json)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a watch ends
+        return RET_OK
     if args.json:
         print(json.dumps(stats))
         return RET_OK
@@ -440,7 +480,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .worker import record_early_signals
 
         record_early_signals()
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+    from .logformat import configure
+
+    configure(level, args.log_format)
     if level > logging.DEBUG:
         # boto's INFO lines ("Found credentials in environment variables") are noise here.
         logging.getLogger("botocore").setLevel(logging.WARNING)

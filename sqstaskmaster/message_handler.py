@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import metrics
 from .errors import HardTimeoutError, TaskStuckError
 from .sqs import MAX_VISIBILITY_S
 from .timer import SignalTimer
@@ -197,11 +198,14 @@ class MessageHandler(abc.ABC):
             )
         self._message.change_visibility(VisibilityTimeout=timeout)
 
-    def extend_visibility(self) -> None:
-        """The heartbeat's extension: ``_extend_timeout(sqs_timeout)``; errors are reported."""
+    def extend_visibility(self) -> bool:
+        """The heartbeat's extension: ``_extend_timeout(sqs_timeout)``; errors are reported.
+
+        Returns False when SQS (or the network) refused the change, True otherwise.
+        """
         if self._heartbeats_stopped:
             logger.debug("message %s: handler left; heartbeat dropped", self.message_id)
-            return
+            return True
         try:
             self._extend_timeout(self.sqs_timeout)
         except (ClientError, BotoCoreError) as error:
@@ -213,6 +217,8 @@ class MessageHandler(abc.ABC):
                 self.sqs_timeout,
             )
             self._safe_notify(error, failure_context(self._message))
+            return False
+        return True
 
     def _heartbeat(self) -> None:
         if not self.running():
@@ -223,7 +229,8 @@ class MessageHandler(abc.ABC):
                 self.elapsed(),
             )
         logger.debug("heartbeat for message %s after %.1f s", self.message_id, self.elapsed())
-        self.extend_visibility()
+        # A subclass's extend_visibility may return None: only False is a failure.
+        metrics.heartbeat(ok=self.extend_visibility() is not False)
 
     def _handle_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
         """The SIGALRM handler (0.0.11's name); every timer firing calls it, and so may tests.
@@ -337,6 +344,9 @@ class MessageHandler(abc.ABC):
                 exit_isolated(self)
             self.finished = True
             self.error = exc
+            if isinstance(exc, HardTimeoutError):
+                # Stopped now: the isolated child is reaped, or the alarm was caught.
+                metrics.hard_timeout_overshoot(time.monotonic() - self.deadline)
             if exc is None:
                 self.delete_message()
                 return False

@@ -26,6 +26,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
+from . import metrics
 from .cli import RET_CONNECT, RET_ERROR, RET_KILLED, RET_OK
 from .ecs import SharedProtection, agent_uri_for, make_state
 from .errors import PollFailedError
@@ -71,6 +72,7 @@ def _child_main(
     # Drop the parent's handlers; a stop passed on before the worker installs
     # its own is counted and honoured by it.
     record_early_signals()
+    metrics.in_forked_worker()
     try:
         code = worker.run_single()
     except PollFailedError as error:
@@ -148,10 +150,14 @@ class Supervisor:
             if early:
                 logger.info("supervisor: stopped before starting any worker")
                 return RET_OK
+            if self.worker.metrics_port is not None:
+                metrics.serve_multiprocess(self.worker.metrics_port, self.worker.metrics_host)
             for slot in range(self.count):
                 self._start(slot)
             code = self._supervise()
         finally:
+            if self.worker.metrics_port is not None:
+                metrics.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             if self.protection is not None:
@@ -179,6 +185,8 @@ class Supervisor:
                 del self._children[slot]
                 if self.protection is not None:
                     self.protection.clear(slot)
+                if process.pid:
+                    metrics.process_died(process.pid)
                 exitcode = process.exitcode
                 if self._signals:
                     logger.info("supervisor: worker %d exited with %s", slot, exitcode)
@@ -210,6 +218,7 @@ class Supervisor:
                 if now >= when:
                     del pending[slot]
                     self.restarts += 1
+                    metrics.worker_restarted()
                     self._start(slot)
             if self._stop_at is not None and self._children:
                 limit = self.worker.shutdown_grace_s + STOP_MARGIN_S

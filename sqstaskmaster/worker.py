@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
-from . import sqs
+from . import metrics, sqs
 from .errors import (
     InvalidTaskMessageError,
     PollFailedError,
@@ -55,6 +55,7 @@ from .errors import (
     VisibilityBudgetError,
     WorkerShutdownError,
 )
+from .logformat import add_to_context, task_context
 from .message_handler import failure_context, message_id_of
 from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S
 
@@ -242,6 +243,8 @@ class Worker:
     ``ecs_protection`` (``"auto"``, ``"on"``, ``"off"``): ECS task scale-in
     protection while a task runs (:mod:`sqstaskmaster.ecs`); auto is on when
     ``ECS_AGENT_URI`` is set.
+    ``metrics_port`` serves Prometheus metrics on ``metrics_host`` (needs
+    ``sqstaskmaster[metrics]``; see :mod:`sqstaskmaster.metrics`).
     """
 
     # Consecutive failed polls before run_single raises PollFailedError.
@@ -266,6 +269,8 @@ class Worker:
         notify: Optional[Notify] = None,
         session: Any = None,
         endpoint_url: Optional[str] = None,
+        metrics_port: Optional[int] = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         self.queue_url = queue_url
         self.sqs_timeout = sqs_timeout
@@ -282,6 +287,8 @@ class Worker:
         self.notify_callable = notify
         self.session = session
         self.endpoint_url = endpoint_url
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.registry: Dict[str, TaskSpec] = {}
         self._classes: Dict[str, type] = {}
         for name, target in (tasks or {}).items():
@@ -450,6 +457,7 @@ class Worker:
                 "for graceful shutdown. Start one process per worker instead of threads."
             )
         tm = self._task_manager or self.connect()
+        serving = metrics.serve_unless_supervised(self.metrics_port, self.metrics_host)
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
@@ -480,6 +488,8 @@ class Worker:
             self._idle()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            if serving:
+                metrics.stop()
         logger.info("worker %d stopped after %d tasks", os.getpid(), self.tasks_run)
         return 0
 
@@ -552,6 +562,7 @@ class Worker:
                 messages = tm.receive(self.poll_wait_s, self.sqs_timeout)
             except Exception as error:
                 poll_failures += 1
+                metrics.poll_failed()
                 logger.exception(
                     "poll %d of %d failed on %s",
                     poll_failures,
@@ -571,6 +582,7 @@ class Worker:
                 continue
             for message in messages:
                 if self.stopping:
+                    metrics.record_outcome(None, "received while shutting down")
                     self._hand_back(message, None, "received while shutting down")
                     continue
                 # Received with VisibilityTimeout=sqs_timeout: invisible until
@@ -597,19 +609,27 @@ class Worker:
         current visibility timeout ends, if known; it spares the handler's
         entry a visibility change while the first heartbeat comes in time.
         """
-        tm = self._task_manager
         count = receive_count_of(message)
+        with task_context(message_id=message_id_of(message), receive_count=count):
+            return self._process(message, visible_until, count)
+
+    def _process(self, message: Any, visible_until: Optional[float], count: int) -> str:
+        tm = self._task_manager
         message_id = message_id_of(message)
         decoded = tm.decode(message)
         if decoded is None:
             # TaskManager.decode has notified and logged.
+            metrics.record_outcome(None, "invalid")
             self._retry_later(message, None, count, "undecodable")
             return "invalid"
         task, kwargs = decoded
         if not isinstance(task, str) or not isinstance(kwargs, dict):
+            metrics.record_outcome(None, "invalid")
             self._refuse(message, InvalidTaskMessageError(message_id, task, kwargs), None, count)
             return "invalid"
+        add_to_context(task=task)
         if task not in self.registry:
+            metrics.record_outcome(task, "unknown")
             self._refuse(message, UnknownTaskError(message_id, task, self.registry), task, count)
             return "unknown"
         spec = self.registry[task]
@@ -636,6 +656,7 @@ class Worker:
                 sorted(kwargs),
             )
             self.notify(error, context=failure_context(message))
+            metrics.record_outcome(task, "failed")
             self._retry_later(message, task, count, "handler construction failed")
             return "failed"
         left = handler.visibility_budget_left()
@@ -643,6 +664,7 @@ class Worker:
             refusal = VisibilityBudgetError(
                 message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
             )
+            metrics.record_outcome(task, "refused")
             self._refuse(message, refusal, task, count)
             return "refused"
         handler.visible_until = visible_until
@@ -658,6 +680,7 @@ class Worker:
         self._task_isolated = bool(getattr(handler, "isolate", False))
         if self._protection is not None:  # protected (or tried, within ~2 s) before it starts
             self._protection.busy(handler.hard_timeout + self.shutdown_grace_s, task, message_id)
+        metrics.task_started(task)
         try:
             self._in_task = True
             try:
@@ -694,6 +717,7 @@ class Worker:
             interrupted = exit_request
         except BaseException as fatal:
             # KeyboardInterrupt from the task: hand back, then stop.
+            metrics.record_outcome(task, "interrupted by shutdown", time.monotonic() - started)
             self._hand_back(message, task, f"{type(fatal).__name__} while running")
             raise
         duration = time.monotonic() - started
@@ -706,6 +730,7 @@ class Worker:
             outcome = "timed out"
         else:
             outcome = "failed"
+        metrics.record_outcome(task, outcome, duration)
         logger.info(
             "task %s message %s receive %d: %s in %.3f s%s",
             task,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
-from typing import Any, List, Tuple
+import time
+from typing import Any, Deque, List, Tuple
 
 import pytest
 from botocore.exceptions import ClientError
@@ -297,3 +303,83 @@ def test_python_dash_m_runs_the_same_command() -> None:
         [sys.executable, "-m", "sqstaskmaster", "submit"], capture_output=True, text=True
     )
     assert result.returncode == cli.RET_USAGE
+
+
+# -- stats --watch ----------------------------------------------------------------
+
+
+def _watch(sqs_server: Any, url: str, *args: str, **popen: Any) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sqstaskmaster", "stats", url, *args]
+    return subprocess.Popen(
+        [*command, "--endpoint-url", sqs_server.endpoint_url],
+        env=dict(os.environ, **sqs_server.environment),
+        **popen,
+    )
+
+
+def test_stats_watch_prints_one_line_per_refresh_and_ctrl_c_exits_0(
+    sqs_server: Any, sqs_queue: Any
+) -> None:
+    process = _watch(sqs_server, sqs_queue.url, "--watch", "0.3", stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        sqs_server.task_manager(sqs_queue).submit_batch([("t", {})] * 5)
+        lines = [process.stdout.readline() for _ in range(3)]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == cli.RET_OK
+    finally:
+        process.kill()
+        process.wait()
+    assert "visible=0 (-)" in first and "in_flight=0" in first
+    assert "visible=5" in lines[-1]
+    # 5 messages within a second or so: a change of well over +5 per minute.
+    change = float(lines[-1].split("visible=5 (")[1].split("/min")[0])
+    assert change > 5
+    assert "\x1b[" not in first + "".join(lines)  # no redraw codes in a pipe
+
+
+def test_stats_watch_redraws_in_place_on_a_terminal(sqs_server: Any, sqs_queue: Any) -> None:
+    leader, follower = pty.openpty()
+    process = _watch(sqs_server, sqs_queue.url, "--watch", "0.2", stdout=follower)
+    os.close(follower)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while screen.count(b"\x1b[2J") < 3 and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1)[0]:
+                screen += os.read(leader, 4096)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == cli.RET_OK
+    finally:
+        process.kill()
+        process.wait()
+        os.close(leader)
+    text = screen.decode()
+    assert text.count("\x1b[H\x1b[2J") >= 3
+    assert "change" in text and "in flight" in text and "Ctrl-C to stop" in text
+
+
+def test_stats_watch_rejects_a_bad_interval(run_cli: Cli, sqs_queue: Any) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        run_cli("stats", sqs_queue.url, "--watch", "0")
+    assert stopped.value.code == cli.RET_USAGE
+
+
+def test_rates_per_minute_over_the_samples() -> None:
+    from sqstaskmaster.stats_watch import rates_per_minute
+
+    history: Deque = collections.deque([(0.0, {"visible": 10, "in_flight": 0})])
+    assert rates_per_minute(history) == {}
+    history.append((30.0, {"visible": 4, "in_flight": 3}))
+    assert rates_per_minute(history) == {"visible": -12.0, "in_flight": 6.0}
+
+
+def test_worker_metrics_port_out_of_range_exits_ret_usage(
+    sqs_server: Any, sqs_queue: Any, run_cli: Cli
+) -> None:
+    code, _, err = run_cli(
+        "worker", "worker_apps:app", "--queue-url", sqs_queue.url, "--metrics-port", "70000"
+    )
+    assert code == cli.RET_USAGE
+    assert "70000" in err

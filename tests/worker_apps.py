@@ -13,6 +13,7 @@ import time
 from typing import Any, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
+from sqstaskmaster.sqs import LONGEST_HARD_TIMEOUT_S
 from sqstaskmaster.worker import Worker
 
 
@@ -114,3 +115,25 @@ app = Worker(dict(TASKS))
 # Gives up at its first failed poll.
 impatient = Worker(dict(TASKS))
 impatient.max_poll_failures = 1
+
+
+class AgedTooLong(Worker):
+    """A worker that sees each "too_long" message as first received a minute ago.
+
+    Such a task, with the longest hard timeout a worker accepts at start-up,
+    no longer fits the 12-hour budget left, so the worker refuses it: the
+    "refused" outcome without waiting hours for a real message to age.
+    """
+
+    def process(self, message: Any, visible_until: Optional[float] = None) -> str:
+        if message.body.startswith('{"task": "too_long"'):
+            a_minute_ago = int((time.time() - 60) * 1000)
+            message.attributes["ApproximateFirstReceiveTimestamp"] = str(a_minute_ago)
+        return super().process(message, visible_until)
+
+
+# Every outcome the metrics and JSON-log tests need: "stuck" times out after
+# 1 s; "too_long" no longer fits the 12-hour budget left (refused).
+watched = AgedTooLong(dict(TASKS))
+watched.register("stuck", sleep, hard_timeout=1)
+watched.register("too_long", ok, hard_timeout=LONGEST_HARD_TIMEOUT_S)
