@@ -12,8 +12,9 @@ Registered through the ``pytest11`` entry point, so installing
 - ``ecs_client``: a boto3 ECS client on the same server; the test is skipped
   when the server has no ECS (LocalStack's free edition).
 
-Set ``SQSTASKMASTER_TEST_ENDPOINT`` to run the same tests against an
-SQS-compatible server that is already running (see :mod:`sqstaskmaster.testing`).
+To run the same tests against an SQS-compatible server that is already
+running (LocalStack, ElasticMQ, an AWS account), pass ``--sqs-endpoint URL``
+to pytest or set ``SQSTASKMASTER_TEST_ENDPOINT`` (see :mod:`sqstaskmaster.testing`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ from .testing import SQSServer, TestQueue
 from .testing import sqs_server as _start_server
 
 
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption(
+        "--sqs-endpoint",
+        default=None,
+        metavar="URL",
+        help="run the sqs_server fixtures against this SQS-compatible server instead of "
+        "starting moto (default: $SQSTASKMASTER_TEST_ENDPOINT, else moto)",
+    )
+
+
 @pytest.fixture(scope="session")
-def sqs_server() -> Iterator[SQSServer]:
-    """A moto server on 127.0.0.1 (or the one the environment names) for the whole session."""
-    with _start_server() as server:
+def sqs_server(request: Any) -> Iterator[SQSServer]:
+    """A moto server on 127.0.0.1 (or the server ``--sqs-endpoint`` names) for the session."""
+    with _start_server(endpoint_url=request.config.getoption("--sqs-endpoint")) as server:
         yield server
 
 

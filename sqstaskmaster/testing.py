@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -157,6 +158,33 @@ class SQSServer:
         return TaskManager(url, sqs=self.sqs, **kwargs)
 
 
+# Run in the server's own process: moto's app on a port the OS picks, so no
+# other server can be on it; the port goes to stdout once it is bound.
+_LAUNCHER = """
+import logging, sys, threading
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address=sys.argv[1], port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+threading.Event().wait()
+"""
+
+
+def _bound_port(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """The port the server process reports once it has bound it."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+    line = process.stdout.readline() if ready else b""
+    if not line.strip().isdigit():
+        code = process.poll()
+        raise ServerStartError(
+            f"moto server did not report its port within {timeout_s} s"
+            + (f" (it exited with code {code})" if code is not None else "")
+        )
+    return int(line)
+
+
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -178,18 +206,21 @@ def sqs_server(
     region: str = DEFAULT_REGION,
     set_environment: bool = False,
     host: str = "127.0.0.1",
+    endpoint_url: Optional[str] = None,
 ) -> Iterator[SQSServer]:
-    """Start moto's server mode on ``host`` (a free port); yield an :class:`SQSServer`.
+    """Start moto's server mode on ``host``; yield an :class:`SQSServer`.
 
-    With ``set_environment=True``, ``os.environ`` points boto3 at the server
-    (endpoint, dummy credentials, region) until the block ends, for code that
-    builds its own clients.
+    The server binds a port the OS picks and reports it, so the kit never
+    talks to a server it did not start. With ``set_environment=True``,
+    ``os.environ`` points boto3 at the server (endpoint, dummy credentials,
+    region) until the block ends, for code that builds its own clients.
 
-    When the environment variable ``SQSTASKMASTER_TEST_ENDPOINT`` names an
-    endpoint (say a LocalStack on ``http://127.0.0.1:4566``), that server is
-    used as it is and nothing is started, so one suite runs against either.
+    ``endpoint_url`` (or else the environment variable
+    ``SQSTASKMASTER_TEST_ENDPOINT``) names an SQS-compatible server that is
+    already running, say a LocalStack on ``http://127.0.0.1:4566``: it is used
+    as it is and nothing is started, so one suite runs against either.
     """
-    external = os.environ.get(ENDPOINT_VARIABLE)
+    external = endpoint_url or os.environ.get(ENDPOINT_VARIABLE)
     if external:
         with _environment_for(SQSServer(external.rstrip("/"), region), set_environment) as server:
             yield server
@@ -200,16 +231,17 @@ def sqs_server(
         raise ServerStartError(
             "sqstaskmaster.testing needs moto's server mode: pip install 'sqstaskmaster[testing]'"
         ) from error
-    port = free_port(host)
-    url = f"http://{host}:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        [sys.executable, "-c", _LAUNCHER, host],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
+        url = f"http://{host}:{_bound_port(process, STARTUP_TIMEOUT_S)}"
+        assert process.stdout is not None
+        process.stdout.close()
         _wait_until_up(url, process, STARTUP_TIMEOUT_S)
         with _environment_for(SQSServer(url, region), set_environment) as server:
             yield server

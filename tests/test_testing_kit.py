@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
+import sys
+import threading
 from typing import Any
 
 import pytest
@@ -51,3 +54,49 @@ def test_ecs_client_fixture(sqs_server: Any, ecs_client: Any) -> None:
     # Skipped (by the fixture) on a server without ECS; a real client otherwise.
     assert sqs_server.has_ecs
     assert "clusterArns" in ecs_client.list_clusters()
+
+
+class _Stranger(http.server.BaseHTTPRequestHandler):
+    """Someone else's server: answers every request with 200."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_server_on_the_chosen_port_is_never_adopted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a stranger's server on the very port a free-port probe would return,
+    stranger = http.server.HTTPServer(("127.0.0.1", 0), _Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    port = stranger.server_address[1]
+    monkeypatch.setattr(testing, "free_port", lambda host="127.0.0.1": port)
+    monkeypatch.delenv(ENDPOINT_VARIABLE, raising=False)
+    try:
+        # when the kit starts a server, it talks to its own, not the stranger.
+        with sqs_server() as server:
+            assert not server.endpoint_url.endswith(f":{port}")
+            assert server.make_queue().url.startswith(server.endpoint_url)
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
+
+
+def test_the_sqs_endpoint_option_reaches_the_fixture(sqs_server: Any, tmp_path: Any) -> None:
+    # A run of pytest with --sqs-endpoint uses that server for the fixtures.
+    (tmp_path / "test_inner.py").write_text(
+        "def test_inner(sqs_server):\n"
+        f"    assert sqs_server.endpoint_url == {sqs_server.endpoint_url!r}\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != ENDPOINT_VARIABLE}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path),
+         "--sqs-endpoint", sqs_server.endpoint_url],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
