@@ -24,7 +24,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
-from .cli import RET_ERROR, RET_KILLED, RET_OK
+from .exitcodes import RET_ERROR, RET_KILLED, RET_OK
 from .worker import record_early_signals, take_early_signals
 
 if TYPE_CHECKING:  # pragma: no cover
