@@ -18,42 +18,23 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
+
+from .exitcodes import (  # noqa: F401 - re-exported: callers import them from cli
+    RET_CONNECT,
+    RET_ERROR,
+    RET_IMPORT,
+    RET_INTERRUPTED,
+    RET_KILLED,
+    RET_OK,
+    RET_USAGE,
+)
+from .sqs import make_session, queue_stats, region_from_url  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
-RET_OK = 0  # done; for a worker: stopped cleanly (signal, burst end)
-RET_ERROR = 1  # an unexpected error (traceback logged)
-RET_USAGE = 2  # bad arguments or settings
-RET_IMPORT = 3  # the worker's APP cannot be imported
-RET_CONNECT = 4  # SQS cannot be reached, or the queue does not exist
-RET_KILLED = 5  # a worker process had to be killed at shutdown
-RET_INTERRUPTED = 130  # submit, stats or purge cut short by Ctrl-C (128 + SIGINT)
-
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
-
-_REGION_IN_URL = re.compile(r"(?:sqs\.|^)([a-z]{2}(?:-[a-z]+)+-\d)\.")
-
-
-def region_from_url(url: str) -> Optional[str]:
-    """The AWS region named in an SQS queue URL's host, if any."""
-    host = re.sub(r"^[a-z]+://", "", url).split("/", 1)[0]
-    match = _REGION_IN_URL.search(host)
-    return match.group(1) if match else None
-
-
-def make_session(region: Optional[str], url: Optional[str] = None) -> Any:
-    """A boto3 session; the region is ``region``, boto3's configured one, or the URL's."""
-    import boto3
-
-    session = boto3.session.Session(region_name=region)
-    if session.region_name is None and url:
-        guessed = region_from_url(url)
-        if guessed:
-            session = boto3.session.Session(region_name=guessed)
-    return session
 
 
 def load_app(spec: str) -> Any:
@@ -261,39 +242,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return RET_CONNECT
     print(response.get("MessageId", ""))
     return RET_OK
-
-
-def queue_stats(sqs: Any, url: str) -> Dict[str, Any]:
-    """Depths of a queue (and of its dead-letter queue when a redrive policy names one)."""
-    client = sqs.meta.client
-    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    stats: Dict[str, Any] = {
-        "url": url,
-        "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
-        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
-    }
-    policy = attributes.get("RedrivePolicy")
-    if policy:
-        redrive = json.loads(policy)
-        arn = redrive["deadLetterTargetArn"]
-        parts = arn.split(":")
-        dlq_url = client.get_queue_url(QueueName=parts[-1], QueueOwnerAWSAccountId=parts[-2])[
-            "QueueUrl"
-        ]
-        dlq = client.get_queue_attributes(
-            QueueUrl=dlq_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        stats["max_receive_count"] = int(redrive.get("maxReceiveCount", 0))
-        stats["dead_letter_url"] = dlq_url
-        stats["dead_letter"] = int(dlq.get("ApproximateNumberOfMessages", 0)) + int(
-            dlq.get("ApproximateNumberOfMessagesNotVisible", 0)
-        )
-    return stats
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

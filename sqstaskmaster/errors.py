@@ -168,7 +168,30 @@ class BatchSendError(SQSTaskMasterError):
         )
 
 
-class InvalidTaskMessageError(SQSTaskMasterError, ValueError):
+class BodyError(SQSTaskMasterError, ValueError):
+    """A message body is not a task this package can run (see :mod:`sqstaskmaster.wire`)."""
+
+
+class MalformedBodyError(BodyError):
+    """A body that is not JSON, not an object, or lacks ``task`` or ``kwargs``."""
+
+    def __init__(
+        self, message_id: Optional[str], body: Any, cause: BaseException, decodes: bool
+    ) -> None:
+        self.message_id = message_id
+        self.body = body
+        self.cause = cause
+        self.decodes = decodes
+        what = "lacks the task or kwargs field" if decodes else "is not JSON"
+        super().__init__(
+            f"Message {message_id}: body {str(body)[:80]!r} {what} "
+            f"({type(cause).__name__}: {cause}); expected "
+            '{"task": "<name>", "kwargs": {...}}. The message is left to the queue\'s '
+            "redrive policy: fix the producer."
+        )
+
+
+class InvalidTaskMessageError(BodyError):
     """A message decoded as JSON but its task is not a string or its kwargs not an object."""
 
     def __init__(self, message_id: Optional[str], task: Any, kwargs: Any) -> None:

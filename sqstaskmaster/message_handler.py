@@ -24,25 +24,16 @@ from typing import Any, Dict, Optional, Type
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import HardTimeoutError, TaskStuckError
+from .sqs import MAX_VISIBILITY_S, failure_context, message_id_of, visibility_budget_left
 from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
 
 # SQS never lets a message stay invisible longer than 12 hours after its first receive.
-SQS_VISIBILITY_BUDGET_S = 12 * 60 * 60
+SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 # Entry skips its visibility change only if the message stays invisible this
 # many seconds past the first heartbeat.
 ENTRY_VISIBILITY_MARGIN_S = 1.0
-
-
-def message_id_of(message: Any) -> Optional[str]:
-    """The SQS message id, or None for messages without one (LocalMessage)."""
-    return getattr(message, "message_id", None)
-
-
-def failure_context(message: Any) -> Dict[str, Any]:
-    """The notify context 0.0.11 passes for a message: its body and attributes."""
-    return {"body": message.body, **(message.attributes or {})}
 
 
 class MessageHandler(abc.ABC):
@@ -139,13 +130,7 @@ class MessageHandler(abc.ABC):
         first receive; ``ApproximateFirstReceiveTimestamp`` (milliseconds)
         dates it. Without that attribute the handler's construction is used.
         """
-        attributes = getattr(self._message, "attributes", None) or {}
-        stamp: Any = attributes.get("ApproximateFirstReceiveTimestamp")
-        try:
-            first_receive = int(stamp) / 1000.0
-        except (TypeError, ValueError):
-            first_receive = self._start_time
-        return SQS_VISIBILITY_BUDGET_S - (time.time() - first_receive)
+        return visibility_budget_left(self._message, self._start_time)
 
     def extend_visibility(self) -> None:
         """Set the message's visibility to ``sqs_timeout`` again; errors are reported.

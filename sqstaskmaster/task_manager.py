@@ -10,7 +10,6 @@ this package can share a queue in both directions::
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import (
     TYPE_CHECKING,
@@ -25,27 +24,23 @@ from typing import (
     Tuple,
 )
 
+from .errors import MalformedBodyError
 from .local import LocalQueue
+from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context
+from .wire import decode as decode_body
+from .wire import encode_body, service_name_attribute
+
+__all__ = ["TaskManager", "encode_body", "service_name_attribute"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .producer import QueueLimits, TaskItem
 
 logger = logging.getLogger(__name__)
 
-MAX_WAIT_TIME_S = 20
-MAX_VISIBILITY_TIMEOUT_S = 12 * 60 * 60
+MAX_WAIT_TIME_S = MAX_POLL_WAIT_S
+MAX_VISIBILITY_TIMEOUT_S = MAX_VISIBILITY_S
 
 Notify = Callable[..., Any]
-
-
-def encode_body(task: Any, kwargs: Dict[str, Any]) -> str:
-    """The message body 0.0.11 sends for ``task`` with ``kwargs``."""
-    return json.dumps({"task": task, "kwargs": kwargs}, default=str)
-
-
-def service_name_attribute(sender_name: str) -> Dict[str, Dict[str, str]]:
-    """The ``service_name`` message attribute every 0.0.11 message carries."""
-    return {"service_name": {"StringValue": sender_name, "DataType": "String"}}
 
 
 def _log_submitted(task: Any, response: Any) -> None:
@@ -163,24 +158,28 @@ class TaskManager:
 
     def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:
         """``(task, kwargs)`` of a message, or None after notifying and logging."""
-        body = message.body
         try:
-            content = json.loads(body)
-        except ValueError as error:
-            self.notify(error, context={"body": body, **(message.attributes or {})})
-            logger.exception("failed to decode message %s with %s", body, message.attributes)
+            return decode_body(message.body, getattr(message, "message_id", None))
+        except MalformedBodyError as malformed:
+            self.report_malformed(message, malformed)
             return None
-        try:
-            return content["task"], content["kwargs"]
-        except (KeyError, TypeError) as key_error:
-            self.notify(key_error, context={"body": body, **(message.attributes or {})})
-            logger.exception(
+
+    def report_malformed(self, message: Any, malformed: MalformedBodyError) -> None:
+        """notify and log a malformed body as 0.0.11 does (with the decoder's own error)."""
+        error, body = malformed.cause, message.body
+        self.notify(error, context=failure_context(message))
+        if not malformed.decodes:
+            logger.error(
+                "failed to decode message %s with %s", body, message.attributes, exc_info=error
+            )
+        else:
+            logger.error(
                 "failed to get required field %s from content %s with %s",
-                key_error,
+                error,
                 body,
                 message.attributes,
+                exc_info=error,
             )
-            return None
 
     def _generate(self, wait_time: int, sqs_timeout: int) -> Iterator[Tuple[Any, Any, Any]]:
         while True:

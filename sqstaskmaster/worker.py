@@ -47,18 +47,23 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
+from . import wire
 from .errors import (
     InvalidTaskMessageError,
+    MalformedBodyError,
     UnknownTaskError,
     VisibilityBudgetError,
     WorkerShutdownError,
 )
-from .message_handler import failure_context, message_id_of
+from .sqs import (
+    MAX_POLL_WAIT_S,
+    MAX_VISIBILITY_S,
+    failure_context,
+    message_id_of,
+    receive_count_of,
+)
 
 logger = logging.getLogger(__name__)
-
-MAX_VISIBILITY_S = 12 * 60 * 60
-MAX_POLL_WAIT_S = 20
 
 DEFAULT_SQS_TIMEOUT_S = 30
 DEFAULT_HARD_TIMEOUT_S = 4 * 60 * 60
@@ -155,15 +160,6 @@ class RetryPolicy:
         else:
             value = base
         return int(min(round(value), MAX_VISIBILITY_S))
-
-
-def receive_count_of(message: Any) -> int:
-    """The message's ``ApproximateReceiveCount`` (1 when the attribute is missing)."""
-    attributes = getattr(message, "attributes", None) or {}
-    try:
-        return int(attributes.get("ApproximateReceiveCount", 1))
-    except (TypeError, ValueError):
-        return 1
 
 
 # -- the registry -----------------------------------------------------------
@@ -564,14 +560,14 @@ class Worker:
         tm = self._task_manager
         count = receive_count_of(message)
         message_id = message_id_of(message)
-        decoded = tm.decode(message)
-        if decoded is None:
-            # TaskManager.decode has notified and logged.
+        try:
+            task, kwargs = wire.decode_task(message.body, message_id)
+        except MalformedBodyError as malformed:
+            tm.report_malformed(message, malformed)
             self._retry_later(message, None, count, "undecodable")
             return "invalid"
-        task, kwargs = decoded
-        if not isinstance(task, str) or not isinstance(kwargs, dict):
-            self._refuse(message, InvalidTaskMessageError(message_id, task, kwargs), None, count)
+        except InvalidTaskMessageError as invalid:
+            self._refuse(message, invalid, None, count)
             return "invalid"
         if task not in self.registry:
             self._refuse(message, UnknownTaskError(message_id, task, self.registry), task, count)
