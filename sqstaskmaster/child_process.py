@@ -30,7 +30,7 @@ import traceback
 from types import TracebackType
 from typing import Any, Callable, List, NoReturn, Optional
 
-from .errors import ChildDiedError, ChildTaskError
+from .errors import ChildDiedError, ChildTaskError, TaskControl
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _MAX_REPORT_BYTES = MAX_RESULT_BYTES + 4 * _MAX_ERROR_TEXT
 # Frames of these files are left out of a task's traceback.
 _PLUMBING_FILES = frozenset(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    for name in ("child_process.py", "isolation.py")
+    for name in ("child_process.py", "execution.py", "isolation.py")
 )
 # Without a pidfd the parent polls for the child's exit this often (seconds).
 _POLL_S = 0.005
@@ -293,6 +293,10 @@ class ForkedChild:
         if report is not None:
             if report.get("ok") is True:
                 return report.get("result")
+            control = TaskControl.from_report(report.get("control"))
+            if control is not None:
+                logger.info("%s: the task in child process %s: %s", self.label, self.pid, control)
+                raise control
             error = ChildTaskError(
                 str(report.get("type")),
                 str(report.get("message")),
@@ -411,14 +415,18 @@ def _task_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
 def _error_report(error: BaseException) -> bytes:
     frames = _task_frames(error.__traceback__)
     text = "".join(traceback.format_exception(type(error), error, frames))
-    return json.dumps(
-        {
-            "ok": False,
-            "type": _type_name(error),
-            "message": _clip(str(error)),
-            "traceback": _clip(text),
+    report = {
+        "ok": False,
+        "type": _type_name(error),
+        "message": _clip(str(error)),
+        "traceback": _clip(text),
+    }
+    if isinstance(error, TaskControl):
+        control = error.report()
+        report["control"] = {
+            key: _clip(value) if isinstance(value, str) else value for key, value in control.items()
         }
-    ).encode("utf-8")
+    return json.dumps(report).encode("utf-8")
 
 
 def _result_report(result: Any) -> bytes:

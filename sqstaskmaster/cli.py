@@ -67,7 +67,8 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from .worker import DEFAULT_POLL_WAIT_S, DEFAULT_SHUTDOWN_GRACE_S, RetryPolicy
+    from .retry import RetryPolicy
+    from .settings import DEFAULT_POLL_WAIT_S, DEFAULT_SHUTDOWN_GRACE_S
 
     defaults = RetryPolicy()
     parser = argparse.ArgumentParser(
@@ -161,7 +162,8 @@ def _connection_errors() -> tuple:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker APP``: load the app, apply the options, run (supervised when -p > 1)."""
     from .errors import AppImportError
-    from .worker import RetryPolicy, Worker
+    from .retry import RetryPolicy
+    from .worker import Worker
 
     try:
         app = load_app(args.app)
@@ -188,7 +190,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "queue_url": args.queue_url,
         "endpoint_url": args.endpoint_url,
     }
-    worker = worker.replace(**options)
     retry = {
         "first_s": args.retry_first,
         "factor": args.retry_factor,
@@ -196,12 +197,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "jitter": args.retry_jitter,
     }
     try:
-        worker.retry = RetryPolicy(
+        # One WorkerSettings, checked once with every option in.
+        options["retry"] = RetryPolicy(
             **{
                 field: (value if value is not None else getattr(worker.retry, field))
                 for field, value in retry.items()
             }
         )
+        worker = worker.replace(**options)
         if not worker.queue_url:
             raise ValueError("no queue: pass --queue-url URL (or set queue_url on the Worker)")
         if not worker.registry:
@@ -320,7 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not isinstance(level, int):
         parser.error(f"--log-level: unknown level {args.log_level!r}")
     if args.command == "worker":
-        from .worker import record_early_signals
+        from .shutdown import record_early_signals
 
         record_early_signals()
     logging.basicConfig(level=level, format=LOG_FORMAT)

@@ -9,7 +9,7 @@ written for 0.0.11 still catches them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 
 class SQSTaskMasterError(Exception):
@@ -258,3 +258,65 @@ class AppImportError(SQSTaskMasterError, ImportError):
             "Worker or a dict of task name -> MessageHandler subclass or function, importable "
             "from the current directory."
         )
+
+
+# -- control flow: raised by tasks to steer their message, not errors ------------------
+
+
+class TaskControl(SQSTaskMasterError):
+    """Raised by a task to say what becomes of its message; see Retry and Reject."""
+
+    def report(self) -> Dict[str, Any]:
+        """This exception as JSON values (how an isolated child reports it)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_report(report: Any) -> Optional[TaskControl]:
+        """The exception a child reported with :meth:`report`; None for anything else."""
+        if not isinstance(report, dict):
+            return None
+        reason = str(report.get("reason", ""))
+        if report.get("kind") == "reject":
+            return Reject(reason)
+        if report.get("kind") == "retry":
+            try:
+                return Retry(float(report.get("delay_s", 0)), reason)
+            except (TypeError, ValueError):
+                return None
+        return None
+
+
+class Retry(TaskControl):
+    """Run the task again after ``delay_s`` seconds; not reported to ``notify`` as an error.
+
+    The delay is capped by SQS (12 hours from the message's first receive).
+    """
+
+    def __init__(self, delay_s: float = 0.0, reason: str = "") -> None:
+        if not isinstance(delay_s, (int, float)) or delay_s != delay_s or delay_s < 0:
+            raise ValueError(f"Retry delay_s must be a number of seconds >= 0, got {delay_s!r}")
+        self.delay_s = float(delay_s)
+        self.reason = reason
+        super().__init__(
+            f"The task asked to run again in {self.delay_s:g} s" + (f": {reason}" if reason else "")
+        )
+
+    def report(self) -> Dict[str, Any]:
+        return {"kind": "retry", "delay_s": self.delay_s, "reason": self.reason}
+
+
+class Reject(TaskControl):
+    """A permanent failure: the message goes to the queue's dead-letter queue at once.
+
+    Without a redrive policy it takes the normal retry path (with a warning).
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(
+            "The task rejected its message as a permanent failure"
+            + (f": {reason}" if reason else "")
+        )
+
+    def report(self) -> Dict[str, Any]:
+        return {"kind": "reject", "reason": self.reason}

@@ -89,6 +89,15 @@ def message_size(body: str, attributes: Mapping[str, Mapping[str, Any]]) -> int:
     return _utf8_len(body) + attributes_size(attributes)
 
 
+def sqs_resource(session: Any = None, endpoint_url: Optional[str] = None) -> Any:
+    """An SQS service resource from ``session`` (None: a new default boto3 session)."""
+    if session is None:
+        import boto3
+
+        session = boto3.session.Session()
+    return session.resource("sqs", endpoint_url=endpoint_url)
+
+
 def queue_url_of_arn(client: Any, arn: str) -> str:
     """The URL of the queue with ARN ``arn`` (arn:aws:sqs:REGION:ACCOUNT:NAME)."""
     parts = arn.split(":")

@@ -22,13 +22,10 @@ import signal
 import sys
 import time
 from multiprocessing.connection import wait
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from .exitcodes import RET_ERROR, RET_KILLED, RET_OK
-from .worker import record_early_signals, take_early_signals
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .worker import Worker
+from .shutdown import record_early_signals, take_early_signals
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +52,7 @@ def resolve_processes(processes: Union[int, str]) -> int:
     return processes
 
 
-def _child_main(worker: Worker) -> None:
+def _child_main(run_one: Callable[[], int]) -> None:
     try:
         os.setpgid(0, 0)
     except OSError:
@@ -63,14 +60,21 @@ def _child_main(worker: Worker) -> None:
     # Drop the parent's handlers; a stop passed on before the worker installs
     # its own is counted and honoured by it.
     record_early_signals()
-    sys.exit(worker.run_single())
+    sys.exit(run_one())
 
 
 class Supervisor:
-    """Runs ``count`` copies of ``worker``'s poll loop; :meth:`run` returns the exit code."""
+    """Runs ``count`` processes of ``run_one()``; :meth:`run` returns the exit code.
 
-    def __init__(self, worker: Worker, count: int) -> None:
-        self.worker = worker
+    ``run_one`` (a worker's poll loop) runs in each forked process and returns
+    its exit code; ``shutdown_grace_s`` is the grace each one gives its task.
+    """
+
+    def __init__(
+        self, run_one: Callable[[], int], count: int, shutdown_grace_s: float = 25.0
+    ) -> None:
+        self.run_one = run_one
+        self.shutdown_grace_s = shutdown_grace_s
         self.count = count
         self._context = multiprocessing.get_context("fork")
         self._children: Dict[int, Any] = {}
@@ -88,7 +92,7 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         process = self._context.Process(
-            target=_child_main, args=(self.worker,), name=f"sqstaskmaster-worker-{slot}"
+            target=_child_main, args=(self.run_one,), name=f"sqstaskmaster-worker-{slot}"
         )
         process.start()
         try:
@@ -176,7 +180,7 @@ class Supervisor:
                     self.restarts += 1
                     self._start(slot)
             if self._stop_at is not None and self._children:
-                limit = self.worker.shutdown_grace_s + STOP_MARGIN_S
+                limit = self.shutdown_grace_s + STOP_MARGIN_S
                 if now - self._stop_at > limit:
                     for process in self._children.values():
                         logger.error(
@@ -203,6 +207,6 @@ def _describe_exit(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-def supervise(worker: Worker, count: int) -> int:
-    """Run ``count`` worker processes for ``worker``; returns the exit code."""
-    return Supervisor(worker, count).run()
+def supervise(run_one: Callable[[], int], count: int, shutdown_grace_s: float = 25.0) -> int:
+    """Run ``count`` processes of ``run_one()``; returns the exit code."""
+    return Supervisor(run_one, count, shutdown_grace_s).run()
