@@ -147,13 +147,21 @@ class TaskManager:
             )
         return self._generate(wait_time, sqs_timeout)
 
-    def receive(self, wait_time: int, sqs_timeout: int) -> list:
-        """One poll for at most one message, exactly as 0.0.11 makes it."""
+    def receive(
+        self, wait_time: int, sqs_timeout: int, *, message_attributes: bool = False
+    ) -> list:
+        """One poll for at most one message, exactly as 0.0.11 makes it.
+
+        New in 0.1: ``message_attributes=True`` also asks for the messages'
+        MessageAttributes (a worker copies them when it dead-letters a message).
+        """
+        extra = {"MessageAttributeNames": ["All"]} if message_attributes else {}
         return self.queue.receive_messages(
             AttributeNames=["All"],
             MaxNumberOfMessages=1,
             WaitTimeSeconds=wait_time,
             VisibilityTimeout=sqs_timeout,
+            **extra,
         )
 
     def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:

@@ -226,7 +226,7 @@ class Worker(TaskRegistry):
                 return
             try:
                 polled_at = time.monotonic()
-                messages = tm.receive(self.poll_wait_s, self.sqs_timeout)
+                messages = tm.receive(self.poll_wait_s, self.sqs_timeout, message_attributes=True)
             except Exception as error:
                 poll_failures += 1
                 logger.exception(
