@@ -33,7 +33,10 @@ echo "fork_warnings: isolation, execution and worker tests on $("$python_bin" --
 
 work_dir="$(mktemp -d)"
 "$python_bin" -m venv "$work_dir/venv"
-"$work_dir/venv/bin/pip" install -q -e ".[dev]"
+if ! "$work_dir/venv/bin/pip" install -q -e ".[dev]" >"$work_dir/pip.log" 2>&1; then
+    cat "$work_dir/pip.log" >&2
+    exit 1
+fi
 
 fork_warning="is multi-threaded, use of fork"
 export PYTHONWARNINGS="always:This process:DeprecationWarning"
