@@ -41,7 +41,7 @@ def raises_key_error(key: str) -> None:
     raise KeyError(key)
 
 
-def make_worker(sqs_server: Any, queue: Any, isolate: bool) -> "tuple[Worker, Recorder]":
+def make_worker(sqs_server: Any, queue: Any, isolate: bool) -> tuple[Worker, Recorder]:
     notify = Recorder()
     worker = Worker(
         {"retry": retries_in_two, "reject": rejects},
