@@ -299,7 +299,9 @@ def supervise(
                 raise stop.error()
             wake = deadline if next_heartbeat is None else min(deadline, next_heartbeat)
             if stop is not None:
-                wake = min(wake, now + STOP_POLL_S)
+                # Poll for a new stop; wake at the very moment a known one falls due.
+                at = stop.interrupt_at()
+                wake = min(wake, now + STOP_POLL_S, wake if at is None else max(at, now))
             if beat is not None:
                 wake = min(wake, now + _HEARTBEAT_POLL_S)
             if child.wait(wake - now):
