@@ -21,14 +21,21 @@ _LAZY = {
     "ServiceState": "queue_scale",
     # Timing
     "SignalTimer": "timer",
-    # Process isolation
+    # How a task runs: execution strategies, process isolation
+    "InProcess": "execution",
+    "Forked": "execution",
     "IsolatedMessageHandler": "isolation",
     "run_in_child": "isolation",
     # Submitting many tasks
     "TaskMessage": "producer",
     # Running tasks
     "Worker": "worker",
-    "RetryPolicy": "worker",
+    "WorkerSettings": "settings",
+    "RetryPolicy": "retry",
+    "Outcome": "disposition",
+    # Steering a task's message from the task
+    "Retry": "errors",
+    "Reject": "errors",
     # Errors
     "SQSTaskMasterError": "errors",
     "HandlerThreadError": "errors",
@@ -47,6 +54,8 @@ _LAZY = {
     "UnknownTaskError": "errors",
     "VisibilityBudgetError": "errors",
     "WorkerShutdownError": "errors",
+    "BodyError": "errors",
+    "MalformedBodyError": "errors",
     "AppImportError": "errors",
     "TaskProtectionError": "errors",
 }
@@ -68,9 +77,11 @@ def __dir__() -> list:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .disposition import Outcome
     from .errors import (
         AppImportError,
         BatchSendError,
+        BodyError,
         ChildDiedError,
         ChildTaskError,
         DecodeError,
@@ -81,7 +92,10 @@ if TYPE_CHECKING:  # pragma: no cover
         InvalidTaskMessageError,
         InvalidTaskNameError,
         IsolationUnavailableError,
+        MalformedBodyError,
         MessageTooLargeError,
+        Reject,
+        Retry,
         SQSTaskMasterError,
         TaskProtectionError,
         TaskStuckError,
@@ -89,11 +103,14 @@ if TYPE_CHECKING:  # pragma: no cover
         VisibilityBudgetError,
         WorkerShutdownError,
     )
+    from .execution import Forked, InProcess
     from .isolation import IsolatedMessageHandler, run_in_child
     from .local import LocalMessage, LocalQueue
     from .message_handler import MessageHandler
     from .producer import TaskMessage
     from .queue_scale import Provisioner, ServiceState
+    from .retry import RetryPolicy
+    from .settings import WorkerSettings
     from .task_manager import TaskManager
     from .timer import SignalTimer
-    from .worker import RetryPolicy, Worker
+    from .worker import Worker

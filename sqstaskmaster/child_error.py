@@ -11,6 +11,9 @@ failure. Otherwise (a class defined inside a function, a ``BaseException``
 that is not an ``Exception``, a class that cannot be subclassed, the worker's
 own ``WorkerShutdownError``) it is a plain ``ChildTaskError``.
 
+The child side is here too: :func:`error_report` and :func:`result_report`
+are the JSON reports a child writes to its parent.
+
 The instance is made without calling the task class's ``__init__`` or
 ``__new__`` (they may require arguments the parent does not have): its
 ``args`` are ``(message,)`` and ``str()`` gives the child's message. The
@@ -20,12 +23,26 @@ derived classes are cached, one per task class.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
+import traceback
+from types import TracebackType
 from typing import Any, Dict, Optional
 
-from .errors import ChildTaskError, WorkerShutdownError
+from .errors import ChildTaskError, TaskControl, WorkerShutdownError
 
 logger = logging.getLogger(__name__)
+
+#: Largest JSON document (bytes, UTF-8) a task's return value may encode to.
+MAX_RESULT_BYTES = 1024 * 1024
+# An error report carries at most this much message and traceback text each.
+MAX_ERROR_TEXT = 64 * 1024
+# Frames of these files are left out of a task's traceback.
+_PLUMBING_FILES = frozenset(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    for name in ("child_process.py", "execution.py", "isolation.py")
+)
 
 # Task exception class -> its class derived with ChildTaskError (None: cannot be derived).
 _DERIVED: Dict[type, Optional[type]] = {}
@@ -121,3 +138,74 @@ def _child_str(self: Any) -> str:
 
 def _child_repr(self: Any) -> str:
     return f"{type(self).__name__}({self.message!r})"
+
+
+# -- the child's reports -----------------------------------------------------------
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    half = MAX_ERROR_TEXT // 2
+    return text[:half] + "\n[... clipped ...]\n" + text[-half:]
+
+
+def _type_name(error: BaseException) -> str:
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _task_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
+    """The traceback without its leading frames in this package's isolation plumbing."""
+    start = tb
+    while start is not None and start.tb_frame.f_code.co_filename in _PLUMBING_FILES:
+        start = start.tb_next
+    return start if start is not None else tb
+
+
+def error_report(error: BaseException) -> bytes:
+    frames = _task_frames(error.__traceback__)
+    text = "".join(traceback.format_exception(type(error), error, frames))
+    report = {
+        "ok": False,
+        "type": _type_name(error),
+        "module": type(error).__module__,
+        "qualname": type(error).__qualname__,
+        "message": _clip(str(error)),
+        "traceback": _clip(text),
+    }
+    if isinstance(error, TaskControl):
+        control = error.report()
+        report["control"] = {
+            key: _clip(value) if isinstance(value, str) else value for key, value in control.items()
+        }
+    return json.dumps(report).encode("utf-8")
+
+
+def result_report(result: Any, drop_unsendable: bool) -> bytes:
+    """The success report; a result that cannot cross as JSON is dropped or an error report."""
+    problem: Exception
+    try:
+        encoded = json.dumps({"ok": True, "result": result}).encode("utf-8")
+    except Exception as error:  # TypeError, ValueError (circular), RecursionError (deep)
+        problem = TypeError(
+            f"run() returned {type(result).__name__}, which cannot be sent to the "
+            f"parent process as JSON ({type(error).__name__}: {error}); return plain JSON "
+            "values (dict, list, str, int, float, bool, None)"
+        )
+    else:
+        if len(encoded) <= MAX_RESULT_BYTES:
+            return encoded
+        problem = ValueError(
+            f"run() returned {len(encoded)} bytes of JSON, over the {MAX_RESULT_BYTES} "
+            "byte limit for an isolated task's result; store large output elsewhere "
+            "(for example S3) and return a reference to it"
+        )
+    if drop_unsendable:
+        return json.dumps({"ok": True, "result": None, "dropped": str(problem)}).encode("utf-8")
+    try:
+        raise problem
+    except Exception as raised:  # gives it a traceback for the report
+        return error_report(raised)

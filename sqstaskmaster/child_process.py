@@ -29,25 +29,21 @@ import signal
 import sys
 import time
 import traceback
-from types import TracebackType
 from typing import Any, Callable, List, NoReturn, Optional
 
-from .child_error import child_task_error
-from .errors import ChildDiedError
+from .child_error import (
+    MAX_ERROR_TEXT,
+    MAX_RESULT_BYTES,
+    child_task_error,
+    error_report,
+    result_report,
+)
+from .errors import ChildDiedError, TaskControl
 
 logger = logging.getLogger(__name__)
 
-#: Largest JSON document (bytes, UTF-8) a task's return value may encode to.
-MAX_RESULT_BYTES = 1024 * 1024
-# An error report carries at most this much message and traceback text each.
-_MAX_ERROR_TEXT = 64 * 1024
 # What the parent keeps of a report; anything beyond is a broken report.
-_MAX_REPORT_BYTES = MAX_RESULT_BYTES + 4 * _MAX_ERROR_TEXT
-# Frames of these files are left out of a task's traceback.
-_PLUMBING_FILES = frozenset(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    for name in ("child_process.py", "isolation.py")
-)
+_MAX_REPORT_BYTES = MAX_RESULT_BYTES + 4 * MAX_ERROR_TEXT
 # Without a pidfd the parent polls for the child's exit this often (seconds).
 _POLL_S = 0.005
 
@@ -315,6 +311,10 @@ class ForkedChild:
                         report["dropped"],
                     )
                 return report.get("result")
+            control = TaskControl.from_report(report.get("control"))
+            if control is not None:
+                logger.info("%s: the task in child process %s: %s", self.label, self.pid, control)
+                raise control
             error = child_task_error(
                 report.get("module"),
                 report.get("qualname"),
@@ -410,70 +410,6 @@ def _die_with_parent(parent_pid: int, prctl: Optional[Callable[..., int]]) -> No
         os._exit(EXIT_REPORT_FAILED)
 
 
-def _clip(text: str) -> str:
-    if len(text) <= _MAX_ERROR_TEXT:
-        return text
-    half = _MAX_ERROR_TEXT // 2
-    return text[:half] + "\n[... clipped ...]\n" + text[-half:]
-
-
-def _type_name(error: BaseException) -> str:
-    kind = type(error)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _task_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
-    """The traceback without its leading frames in this package's isolation plumbing."""
-    start = tb
-    while start is not None and start.tb_frame.f_code.co_filename in _PLUMBING_FILES:
-        start = start.tb_next
-    return start if start is not None else tb
-
-
-def _error_report(error: BaseException) -> bytes:
-    frames = _task_frames(error.__traceback__)
-    text = "".join(traceback.format_exception(type(error), error, frames))
-    return json.dumps(
-        {
-            "ok": False,
-            "type": _type_name(error),
-            "module": type(error).__module__,
-            "qualname": type(error).__qualname__,
-            "message": _clip(str(error)),
-            "traceback": _clip(text),
-        }
-    ).encode("utf-8")
-
-
-def _result_report(result: Any, drop_unsendable: bool) -> bytes:
-    """The success report; a result that cannot cross as JSON is dropped or an error report."""
-    problem: Exception
-    try:
-        encoded = json.dumps({"ok": True, "result": result}).encode("utf-8")
-    except Exception as error:  # TypeError, ValueError (circular), RecursionError (deep)
-        problem = TypeError(
-            f"run() returned {type(result).__name__}, which cannot be sent to the "
-            f"parent process as JSON ({type(error).__name__}: {error}); return plain JSON "
-            "values (dict, list, str, int, float, bool, None)"
-        )
-    else:
-        if len(encoded) <= MAX_RESULT_BYTES:
-            return encoded
-        problem = ValueError(
-            f"run() returned {len(encoded)} bytes of JSON, over the {MAX_RESULT_BYTES} "
-            "byte limit for an isolated task's result; store large output elsewhere "
-            "(for example S3) and return a reference to it"
-        )
-    if drop_unsendable:
-        return json.dumps({"ok": True, "result": None, "dropped": str(problem)}).encode("utf-8")
-    try:
-        raise problem
-    except Exception as raised:  # gives it a traceback for the report
-        return _error_report(raised)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -501,9 +437,9 @@ def _child_main(
         try:
             result = target()
         except BaseException as error:
-            report, outcome_code = _error_report(error), EXIT_TASK_RAISED
+            report, outcome_code = error_report(error), EXIT_TASK_RAISED
         else:
-            report = _result_report(result, drop_unsendable_result)
+            report = result_report(result, drop_unsendable_result)
             outcome_code = EXIT_OK
         _write_all(writer, report)
         os.close(writer)

@@ -19,52 +19,25 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
+from .exitcodes import (  # noqa: F401 - re-exported: callers import them from cli
+    RET_CONNECT,
+    RET_ERROR,
+    RET_IMPORT,
+    RET_INTERRUPTED,
+    RET_KILLED,
+    RET_OK,
+    RET_USAGE,
+)
 from .logformat import FORMATS as LOG_FORMATS
 from .logformat import TEXT_FORMAT
+from .sqs import make_session, queue_stats, region_from_url  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
-RET_OK = 0  # done; for a worker: stopped cleanly (signal, burst end)
-RET_ERROR = 1  # an unexpected error (traceback logged)
-RET_USAGE = 2  # bad arguments or settings, or an SQS request that is the caller's fault
-RET_IMPORT = 3  # the worker's APP cannot be imported
-RET_CONNECT = 4  # SQS cannot be reached, the queue does not exist, or polls kept failing
-RET_KILLED = 5  # a worker process had to be killed at shutdown
-RET_INTERRUPTED = 130  # submit, stats or purge cut short by Ctrl-C (128 + SIGINT)
-
 LOG_FORMAT = TEXT_FORMAT
-
-_REGION = r"[a-z]{2}(?:-[a-z]+)+-\d"
-_REGION_IN_HOST = re.compile(rf"(?:sqs\.|^)({_REGION})\.")
-_REGION_IN_PATH = re.compile(rf"^/queue/({_REGION})/[^/]+/[^/]+")
-
-
-def region_from_url(url: str) -> Optional[str]:
-    """The AWS region named in an SQS queue URL, if any.
-
-    Read from the host (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``) or
-    from the path form ``http://HOST:PORT/queue/REGION/ACCOUNT/NAME`` that
-    LocalStack and ElasticMQ write.
-    """
-    host, _, path = re.sub(r"^[a-z]+://", "", url).partition("/")
-    match = _REGION_IN_HOST.search(host) or _REGION_IN_PATH.match("/" + path)
-    return match.group(1) if match else None
-
-
-def make_session(region: Optional[str], url: Optional[str] = None) -> Any:
-    """A boto3 session; the region is ``region``, boto3's configured one, or the URL's."""
-    import boto3
-
-    session = boto3.session.Session(region_name=region)
-    if session.region_name is None and url:
-        guessed = region_from_url(url)
-        if guessed:
-            session = boto3.session.Session(region_name=guessed)
-    return session
 
 
 def load_app(spec: str) -> Any:
@@ -97,8 +70,9 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from .retry import RetryPolicy
+    from .settings import DEFAULT_POLL_WAIT_S, DEFAULT_SHUTDOWN_GRACE_S
     from .stats_watch import check_interval
-    from .worker import DEFAULT_POLL_WAIT_S, DEFAULT_SHUTDOWN_GRACE_S, RetryPolicy
 
     defaults = RetryPolicy()
     parser = argparse.ArgumentParser(
@@ -244,7 +218,8 @@ def sqs_failure(doing: str, error: BaseException) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker APP``: load the app, apply the options, run (supervised when -p > 1)."""
     from .errors import AppImportError, PollFailedError
-    from .worker import RetryPolicy, Worker
+    from .retry import RetryPolicy
+    from .worker import Worker
 
     try:
         app = load_app(args.app)
@@ -274,7 +249,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
     }
-    worker = worker.replace(**options)
     retry = {
         "first_s": args.retry_first,
         "factor": args.retry_factor,
@@ -282,12 +256,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "jitter": args.retry_jitter,
     }
     try:
-        worker.retry = RetryPolicy(
+        # One WorkerSettings, checked once with every option in.
+        options["retry"] = RetryPolicy(
             **{
                 field: (value if value is not None else getattr(worker.retry, field))
                 for field, value in retry.items()
             }
         )
+        worker = worker.replace(**options)
         if not worker.queue_url:
             raise ValueError("no queue: pass --queue-url URL (or set queue_url on the Worker)")
         if not worker.registry:
@@ -343,39 +319,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return sqs_failure(f"send to {args.url}", error)
     print(response.get("MessageId", ""))
     return RET_OK
-
-
-def queue_stats(sqs: Any, url: str) -> Dict[str, Any]:
-    """Depths of a queue (and of its dead-letter queue when a redrive policy names one)."""
-    client = sqs.meta.client
-    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    stats: Dict[str, Any] = {
-        "url": url,
-        "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
-        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
-    }
-    policy = attributes.get("RedrivePolicy")
-    if policy:
-        redrive = json.loads(policy)
-        arn = redrive["deadLetterTargetArn"]
-        parts = arn.split(":")
-        dlq_url = client.get_queue_url(QueueName=parts[-1], QueueOwnerAWSAccountId=parts[-2])[
-            "QueueUrl"
-        ]
-        dlq = client.get_queue_attributes(
-            QueueUrl=dlq_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        stats["max_receive_count"] = int(redrive.get("maxReceiveCount", 0))
-        stats["dead_letter_url"] = dlq_url
-        stats["dead_letter"] = int(dlq.get("ApproximateNumberOfMessages", 0)) + int(
-            dlq.get("ApproximateNumberOfMessagesNotVisible", 0)
-        )
-    return stats
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -477,7 +420,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not isinstance(level, int):
         parser.error(f"--log-level: unknown level {args.log_level!r}")
     if args.command == "worker":
-        from .worker import record_early_signals
+        from .shutdown import record_early_signals
 
         record_early_signals()
     from .logformat import configure

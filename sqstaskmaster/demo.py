@@ -226,7 +226,7 @@ def _queues(
             assert queue.dead_letter_url is not None
             yield server.sqs, queue.url, queue.dead_letter_url, server.environment, []
         return
-    from .cli import make_session, queue_stats
+    from .sqs import make_session, queue_stats
 
     sqs = make_session(region, queue_url).resource("sqs", endpoint_url=endpoint_url)
     stats = queue_stats(sqs, queue_url)

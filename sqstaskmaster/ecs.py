@@ -233,6 +233,12 @@ def make_state(agent_uri: Optional[str], notify: Optional[Callable[..., Any]]) -
     return ProtectionState(AgentClient(agent_uri, notify=notify))
 
 
+def inline_protection(setting: Any, notify: Optional[Callable[..., Any]]) -> Any:
+    """A single worker process's protection hooks for ``ecs_protection`` = ``setting``, or None."""
+    state = make_state(agent_uri_for(setting), notify)
+    return InlineProtection(state) if state is not None else None
+
+
 class InlineProtection:
     """A single worker process's hooks: calls made in line, each at most ``timeout_s``."""
 

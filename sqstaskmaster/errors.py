@@ -9,7 +9,7 @@ written for 0.0.11 still catches them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 
 class SQSTaskMasterError(Exception):
@@ -141,19 +141,21 @@ class EncodeError(SQSTaskMasterError, ValueError):
         )
 
 
-class DecodeError(SQSTaskMasterError, ValueError):
-    """A message body cannot be decoded as JSON, whatever the decoder raised."""
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a task name may be anything a producer sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
-    def __init__(self, body: Any, error: BaseException) -> None:
-        self.body = body
-        self.error = error
-        text = body if isinstance(body, str) else repr(body)
-        excerpt = text if len(text) <= 200 else text[:200] + "..."
-        super().__init__(
-            f"Message body of {len(text)} characters cannot be decoded as JSON "
-            f"({type(error).__name__}: {error}); it starts {excerpt!r}. The message is not "
-            "run and is left to the queue's redrive policy: fix the producer."
-        )
+
+def body_excerpt(body: Any, limit: int = 200) -> str:
+    """At most ``limit`` characters of a message body, and its size in bytes, for logs.
+
+    Bodies may be large and may hold secrets: no log line carries one whole.
+    """
+    text = body if isinstance(body, str) else repr(body)
+    size = len(text.encode("utf-8", "replace"))
+    excerpt = repr(text[:limit]) + ("..." if len(text) > limit else "")
+    return f"{excerpt} ({size} bytes)"
 
 
 class InvalidTaskNameError(SQSTaskMasterError, TypeError, ValueError):
@@ -200,7 +202,52 @@ class BatchSendError(SQSTaskMasterError):
         )
 
 
-class InvalidTaskMessageError(SQSTaskMasterError, ValueError):
+class BodyError(SQSTaskMasterError, ValueError):
+    """A message body is not a task this package can run (see :mod:`sqstaskmaster.wire`)."""
+
+
+class DecodeError(BodyError):
+    """A message body cannot be decoded as JSON, whatever the decoder raised."""
+
+    def __init__(self, body: Any, error: BaseException) -> None:
+        self.body = body
+        self.error = error
+        super().__init__(
+            f"Message body cannot be decoded as JSON ({type(error).__name__}: {error}); "
+            f"it starts {body_excerpt(body)}. The message is not run and is left to the "
+            "queue's redrive policy: fix the producer."
+        )
+
+
+class MalformedBodyError(BodyError):
+    """A body that is not JSON, not an object, or lacks ``task`` or ``kwargs``."""
+
+    def __init__(
+        self, message_id: Optional[str], body: Any, cause: BaseException, decodes: bool
+    ) -> None:
+        self.message_id = message_id
+        self.body = body
+        self.cause = cause
+        self.decodes = decodes
+        what = "lacks the task or kwargs field" if decodes else "is not JSON"
+        super().__init__(
+            f"Message {message_id}: body {body_excerpt(body, 80)} {what} "
+            f"({type(cause).__name__}: {cause}); expected "
+            '{"task": "<name>", "kwargs": {...}}. The message is left to the queue\'s '
+            "redrive policy: fix the producer."
+        )
+
+    def reported(self) -> BaseException:
+        """The error to notify, as 0.0.11 reported it: the decoder's ValueError (or
+        the KeyError of a missing field); whatever else the decoder raised (a
+        RecursionError, say) as a DecodeError."""
+        cause = self.cause
+        if self.decodes or isinstance(cause, ValueError):
+            return cause
+        return DecodeError(self.body, cause)
+
+
+class InvalidTaskMessageError(BodyError):
     """A message decoded as JSON but its task is not a string or its kwargs not an object."""
 
     def __init__(self, message_id: Optional[str], task: Any, kwargs: Any) -> None:
@@ -209,7 +256,8 @@ class InvalidTaskMessageError(SQSTaskMasterError, ValueError):
         self.kwargs = kwargs
         super().__init__(
             f"Message {message_id}: task must be a string and kwargs a JSON object, got task "
-            f"{task!r} ({type(task).__name__}) and kwargs of type {type(kwargs).__name__}; "
+            f"{_short_repr(task)} ({type(task).__name__}) and kwargs of type "
+            f"{type(kwargs).__name__}; "
             "the message was not run and is left to the queue's redrive policy. Fix the producer."
         )
 
@@ -222,7 +270,8 @@ class UnknownTaskError(SQSTaskMasterError, LookupError):
         self.task = task
         self.known = sorted(known)
         super().__init__(
-            f"Message {message_id}: unknown task {task!r}; this worker knows {self.known}. "
+            f"Message {message_id}: unknown task {_short_repr(task)}; this worker knows "
+            f"{self.known}. "
             "The message was not run and is left to the queue's redrive policy: register the "
             "task in the worker's app, or fix the producer."
         )
@@ -306,3 +355,65 @@ class TaskProtectionError(SQSTaskMasterError):
             "running, but ECS may stop this container while one runs. Check that ECS_AGENT_URI "
             "is the agent's and that the task role allows ecs:UpdateTaskProtection."
         )
+
+
+# -- control flow: raised by tasks to steer their message, not errors ------------------
+
+
+class TaskControl(SQSTaskMasterError):
+    """Raised by a task to say what becomes of its message; see Retry and Reject."""
+
+    def report(self) -> Dict[str, Any]:
+        """This exception as JSON values (how an isolated child reports it)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_report(report: Any) -> Optional[TaskControl]:
+        """The exception a child reported with :meth:`report`; None for anything else."""
+        if not isinstance(report, dict):
+            return None
+        reason = str(report.get("reason", ""))
+        if report.get("kind") == "reject":
+            return Reject(reason)
+        if report.get("kind") == "retry":
+            try:
+                return Retry(float(report.get("delay_s", 0)), reason)
+            except (TypeError, ValueError):
+                return None
+        return None
+
+
+class Retry(TaskControl):
+    """Run the task again after ``delay_s`` seconds; not reported to ``notify`` as an error.
+
+    The delay is capped by SQS (12 hours from the message's first receive).
+    """
+
+    def __init__(self, delay_s: float = 0.0, reason: str = "") -> None:
+        if not isinstance(delay_s, (int, float)) or delay_s != delay_s or delay_s < 0:
+            raise ValueError(f"Retry delay_s must be a number of seconds >= 0, got {delay_s!r}")
+        self.delay_s = float(delay_s)
+        self.reason = reason
+        super().__init__(
+            f"The task asked to run again in {self.delay_s:g} s" + (f": {reason}" if reason else "")
+        )
+
+    def report(self) -> Dict[str, Any]:
+        return {"kind": "retry", "delay_s": self.delay_s, "reason": self.reason}
+
+
+class Reject(TaskControl):
+    """A permanent failure: the message goes to the queue's dead-letter queue at once.
+
+    Without a redrive policy it takes the normal retry path (with a warning).
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(
+            "The task rejected its message as a permanent failure"
+            + (f": {reason}" if reason else "")
+        )
+
+    def report(self) -> Dict[str, Any]:
+        return {"kind": "reject", "reason": self.reason}

@@ -21,17 +21,25 @@ heartbeat and entry visibility change goes through it).
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import time
 from time import monotonic
 from types import FrameType, TracebackType
-from typing import Any, Dict, Optional, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import metrics
-from .errors import HardTimeoutError, TaskStuckError
-from .sqs import MAX_VISIBILITY_S
+from .errors import (
+    ChildTaskError,
+    HardTimeoutError,
+    Retry,
+    TaskStuckError,
+    WorkerShutdownError,
+)
+from .execution import Execution, Forked, InProcess
+from .sqs import MAX_VISIBILITY_S, failure_context, message_id_of, visibility_budget_left
 from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
@@ -43,16 +51,6 @@ SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 ENTRY_VISIBILITY_MARGIN_S = 1.0
 
 
-def message_id_of(message: Any) -> Optional[str]:
-    """The SQS message id, or None for messages without one (LocalMessage)."""
-    return getattr(message, "message_id", None)
-
-
-def failure_context(message: Any) -> Dict[str, Any]:
-    """The notify context 0.0.11 passes for a message: its body and attributes."""
-    return {"body": message.body, **(message.attributes or {})}
-
-
 class MessageHandler(abc.ABC):
     """Base class for the code that handles one message; see the module docstring.
 
@@ -61,14 +59,22 @@ class MessageHandler(abc.ABC):
 
     With ``isolate = True`` on a subclass, ``run()`` runs in a forked child
     process while this process heartbeats and enforces the hard timeout
-    without signals (see :mod:`sqstaskmaster.isolation`); ``kill_grace_s`` is
+    without signals (see :mod:`sqstaskmaster.execution`); ``kill_grace_s`` is
     the seconds between SIGTERM and SIGKILL when that child is stopped.
+    ``execution`` sets the strategy directly.
     """
 
     isolate: bool = False
     kill_grace_s: float = 1.0
-    # Set while an isolated handler is entered (an isolation._IsolationState).
+    #: The execution strategy (execution.InProcess or execution.Forked); None:
+    #: chosen from ``isolate``. A worker sets it on each handler it runs.
+    execution: Optional[Execution] = None
+    #: Exception types that mark a permanent failure, as ``errors.Reject`` does.
+    throws: Tuple[type, ...] = ()
+    # Per-entry state of the execution strategy.
     _isolation: Any = None
+    _runner: Optional[Callable[[Callable[[], Any]], Any]] = None
+    _entered: Optional[Execution] = None
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
         if alarm_timeout <= 0:
@@ -162,17 +168,7 @@ class MessageHandler(abc.ABC):
         first receive; ``ApproximateFirstReceiveTimestamp`` (milliseconds)
         dates it. Without that attribute the handler's construction is used.
         """
-        attributes = getattr(self._message, "attributes", None)
-        stamp: Any = None
-        if isinstance(attributes, dict):  # not a test's Mock message
-            stamp = attributes.get("ApproximateFirstReceiveTimestamp")
-        try:
-            first_receive = int(stamp) / 1000.0 if isinstance(stamp, (str, int, float)) else None
-        except ValueError:
-            first_receive = None
-        if first_receive is None:
-            first_receive = self._constructed_at
-        return SQS_VISIBILITY_BUDGET_S - (time.time() - first_receive)
+        return visibility_budget_left(self._message, self._constructed_at)
 
     def _extend_timeout(self, seconds: int) -> None:
         """``self._message.change_visibility(VisibilityTimeout=seconds)`` (0.0.11's name).
@@ -294,36 +290,58 @@ class MessageHandler(abc.ABC):
         Called while the exception is being handled, so the log has its traceback.
         """
         self._safe_notify(exception, failure_context(self._message))
-        logger.exception("Failed for message: %s", self._message)
+        if isinstance(exception, ChildTaskError):
+            # The child's traceback was logged as it was reported; one per task.
+            logger.exception(
+                "Failed for message: %s",
+                self._message,
+                exc_info=(type(exception), exception, None),
+            )
+        else:
+            logger.exception("Failed for message: %s", self._message)
 
-    def _dispatch_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
-        # Looked up at each firing, so an override (or a patch) of
-        # _handle_alarm made after entry is honoured too.
+    # -- the execution strategy's view of the handler (execution.TaskHandler) --------
+
+    @property
+    def label(self) -> str:
+        """The handler in log lines: its class and message id."""
+        return f"{type(self).__name__} message {self.message_id}"
+
+    def heartbeat(self) -> None:
+        """One heartbeat: check ``running()``, then extend the visibility."""
+        self._heartbeat()
+
+    def on_deadline(self) -> None:
+        """The hard deadline has come: raise HardTimeoutError."""
+        self._hard_timeout()
+
+    def on_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
+        """A firing of the signal-mode timer: ``self._handle_alarm(signum, frame)``.
+
+        Looked up at each firing, so an override (or a patch) of
+        ``_handle_alarm`` made after entry is honoured too.
+        """
         self._handle_alarm(signum, frame)
+
+    def execution_strategy(self) -> Execution:
+        """How ``run()`` runs: ``execution``, else Forked if ``isolate``, else InProcess."""
+        if self.execution is not None:
+            return self.execution
+        return Forked(self.kill_grace_s) if self.isolate else InProcess()
 
     # -- the context manager --------------------------------------------------
 
     def __enter__(self) -> MessageHandler:
         self._heartbeats_stopped = False
-        if self.isolate:
-            from .isolation import enter_isolated
-
-            enter_isolated(self)
-            return self
-        timer = SignalTimer(
-            self.alarm_timeout,
-            lambda: self.deadline,
-            on_alarm=self._dispatch_alarm,
-            owner=type(self).__name__,
-            protected=_protected_codes(type(self)),
-        )
-        self._timer = timer
+        execution = self.execution_strategy()
+        self._entered = execution
         try:
-            timer.start()
+            execution.enter(self, _protected_codes(type(self)))
             self.set_entry_visibility()
         except BaseException:
-            timer.stop()
-            self._timer = None
+            self._entered = None
+            execution.leave(self)
+            execution.restore(self)
             raise
         return self
 
@@ -334,14 +352,10 @@ class MessageHandler(abc.ABC):
         tb: Optional[TracebackType],
     ) -> bool:
         self._heartbeats_stopped = True
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.disarm()
+        execution, self._entered = self._entered, None
+        if execution is not None:
+            execution.leave(self)
         try:
-            if self._isolation is not None:
-                from .isolation import exit_isolated
-
-                exit_isolated(self)
             self.finished = True
             self.error = exc
             if isinstance(exc, HardTimeoutError):
@@ -350,12 +364,47 @@ class MessageHandler(abc.ABC):
             if exc is None:
                 self.delete_message()
                 return False
+            if isinstance(exc, Retry):
+                logger.info("message %s: %s; not deleted", self.message_id, exc)
+                return True
+            if isinstance(exc, WorkerShutdownError):
+                # The worker stopped the task (its grace ran out, or a cold
+                # stop): not the task's failure, so no traceback and no notify.
+                logger.warning(
+                    "message %s: task stopped by the worker's shutdown (%s); not deleted",
+                    self.message_id,
+                    exc,
+                )
+                return True
             self.report_failure(exc)
             return isinstance(exc, Exception)
         finally:
             # Last, so a timer the caller had pending cannot fire mid-delete.
-            if timer is not None:
-                timer.restore()
+            if execution is not None:
+                execution.restore(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if isinstance(run, (staticmethod, classmethod)):
+            return
+        if callable(run) and not getattr(run, "__isabstractmethod__", False):
+            if not hasattr(run, "__task_body__"):
+                cls.run = _dispatching(run)  # type: ignore[method-assign]
+
+
+def _dispatching(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a subclass's ``run`` so an entered strategy (Forked) decides where it runs."""
+
+    @functools.wraps(run)
+    def run_task(self: MessageHandler, *args: Any, **kwargs: Any) -> Any:
+        runner = self._runner
+        if runner is None or args or kwargs:
+            return run(self, *args, **kwargs)
+        return runner(functools.partial(run, self))
+
+    run_task.__task_body__ = run  # type: ignore[attr-defined]
+    return run_task
 
 
 def _protected_codes(handler_type: type) -> frozenset:

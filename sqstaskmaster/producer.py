@@ -39,18 +39,20 @@ from typing import (
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import BatchSendError, FailedEntry, MessageTooLargeError
-from .wire import check_task_name, encode_task, service_name_attribute
+from .sqs import (  # noqa: F401 - attributes_size, message_size: re-exported
+    MAX_BATCH_ENTRIES,
+    MAX_DELAY_S,
+    MAX_MESSAGE_ATTRIBUTES,
+    MAX_MESSAGE_BYTES,
+    attributes_size,
+    message_size,
+)
+from .wire import SERVICE_NAME, check_task_name, encode_task, service_name_attribute
 
 logger = logging.getLogger(__name__)
 
 #: SQS's ceiling for MaximumMessageSize (since 2025), and LocalQueue's limit.
-DEFAULT_MAX_MESSAGE_SIZE = 1_048_576
-#: SendMessageBatch takes at most this many entries per request.
-MAX_BATCH_ENTRIES = 10
-#: SQS allows at most this many message attributes per message.
-MAX_MESSAGE_ATTRIBUTES = 10
-#: DelaySeconds must lie in 0..900 (15 minutes).
-MAX_DELAY_S = 900
+DEFAULT_MAX_MESSAGE_SIZE = MAX_MESSAGE_BYTES
 #: Attempts per entry (the first send included) before a failure is final.
 DEFAULT_MAX_ATTEMPTS = 3
 #: Pause before the first retry of failed entries; doubled for each later retry.
@@ -60,7 +62,6 @@ RETRY_BACKOFF_S = 0.1
 #: multiply a script's throughput; FIFO queues always send one at a time.
 DEFAULT_MAX_IN_FLIGHT = 4
 
-SERVICE_NAME = "service_name"
 _RESERVED_PREFIXES = ("aws.", "amazon.")
 
 
@@ -119,30 +120,6 @@ class PreparedMessage:
     task: Any
     size: int
     params: Dict[str, Any]
-
-
-def _utf8_len(value: Any) -> int:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value)
-    return len(str(value).encode("utf-8"))
-
-
-def attributes_size(attributes: Mapping[str, Mapping[str, Any]]) -> int:
-    """Bytes SQS counts for message attributes: each name, data type and value, in UTF-8."""
-    size = 0
-    for name, attribute in attributes.items():
-        size += _utf8_len(name) + _utf8_len(attribute.get("DataType", ""))
-        for key in ("StringValue", "BinaryValue"):
-            if attribute.get(key) is not None:
-                size += _utf8_len(attribute[key])
-        for key in ("StringListValues", "BinaryListValues"):
-            size += sum(_utf8_len(value) for value in attribute.get(key) or ())
-    return size
-
-
-def message_size(body: str, attributes: Mapping[str, Mapping[str, Any]]) -> int:
-    """Bytes SQS counts against MaximumMessageSize: the UTF-8 body plus the attributes."""
-    return _utf8_len(body) + attributes_size(attributes)
 
 
 def _check_attributes(

@@ -24,16 +24,12 @@ import signal
 import sys
 import time
 from multiprocessing.connection import wait
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import metrics
-from .cli import RET_CONNECT, RET_ERROR, RET_KILLED, RET_OK
-from .ecs import SharedProtection, agent_uri_for, make_state
-from .errors import PollFailedError
-from .worker import record_early_signals, take_early_signals
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .worker import Worker
+from .ecs import ProtectionState, SharedProtection, SlotProtection
+from .exitcodes import RET_ERROR, RET_KILLED, RET_OK
+from .shutdown import record_early_signals, take_early_signals
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +56,23 @@ def resolve_processes(processes: Union[int, str]) -> int:
     return processes
 
 
-def _child_main(
-    worker: Worker, burst_ended: Any, protection: Optional[SharedProtection], slot: int
-) -> None:
-    if protection is not None:
-        worker._protection = protection.for_slot(slot)
+class Slot:
+    """What one worker process gets from its supervisor: its number, its share of
+    the ECS scale-in protection (None when off), and a way to report that its
+    burst ended (then it is not restarted; an exit code alone cannot say it, since
+    a task may end its process with any code)."""
+
+    def __init__(self, index: int, burst_flag: Any, protection: Optional[SlotProtection]) -> None:
+        self.index = index
+        self.protection = protection
+        self._burst_flag = burst_flag
+
+    def report_burst_ended(self) -> None:
+        """This process stops for good: its burst (``--burst-*``) ended."""
+        self._burst_flag.value = 1
+
+
+def _child_main(run_one: Callable[[Slot], int], slot: Slot) -> None:
     try:
         os.setpgid(0, 0)
     except OSError:
@@ -73,22 +81,31 @@ def _child_main(
     # its own is counted and honoured by it.
     record_early_signals()
     metrics.in_forked_worker()
-    try:
-        code = worker.run_single()
-    except PollFailedError as error:
-        logger.error("worker %d: %s", os.getpid(), error)
-        code = RET_CONNECT
-    # Only a burst's end may stop this slot for good; exit codes alone cannot
-    # say it (a task may end the process with any code).
-    burst_ended.value = 1 if worker.burst_ended else 0
-    sys.exit(code)
+    sys.exit(run_one(slot))
 
 
 class Supervisor:
-    """Runs ``count`` copies of ``worker``'s poll loop; :meth:`run` returns the exit code."""
+    """Runs ``count`` processes of ``run_one(slot)``; :meth:`run` returns the exit code.
 
-    def __init__(self, worker: Worker, count: int) -> None:
-        self.worker = worker
+    ``run_one`` (a worker's poll loop) runs in each forked process and returns
+    its exit code; ``shutdown_grace_s`` is the grace each one gives its task.
+    ``protection`` is the container's ECS scale-in protection, owned here:
+    protected while any process runs a task. ``metrics`` is the ``(port,
+    host)`` of the one Prometheus endpoint for every process, or None.
+    """
+
+    def __init__(
+        self,
+        run_one: Callable[[Slot], int],
+        count: int,
+        shutdown_grace_s: float = 25.0,
+        *,
+        protection: Optional[ProtectionState] = None,
+        metrics_address: Optional[Tuple[int, str]] = None,
+    ) -> None:
+        self.run_one = run_one
+        self.shutdown_grace_s = shutdown_grace_s
+        self.metrics_address = metrics_address
         self.count = count
         self._context = multiprocessing.get_context("fork")
         self._children: Dict[int, Any] = {}
@@ -101,8 +118,7 @@ class Supervisor:
         self.restarts = 0
         # ECS scale-in protection: this one container is one ECS task, so the
         # supervisor owns its state, protected while any worker process is busy.
-        state = make_state(agent_uri_for(worker.ecs_protection), worker.notify)
-        self.protection = SharedProtection(state, count) if state else None
+        self.protection = SharedProtection(protection, count) if protection else None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
@@ -111,9 +127,10 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         burst_ended = self._context.RawValue("b", 0)
+        share = None if self.protection is None else self.protection.for_slot(slot)
         process = self._context.Process(
             target=_child_main,
-            args=(self.worker, burst_ended, self.protection, slot),
+            args=(self.run_one, Slot(slot, burst_ended, share)),
             name=f"sqstaskmaster-worker-{slot}",
         )
         self._burst_flags[slot] = burst_ended
@@ -150,13 +167,13 @@ class Supervisor:
             if early:
                 logger.info("supervisor: stopped before starting any worker")
                 return RET_OK
-            if self.worker.metrics_port is not None:
-                metrics.serve_multiprocess(self.worker.metrics_port, self.worker.metrics_host)
+            if self.metrics_address is not None:
+                metrics.serve_multiprocess(*self.metrics_address)
             for slot in range(self.count):
                 self._start(slot)
             code = self._supervise()
         finally:
-            if self.worker.metrics_port is not None:
+            if self.metrics_address is not None:
                 metrics.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
@@ -221,7 +238,7 @@ class Supervisor:
                     metrics.worker_restarted()
                     self._start(slot)
             if self._stop_at is not None and self._children:
-                limit = self.worker.shutdown_grace_s + STOP_MARGIN_S
+                limit = self.shutdown_grace_s + STOP_MARGIN_S
                 if now - self._stop_at > limit:
                     for process in self._children.values():
                         logger.error(
@@ -248,6 +265,11 @@ def _describe_exit(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-def supervise(worker: Worker, count: int) -> int:
-    """Run ``count`` worker processes for ``worker``; returns the exit code."""
-    return Supervisor(worker, count).run()
+def supervise(
+    run_one: Callable[[Slot], int],
+    count: int,
+    shutdown_grace_s: float = 25.0,
+    **options: Any,
+) -> int:
+    """Run ``count`` processes of ``run_one(slot)``; returns the exit code (see Supervisor)."""
+    return Supervisor(run_one, count, shutdown_grace_s, **options).run()

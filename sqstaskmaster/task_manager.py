@@ -28,17 +28,21 @@ from typing import (
 
 import boto3
 
-from .errors import DecodeError
+from .errors import MalformedBodyError
 from .local import LocalQueue
-from .wire import encode_body, parse_json, service_name_attribute
+from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context
+from .wire import decode as decode_body
+from .wire import encode_body, service_name_attribute
+
+__all__ = ["TaskManager", "encode_body", "service_name_attribute"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .producer import QueueLimits, TaskItem
 
 logger = logging.getLogger(__name__)
 
-MAX_WAIT_TIME_S = 20
-MAX_VISIBILITY_TIMEOUT_S = 12 * 60 * 60
+MAX_WAIT_TIME_S = MAX_POLL_WAIT_S
+MAX_VISIBILITY_TIMEOUT_S = MAX_VISIBILITY_S
 
 Notify = Callable[..., Any]
 
@@ -147,41 +151,54 @@ class TaskManager:
             )
         return self._generate(wait_time, sqs_timeout)
 
-    def receive(self, wait_time: int, sqs_timeout: int) -> list:
-        """One poll for at most one message, exactly as 0.0.11 makes it."""
+    def receive(
+        self, wait_time: int, sqs_timeout: int, *, message_attributes: bool = False
+    ) -> list:
+        """One poll for at most one message, exactly as 0.0.11 makes it.
+
+        New in 0.1: ``message_attributes=True`` also asks for the messages'
+        MessageAttributes (a worker copies them when it dead-letters a message).
+        """
+        extra = {"MessageAttributeNames": ["All"]} if message_attributes else {}
         return self.queue.receive_messages(
             AttributeNames=["All"],
             MaxNumberOfMessages=1,
             WaitTimeSeconds=wait_time,
             VisibilityTimeout=sqs_timeout,
+            **extra,
         )
 
     def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:
         """``(task, kwargs)`` of a message, or None after notifying and logging."""
-        body = message.body
         try:
-            content = parse_json(body)
-        except DecodeError as decode_error:
-            # 0.0.11 reported the decoder's ValueError; anything else the
-            # decoder raised (RecursionError, say) is reported as the DecodeError.
-            error = decode_error.error
-            reported = error if isinstance(error, ValueError) else decode_error
-            self.notify(reported, context={"body": body, **(message.attributes or {})})
-            logger.exception(
-                "failed to decode message %s with %s", body, message.attributes, exc_info=reported
-            )
+            return decode_body(message.body, getattr(message, "message_id", None))
+        except MalformedBodyError as malformed:
+            self.report_malformed(message, malformed)
             return None
-        try:
-            return content["task"], content["kwargs"]
-        except (KeyError, TypeError) as key_error:
-            self.notify(key_error, context={"body": body, **(message.attributes or {})})
+
+    def report_malformed(self, message: Any, malformed: MalformedBodyError) -> None:
+        """notify and log a malformed body as 0.0.11 does (with the decoder's own error).
+
+        0.0.11 reported the decoder's ValueError; anything else the decoder
+        raised (RecursionError, say) is reported as a DecodeError. Called while
+        the error is being handled: 0.0.11's ``logger.exception`` lines.
+        """
+        cause, body = malformed.cause, message.body
+        if malformed.decodes:
+            self.notify(cause, context=failure_context(message))
             logger.exception(
                 "failed to get required field %s from content %s with %s",
-                key_error,
+                cause,
                 body,
                 message.attributes,
+                exc_info=cause,
             )
-            return None
+            return
+        error = malformed.reported()
+        self.notify(error, context=failure_context(message))
+        logger.exception(
+            "failed to decode message %s with %s", body, message.attributes, exc_info=error
+        )
 
     def _generate(self, wait_time: int, sqs_timeout: int) -> Iterator[Tuple[Any, Any, Any]]:
         while True:

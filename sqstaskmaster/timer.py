@@ -13,6 +13,10 @@ pending interval timer that were there before. A SIGALRM that arrives after
 ``stop`` began, or while a protected frame (the handler's ``__exit__``) is
 running, is ignored: once the body has finished, nothing raises. One that
 lands in ``__enter__`` is deferred by a millisecond, into the body.
+
+A worker's stop goes through the same timer (``stop_at`` / ``on_stop``): it
+is armed for the nearest of heartbeat, deadline and stop, so the stop of a
+task in signal mode needs no thread either, and obeys the same protection.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ DEADLINE_REPEAT_S = 0.5
 # An alarm that lands in a protected frame (the handler's __enter__ or
 # __exit__) is looked at again after this delay.
 PROTECTED_RETRY_S = 0.001
+# Once a worker's stop was delivered, deliver it again this often until the
+# body has left (task code may catch and swallow it).
+STOP_REPEAT_S = 0.5
 
 
 def _let_pending_handlers_run() -> None:
@@ -57,6 +64,8 @@ class SignalTimer:
     firing through its ``_handle_alarm``). ``protected`` holds code objects
     during whose execution (anywhere on the stack) the timer defers itself, so
     an alarm cannot raise out of the handler's enter or exit path.
+    ``stop_at()`` (a ``time.monotonic()`` value or None) is when a worker's
+    stop falls due; ``on_stop()`` (expected to raise) is called then.
     """
 
     def __init__(
@@ -70,6 +79,8 @@ class SignalTimer:
         owner: str = "MessageHandler",
         protected: FrozenSet[CodeType] = frozenset(),
         clock: Callable[[], float] = time.monotonic,
+        stop_at: Optional[Callable[[], Optional[float]]] = None,
+        on_stop: Optional[Callable[[], None]] = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"Heartbeat interval must be positive, got {interval_s!r} seconds")
@@ -89,6 +100,8 @@ class SignalTimer:
         self._owner = owner
         self._protected = protected
         self._clock = clock
+        self._stop_at = stop_at
+        self._on_stop = on_stop
         self._active = False
         self._restore_pending = False
         self._started_at = 0.0
@@ -178,12 +191,25 @@ class SignalTimer:
         self._next_heartbeat = now + self.interval_s
         self._arm(now)
 
+    def refresh(self) -> None:
+        """Arm again for the nearest event (a stop was just requested); safe in a signal handler."""
+        if self._active:
+            self._arm(self._clock())
+
+    def _stop_time(self) -> Optional[float]:
+        if self._stop_at is None or self._on_stop is None:
+            return None
+        return self._stop_at()
+
     def _arm(self, now: float) -> None:
         deadline = self.deadline
         if now >= deadline:
             delay = _SOONEST_S
         else:
             delay = min(self._next_heartbeat, deadline) - now
+        stop = self._stop_time()
+        if stop is not None:
+            delay = min(delay, stop - now)
         signal.setitimer(signal.ITIMER_REAL, max(delay, _SOONEST_S))
 
     def _in_protected_frame(self, frame: Optional[FrameType]) -> bool:
@@ -207,6 +233,12 @@ class SignalTimer:
         if deadline_due:
             signal.setitimer(signal.ITIMER_REAL, DEADLINE_REPEAT_S)
         else:
+            stop = self._stop_time()
+            if stop is not None and now >= stop and self._on_stop is not None:
+                repeat = max(min(STOP_REPEAT_S, self.deadline - now), _SOONEST_S)
+                signal.setitimer(signal.ITIMER_REAL, repeat)
+                self._on_stop()
+                return
             heartbeat_due = now >= self._next_heartbeat
             if heartbeat_due:
                 while self._next_heartbeat <= now:

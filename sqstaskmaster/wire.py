@@ -1,16 +1,28 @@
-"""The wire format of a task message (0.0.11's), encoded and decoded in one place::
+"""The 0.0.11 wire format, both ways: the body and the ``service_name`` attribute.
+
+::
 
     body = {"task": "<name>", "kwargs": {...}}   # json.dumps, default separators,
                                                  # unknown types through str()
     MessageAttributes = {"service_name": {"StringValue": <sender>, "DataType": "String"}}
 
-:func:`encode_body` is 0.0.11's ``submit``, byte for byte, and accepts what
-0.0.11 accepts. :func:`encode_task` (the producer API's) writes the same bytes
-but refuses, before anything is sent, what no worker can run: a task name that
-is not a non-empty str, NaN or infinity anywhere in kwargs (not JSON), and
-kwargs nested deeper than :data:`MAX_KWARGS_DEPTH` (json's decoder raises
-``RecursionError`` near Python's recursion limit). :func:`parse_json` turns
-whatever the decoder raises into one :class:`~sqstaskmaster.errors.DecodeError`.
+Byte for byte what 0.0.11 sends, so a mixed fleet shares a queue both ways.
+
+Encoding: :func:`encode_body` is 0.0.11's ``submit`` and accepts what 0.0.11
+accepts. :func:`encode_task` (the producer API's) writes the same bytes but
+refuses, before anything is sent, what no worker can run: a task name that is
+not a non-empty str, NaN or infinity anywhere in kwargs (not JSON), and kwargs
+nested deeper than :data:`MAX_KWARGS_DEPTH` (json's decoder raises
+``RecursionError`` near Python's recursion limit).
+
+Decoding: :func:`decode` raises :class:`~sqstaskmaster.errors.MalformedBodyError`
+for every body it cannot read (whatever the JSON decoder raised is its
+``cause``); :func:`validate` raises
+:class:`~sqstaskmaster.errors.InvalidTaskMessageError` for a task that is not a
+string or kwargs that are not an object; both are
+:class:`~sqstaskmaster.errors.BodyError`. :func:`parse_json` (0.0.11's
+``task_generator`` path) turns whatever the decoder raises into a
+:class:`~sqstaskmaster.errors.DecodeError`, a BodyError too.
 """
 
 from __future__ import annotations
@@ -19,8 +31,16 @@ import json
 import math
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from .errors import DecodeError, EncodeError, InvalidTaskNameError
+from .errors import (
+    DecodeError,
+    EncodeError,
+    InvalidTaskMessageError,
+    InvalidTaskNameError,
+    MalformedBodyError,
+)
 
+#: The message attribute that names the sender of every 0.0.11 message.
+SERVICE_NAME = "service_name"
 #: Deepest kwargs nesting the producer API sends (``{}`` is 1, ``{"a": []}`` 2).
 #: json decodes one level per interpreter frame, up to Python's recursion limit
 #: (1,000 by default) less the frames already on the stack; half of it leaves
@@ -35,7 +55,15 @@ def encode_body(task: Any, kwargs: Dict[str, Any]) -> str:
 
 def service_name_attribute(sender_name: str) -> Dict[str, Dict[str, str]]:
     """The ``service_name`` message attribute every 0.0.11 message carries."""
-    return {"service_name": {"StringValue": sender_name, "DataType": "String"}}
+    return {SERVICE_NAME: {"StringValue": sender_name, "DataType": "String"}}
+
+
+def task_label(task: str, limit: int = 100) -> str:
+    """A task name as logs and metric labels show it: at most ``limit`` characters.
+
+    A registered name is short; an unknown one is whatever a producer sent.
+    """
+    return task if len(task) <= limit else task[:limit] + "..."
 
 
 def check_task_name(task: Any, index: Optional[int] = None) -> None:
@@ -130,3 +158,33 @@ def _first_non_finite(kwargs: Any) -> Optional[Tuple[str, float]]:
                         return f"a key of {where}", key
             stack.extend(reversed(list(_children(value, where))))
     return None
+
+
+def decode(body: Any, message_id: Optional[str] = None) -> Tuple[Any, Any]:
+    """``(task, kwargs)`` of a body, as 0.0.11 reads it (no type checks: see :func:`validate`).
+
+    Raises MalformedBodyError, whose ``cause`` is the decoder's own error
+    (``JSONDecodeError``, ``KeyError`` for a missing field, ``TypeError`` for a
+    body that is not an object, ``RecursionError`` for one nested too deep).
+    """
+    try:
+        content = json.loads(body)
+    except Exception as error:  # every undecodable body is malformed, whatever was raised
+        raise MalformedBodyError(message_id, body, error, decodes=False) from error
+    try:
+        return content["task"], content["kwargs"]
+    except (KeyError, TypeError, IndexError) as error:
+        raise MalformedBodyError(message_id, body, error, decodes=True) from error
+
+
+def validate(task: Any, kwargs: Any, message_id: Optional[str] = None) -> Tuple[str, Dict]:
+    """``(task, kwargs)`` unchanged when the task is a string and kwargs an object."""
+    if not isinstance(task, str) or not isinstance(kwargs, dict):
+        raise InvalidTaskMessageError(message_id, task, kwargs)
+    return task, kwargs
+
+
+def decode_task(body: Any, message_id: Optional[str] = None) -> Tuple[str, Dict]:
+    """:func:`decode` then :func:`validate`: what a worker runs, or a BodyError."""
+    task, kwargs = decode(body, message_id)
+    return validate(task, kwargs, message_id)
