@@ -106,3 +106,27 @@ def test_each_module_has_a_logger_named_after_it(module_name: str) -> None:
     assert isinstance(module.logger, logging.Logger)
     assert module.logger.name == module_name
     assert module.logger is logging.getLogger(module_name)
+
+
+def _readme_section(title: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_readme_says_how_to_install_0_1_rather_than_the_index() -> None:
+    # The package index serves 0.0.11 under this name: the README must not
+    # promise 0.1 from a plain `pip install sqstaskmaster`.
+    install = _readme_section("Install")
+    assert "not on the package index" in install
+    assert "pip install ." in install and "pip wheel" in install
+    assert "\npip install sqstaskmaster\n" not in install
+
+
+def test_readme_says_how_a_command_reaches_the_test_server() -> None:
+    testing = _readme_section("Testing your code against a real SQS-compatible server")
+    assert "server.environment" in testing and "--endpoint-url" in testing
+    assert "--sqs-endpoint" in testing and "SQSTASKMASTER_TEST_ENDPOINT" in testing
