@@ -36,7 +36,9 @@ def run_attempt(
     """Run ``handler`` (built for ``message``, receive number ``count``); returns the outcome.
 
     ``protection`` (ECS scale-in protection hooks, or None) is asked to cover
-    the hard timeout plus ``shutdown_grace_s`` before the task starts.
+    the hard timeout plus ``shutdown_grace_s`` before the task starts; when a
+    stop arrives meanwhile, the task does not start and its message is handed
+    back (visibility 0).
     """
     message_id = message_id_of(message)
     logger.info("task %s message %s receive %d: started", task, message_id, count)
@@ -44,6 +46,10 @@ def run_attempt(
     interrupted: Optional[BaseException] = None
     if protection is not None:  # protected (or tried, within ~2 s) before it starts
         protection.busy(handler.hard_timeout + shutdown_grace_s, task, message_id)
+        if _stopping(handler):  # a stop came while the agent was asked: do not start
+            disposition.record(task, Outcome.HANDED_BACK)
+            disposition.hand_back(message, task, "a stop came before the task started")
+            return Outcome.HANDED_BACK
     metrics.task_started(task)
     try:
         with handler:
@@ -82,3 +88,9 @@ def run_attempt(
     duration_s = time.monotonic() - started
     disposition.settle(message, task, count, outcome, error, retry, duration_s)
     return outcome
+
+
+def _stopping(handler: Any) -> bool:
+    """Whether the worker is stopping: its stop controller reaches the task via the strategy."""
+    stop = getattr(handler.execution, "stop", None)
+    return stop is not None and stop.stopping

@@ -164,13 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .provision import add_arguments
 
-    add_arguments(commands.add_parser("provision", help="scale ECS services by queue depth"))
+    provision = commands.add_parser("provision", help="scale ECS services by queue depth")
+    add_arguments(provision)
 
     purge = commands.add_parser("purge", help="delete every message of a queue")
     purge.add_argument("url", metavar="URL")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
     _add_connection(purge)
-    for command in (demo, worker, submit, stats, purge):
+    for command in (demo, worker, submit, stats, provision, purge):
         # Also accepted after the subcommand; SUPPRESS keeps the main parser's default.
         command.add_argument(
             "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help
@@ -380,8 +381,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         logger.error("%s", error)
         return RET_USAGE
     except _connection_errors() as error:
-        logger.error("provision: cannot reach SQS or ECS: %s", error)
-        return RET_CONNECT
+        # No region or credentials: RET_USAGE, saying what to set; else RET_CONNECT.
+        return sqs_failure("reach SQS or ECS to provision", error)
     return RET_OK
 
 

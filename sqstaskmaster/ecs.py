@@ -19,6 +19,7 @@ once per kind of failure, and never fails a task.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import os
 import socket
 import time
 from multiprocessing.sharedctypes import RawArray
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
 from .errors import TaskProtectionError
@@ -61,7 +62,25 @@ def agent_uri_for(setting: Any, environ: Optional[Mapping[str, str]] = None) -> 
             f"ecs_protection 'on' needs {AGENT_URI_VARIABLE}, which ECS sets in every "
             "container; it is not set here. Use 'auto' (on only under ECS) or 'off'."
         )
+    if uri is not None:
+        agent_address(uri)
     return uri
+
+
+def agent_address(agent_uri: str) -> Tuple[str, int, str]:
+    """``(host, port, path)`` of an ``ECS_AGENT_URI``; ValueError naming it when malformed."""
+    parts = urlsplit(agent_uri)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = 0
+    if parts.scheme != "http" or not parts.hostname or not port:
+        raise ValueError(
+            f"{AGENT_URI_VARIABLE} must be an http://HOST[:PORT]/PATH URL, got {agent_uri!r}; "
+            "ECS sets it in every container: unset it outside ECS, or turn scale-in "
+            "protection off (--ecs-protection off)"
+        )
+    return parts.hostname, port, parts.path.rstrip("/")
 
 
 def protection_minutes(seconds: float) -> int:
@@ -84,16 +103,9 @@ class AgentClient:
         timeout_s: float = AGENT_TIMEOUT_S,
         notify: Optional[Callable[..., Any]] = None,
     ) -> None:
-        parts = urlsplit(agent_uri)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(
-                f"{AGENT_URI_VARIABLE} must be an http:// URL, got {agent_uri!r}; "
-                "ECS sets it, leave it unset outside ECS"
-            )
         self.agent_uri = agent_uri
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.path = parts.path.rstrip("/") + PROTECTION_PATH
+        self.host, self.port, path = agent_address(agent_uri)
+        self.path = path + PROTECTION_PATH
         self.timeout_s = timeout_s
         self.notify = notify
         self.calls = 0
@@ -128,25 +140,22 @@ class AgentClient:
 
     def _request(self, body: bytes) -> tuple:
         deadline = time.monotonic() + self.timeout_s
-
-        def left() -> float:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("agent call deadline passed")
-            return remaining
-
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=left())
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        raw: Optional[socket.socket] = None
         try:
             connection.connect()
-            connection.sock.settimeout(left())
+            raw = connection.sock
+            # The send and every read share what is left of the one bound.
+            connection.sock = _DeadlineSocket(raw, deadline)
             connection.request(
                 "PUT", self.path, body=body, headers={"Content-Type": "application/json"}
             )
-            connection.sock.settimeout(left())
             response = connection.getresponse()
             return response.status, response.read(64 * 1024)
         finally:
             connection.close()
+            if raw is not None:
+                raw.close()
 
     def _failed(self, action: str, kind: str, detail: str) -> bool:
         if kind in self._kinds_seen:
@@ -163,6 +172,50 @@ class AgentClient:
             except Exception:
                 logger.exception("notify raised while reporting %r", error)
         return False
+
+
+class _DeadlineSocket:
+    """A connected socket whose send and reads all end by ``deadline`` (monotonic seconds).
+
+    A socket timeout bounds each operation alone, so an agent that trickles its
+    answer a byte at a time would never time out; here each operation gets what
+    is left of the call's one bound. http.client reads through :meth:`makefile`.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def _left(self) -> float:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the agent call's time ran out")
+        return remaining
+
+    def sendall(self, data: Any) -> None:
+        self._sock.settimeout(self._left())
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer: Any) -> int:
+        self._sock.settimeout(self._left())
+        return self._sock.recv_into(buffer)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        """Nothing: the response may still read; the caller closes the socket after it."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
 
 
 def _judge(status: int, payload: bytes) -> tuple:
@@ -190,39 +243,55 @@ def _judge(status: int, payload: bytes) -> tuple:
 class ProtectionState:
     """Protected from the first busy moment until everything is idle; makes the agent calls.
 
-    ``protected_until`` (``time.monotonic()``) is how far the last enable
-    reaches; None when released. A call is made only when the state must
-    change, or when a task needs protection past ``protected_until``.
+    ``protected_until`` (``time.monotonic()``) is how far the last enable the
+    agent applied reaches; None when released or never applied. A call is made
+    only when the state must change, or when a task needs protection past
+    ``protected_until``. A failed enable is not recorded as protection: the
+    next task's start tries again (:meth:`update` does not retry for the same
+    busy deadlines, so a failing agent is not called in a loop).
     """
 
     def __init__(self, client: AgentClient) -> None:
         self.client = client
         self.protected_until: Optional[float] = None
+        self.tried = False  # an enable was tried since the last release
+        self._failed_for: Set[float] = set()  # the busy deadlines the last failed enable was for
 
-    def cover(self, until: float) -> None:
-        """Make sure the task is protected until at least ``until`` (monotonic seconds)."""
+    def cover(self, until: float) -> bool:
+        """Make sure the task is protected until at least ``until`` (monotonic seconds).
+
+        True when it is; False when the agent call failed (logged by the client).
+        """
         if self.protected_until is not None and self.protected_until >= until:
-            return
+            return True
         now = time.monotonic()
         minutes = protection_minutes(until - now)
-        # Even a failed enable counts: the next try comes with the next state change.
+        self.tried = True
+        if not self.client.put(True, minutes):
+            return False
         self.protected_until = now + 60.0 * minutes
-        self.client.put(True, minutes)
+        return True
 
     def release(self) -> None:
-        """Release the protection, if it was enabled (or an enable was tried)."""
-        if self.protected_until is None:
+        """Release the protection, if an enable was tried (a timed-out one may have applied)."""
+        self._failed_for = set()
+        if not self.tried:
             return
+        self.tried = False
         self.protected_until = None
         self.client.put(False)
 
     def update(self, deadlines: Sequence[float]) -> None:
-        """Cover the latest of the busy deadlines (above 0), or release when there is none."""
-        busy = [deadline for deadline in deadlines if deadline > 0]
-        if busy:
-            self.cover(max(busy))
-        else:
+        """Cover the latest of the busy deadlines (above 0), or release when there is none.
+
+        After a failed enable, the call is tried again only for a deadline not
+        seen then: a task that started since.
+        """
+        busy = {deadline for deadline in deadlines if deadline > 0}
+        if not busy:
             self.release()
+        elif not busy <= self._failed_for:
+            self._failed_for = set() if self.cover(max(busy)) else busy
 
 
 def make_state(agent_uri: Optional[str], notify: Optional[Callable[..., Any]]) -> Any:
@@ -288,8 +357,13 @@ class SharedProtection:
         """Worker process ``slot`` has exited: it runs nothing any more."""
         self.deadlines[slot] = 0.0
 
-    def serve(self) -> None:
-        """Apply the slots to the state (called by the supervisor's wait loop)."""
+    def serve(self, before_ack: Optional[Callable[[], None]] = None) -> None:
+        """Apply the slots to the state (called by the supervisor's wait loop).
+
+        ``before_ack`` runs after the agent call, before the waiting workers are
+        told: the supervisor passes on a stop that came meanwhile, so that a
+        worker sees it before it starts its task.
+        """
         try:
             while os.read(self._read_fd, 4096):
                 pass
@@ -297,6 +371,8 @@ class SharedProtection:
             pass
         wanted = list(self.deadlines)
         self.state.update(wanted)
+        if before_ack is not None:
+            before_ack()
         for slot, deadline in enumerate(wanted):
             self.applied[slot] = deadline
 

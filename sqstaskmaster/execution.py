@@ -67,6 +67,9 @@ class StopSource(Protocol):
 
     listener: Optional[Callable[[], None]]
 
+    @property
+    def stopping(self) -> bool: ...  # noqa: E704
+
     def must_interrupt(self) -> bool: ...  # noqa: E704
 
     def interrupt_at(self) -> Optional[float]: ...  # noqa: E704

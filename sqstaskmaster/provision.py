@@ -56,6 +56,11 @@ def load_rules(path: str) -> List[Dict[str, Any]]:
         raise RulesFileError(f"cannot read rules file {path}: {error}") from error
     except ValueError as error:
         raise RulesFileError(f"rules file {path} is not JSON: {error}") from error
+    except RecursionError as error:
+        raise RulesFileError(
+            f"rules file {path} is nested too deeply to read ({error}); "
+            "a rules file is a flat JSON list of rule objects"
+        ) from error
     if not isinstance(rules, list):
         raise RulesFileError(
             f"rules file {path} must hold a JSON list of rules, got {type(rules).__name__}"
@@ -105,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="log the decisions, do not call update_service"
     )
     parser.add_argument("--region", help="AWS region (default: boto3's)")
+    parser.add_argument(
+        "--endpoint-url", help="SQS and ECS endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)"
+    )
 
 
 def run_command(args: argparse.Namespace, session: Any) -> int:
@@ -122,7 +130,9 @@ def run_command(args: argparse.Namespace, session: Any) -> int:
         # Only a flag: the round in progress finishes, the loop ends after it.
         signal.signal(sig, lambda signum, frame: signals.append(signum))
     try:
-        provisioner = Provisioner(rules, session=session, dry_run=args.dry_run)
+        provisioner = Provisioner(
+            rules, session=session, dry_run=args.dry_run, endpoint_url=args.endpoint_url
+        )
         return run_rounds(provisioner, args.interval, args.once, lambda: bool(signals))
     finally:
         for sig, handler in previous.items():

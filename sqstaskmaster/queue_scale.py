@@ -53,6 +53,7 @@ class Provisioner:
         *,
         session: Any = None,
         dry_run: bool = False,
+        endpoint_url: Optional[str] = None,
     ) -> None:
         try:
             rule_list: List[Dict[str, Any]] = list(rules)
@@ -69,13 +70,15 @@ class Provisioner:
         self.dry_run = dry_run
         self._cooldown = ScaleInCooldown()
         self._notify = notify
+        # ``endpoint_url`` (e.g. an emulator's) is used for both SQS and ECS.
+        where = {} if endpoint_url is None else {"endpoint_url": endpoint_url}
         if session is None:
             # The module-level name: tests patch sqstaskmaster.queue_scale.boto3.
-            self.sqs = boto3.resource("sqs")
-            self.ecs = boto3.client("ecs")
+            self.sqs = boto3.resource("sqs", **where)
+            self.ecs = boto3.client("ecs", **where)
         else:
-            self.sqs = session.resource("sqs")
-            self.ecs = session.client("ecs")
+            self.sqs = session.resource("sqs", **where)
+            self.ecs = session.client("ecs", **where)
 
     def queue_depths(self, rule: Dict[str, Any]) -> Dict[str, int]:
         """The three depth counts of the rule's queue, keyed as QUEUE_DEPTH_ATTRIBUTES."""

@@ -228,7 +228,7 @@ class Supervisor:
                 )
                 pending[slot] = now + pause
             if self.protection is not None:
-                self.protection.serve()
+                self.protection.serve(before_ack=self._forward)
             if self._signals:
                 pending.clear()
             for slot, when in list(pending.items()):

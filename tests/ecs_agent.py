@@ -26,13 +26,15 @@ class FakeAgent:
 
     ``mode``: ``"ok"``; ``"failure"`` (200 with a failure, as for a task ECS
     cannot protect); ``"error"`` (``error_status`` with an AccessDenied error);
-    ``"hang"`` (answers only after ``hang_s`` seconds, or at close).
+    ``"hang"`` (answers only after ``hang_s`` seconds, or at close); ``"trickle"``
+    (answers at once, one byte of the response every ``trickle_s`` seconds).
     """
 
     def __init__(self) -> None:
         self.mode = "ok"
         self.error_status = 400
         self.hang_s = 30.0
+        self.trickle_s = 0.2
         self.calls: List[Dict[str, Any]] = []
         self.enabled = False
         self._closing = threading.Event()
@@ -75,6 +77,10 @@ class FakeAgent:
         if self.mode == "hang":
             self._closing.wait(self.hang_s)
         payload = json.dumps(document).encode()
+        if self.mode == "trickle":
+            self._trickle(request, status, payload)
+            call["answered"] = time.time()
+            return
         try:
             request.send_response(status)
             request.send_header("Content-Type", "application/json")
@@ -84,6 +90,19 @@ class FakeAgent:
         except OSError:
             pass  # the client gave up waiting
         call["answered"] = time.time()
+
+    def _trickle(self, request: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
+        head = f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(payload)}\r\n\r\n"
+        request.close_connection = True
+        for byte in head.encode() + payload:
+            try:
+                request.wfile.write(bytes([byte]))
+                request.wfile.flush()
+            except OSError:
+                return  # the client gave up waiting
+            if self._closing.wait(self.trickle_s):
+                return
 
     def _answer(self, request: BaseHTTPRequestHandler, body: Any) -> tuple:
         if request.path != CONTAINER_PATH + "/task-protection/v1/state":

@@ -176,6 +176,75 @@ def test_state_calls_only_on_changes_and_extends_when_needed(agent: FakeAgent) -
     ]
 
 
+def test_a_failed_enable_is_tried_again_at_the_next_task(agent: FakeAgent) -> None:
+    # Given an agent that refuses the first enable
+    state = ProtectionState(AgentClient(agent.uri, notify=Recorder()))
+    agent.mode = "error"
+    now = time.monotonic()
+    assert state.cover(now + 90) is False
+    assert state.protected_until is None
+    # When the agent recovers and the next task starts (needing less time)
+    agent.mode = "ok"
+    assert state.cover(now + 60) is True
+    # Then the enable was made again, and applied
+    assert agent.enabled is True
+    assert [body["ProtectionEnabled"] for body in agent.bodies()] == [True, True]
+
+
+def test_the_shared_state_retries_for_a_new_task_only(agent: FakeAgent) -> None:
+    # Given an agent that refuses enables, and a busy slot
+    state = ProtectionState(AgentClient(agent.uri, notify=Recorder()))
+    agent.mode = "failure"
+    first = time.monotonic() + 600
+    state.update([first, 0.0])
+    # When the supervisor serves the same slots again: no call (no loop on a failing agent)
+    state.update([first, 0.0])
+    assert len(agent.calls) == 1
+    # When another task starts, even one needing less time: the enable is tried again
+    agent.mode = "ok"
+    state.update([first, time.monotonic() + 60])
+    assert len(agent.calls) == 2 and agent.enabled is True
+    # And idle releases it
+    state.update([0.0, 0.0])
+    assert agent.bodies()[-1] == {"ProtectionEnabled": False} and agent.enabled is False
+
+
+def test_a_timed_out_enable_is_still_released(agent: FakeAgent) -> None:
+    # A timed-out enable may have been applied by the agent: idle releases it anyway.
+    state = ProtectionState(AgentClient(agent.uri, timeout_s=0.3, notify=Recorder()))
+    agent.mode = "hang"
+    state.update([time.monotonic() + 90])
+    agent.mode = "ok"
+    state.update([0.0])
+    assert agent.bodies()[-1] == {"ProtectionEnabled": False}
+
+
+def test_a_trickling_agent_costs_one_bound_in_total(agent: FakeAgent, caplog: Any) -> None:
+    # Given an agent that sends its answer one byte every 0.2 s (about 30 s in all)
+    agent.mode = "trickle"
+    notify = Recorder()
+    client = AgentClient(agent.uri, notify=notify)
+    caplog.set_level("DEBUG", logger="sqstaskmaster.ecs")
+    for _ in range(2):
+        started = time.monotonic()
+        # When the client calls it, then the call fails within the 2 s bound (plus slack)
+        assert client.put(True, 3) is False
+        assert time.monotonic() - started < 2.0 + 0.5
+    # And the timeout was notified and logged once
+    assert [context["kind"] for _, context in notify.calls] == ["timeout"]
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+@pytest.mark.parametrize(
+    "uri", ["not-a-url", "https://127.0.0.1/api/x", "http:///api/x", "http://host:port/x"]
+)
+def test_a_malformed_agent_uri_names_the_value(uri: str) -> None:
+    for setting in ("auto", "on"):
+        with pytest.raises(ValueError, match="ECS_AGENT_URI must be an http://"):
+            agent_uri_for(setting, {"ECS_AGENT_URI": uri})
+    assert agent_uri_for("off", {"ECS_AGENT_URI": uri}) is None
+
+
 # -- workers against the stand-in agent --------------------------------------------------
 
 
@@ -278,6 +347,31 @@ def test_a_warm_stop_mid_task_releases_the_protection(
     assert agent.bodies()[-1] == {"ProtectionEnabled": False}
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_stop_while_the_agent_hangs_does_not_start_the_task(
+    sqs_server: Any,
+    sqs_queue: Any,
+    tmp_path: Path,
+    agent: FakeAgent,
+    start_worker: Any,
+    processes: str,
+) -> None:
+    # Given an agent that hangs, and a worker asking it to protect a task's start
+    agent.mode = "hang"
+    sqs_server.task_manager(sqs_queue).submit("sleep", key="never", seconds=1)
+    worker = start_worker(
+        sqs_queue.url, "--processes", processes, "--sqs-timeout", "60", "--shutdown-grace", "5"
+    )
+    wait_for(lambda: agent.calls, 20)
+    # When SIGTERM arrives while the worker waits on the agent
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    # Then the task never started, and its message is visible again at once
+    assert traces(tmp_path, "start") == []
+    assert len(sqs_queue.queue.receive_messages(WaitTimeSeconds=0)) == 1
+    assert "a stop came before the task started; handed back (visibility 0)" in worker.log
+
+
 def test_off_makes_no_calls_and_on_outside_ecs_is_a_usage_error(
     sqs_server: Any,
     sqs_queue: Any,
@@ -300,3 +394,16 @@ def test_off_makes_no_calls_and_on_outside_ecs_is_a_usage_error(
     )
     assert code == cli.RET_USAGE
     assert "ECS_AGENT_URI" in caplog.text
+
+
+@pytest.mark.parametrize("setting", ["on", "auto"])
+def test_a_malformed_agent_uri_is_a_usage_error(
+    sqs_queue: Any, sqs_environment: Any, monkeypatch: Any, caplog: Any, setting: str
+) -> None:
+    # Given ECS_AGENT_URI set to something that is not http://HOST[:PORT]/PATH
+    monkeypatch.setenv("ECS_AGENT_URI", "not-a-url")
+    argv = ["worker", "worker_apps:app", "--queue-url", sqs_queue.url]
+    # When the worker command starts, then it exits 2 with a sentence naming the value
+    assert cli.main([*argv, "--ecs-protection", setting]) == cli.RET_USAGE
+    assert "ECS_AGENT_URI must be an http://HOST[:PORT]/PATH URL, got 'not-a-url'" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -269,3 +269,80 @@ def test_a_non_positive_interval_exits_2(env: Any, tmp_path: Path, caplog: Any) 
     path = write_rules(tmp_path, [])
     assert cli.main(["provision", path, "--interval", "0"]) == cli.RET_USAGE
     assert "--interval must be > 0 seconds, got 0.0" in caplog.text
+
+
+def test_a_missing_region_exits_2_saying_what_to_set(
+    env: Any, tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no region anywhere (no variable, no config file)
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    rule = {"queue_name": "q", "service_name": "s", "cluster_name": "c", "active_size": 1}
+    path = write_rules(tmp_path, [rule])
+    # Then provision exits 2 (the caller's fault), not 4, naming what to do
+    assert cli.main(["provision", path, "--once"]) == cli.RET_USAGE
+    assert "No AWS region is configured: pass --region REGION" in caplog.text
+
+
+def test_a_rules_file_nested_too_deep_exits_2_naming_it(
+    env: Any, tmp_path: Path, caplog: Any
+) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert cli.main(["provision", str(path), "--once"]) == cli.RET_USAGE
+    assert f"rules file {path} is nested too deeply to read" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_endpoint_url_serves_both_sqs_and_ecs(
+    env: Any,
+    sqs_server: Any,
+    sqs_queue: Any,
+    service: Service,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given boto3's own endpoint pointing nowhere (a closed loopback port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    send(sqs_queue, 2)
+    path = write_rules(tmp_path, [proportional(sqs_queue.url, service, tasks_per_worker=1)])
+    # When provision is given the server's endpoint
+    argv = ["provision", path, "--once", "--endpoint-url", sqs_server.endpoint_url]
+    assert cli.main(argv) == cli.RET_OK
+    # Then it read the queue and scaled the service through it
+    assert service.desired_count() == 2
+
+
+def test_provisioner_takes_an_endpoint_and_keeps_its_0011_signature(
+    env: Any, sqs_server: Any, sqs_queue: Any, service: Service, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    send(sqs_queue, 1)
+    rule = proportional(sqs_queue.url, service, tasks_per_worker=1)
+    # 0.0.11's Provisioner(rules, notify) still takes boto3's own endpoint
+    legacy = Provisioner([rule], lambda error, context=None: None)
+    assert legacy.sqs.meta.client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert legacy.ecs.meta.endpoint_url == "http://127.0.0.1:9"
+    # And endpoint_url= points both clients elsewhere
+    given = Provisioner([rule], None, endpoint_url=sqs_server.endpoint_url)
+    assert given.ecs.meta.endpoint_url == sqs_server.endpoint_url
+    given.run()
+    assert service.desired_count() == 1
+
+
+def test_log_format_after_the_provision_subcommand(
+    sqs_server: Any, sqs_queue: Any, service: Service, tmp_path: Path
+) -> None:
+    path = write_rules(tmp_path, [proportional(sqs_queue.url, service, tasks_per_worker=1)])
+    result = subprocess.run(
+        [sys.executable, "-m", "sqstaskmaster", "provision", path, "--once"]
+        + ["--dry-run", "--log-format", "json"],
+        env=dict(os.environ, **sqs_server.environment),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(text) for text in result.stderr.splitlines()]
+    assert any("provision: stopped after 1 rounds" in line["message"] for line in lines)
