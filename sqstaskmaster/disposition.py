@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import metrics
 from .errors import (
+    HARD_TIMEOUT_TEXT,
     ChildTaskError,
     HardTimeoutError,
     MalformedBodyError,
@@ -83,13 +84,22 @@ def classify(error: Optional[BaseException], throws: Tuple[type, ...] = ()) -> O
         return Outcome.RETRIED_BY_TASK
     if isinstance(error, Reject) or (throws and isinstance(error, throws)):
         return Outcome.REJECTED
-    if isinstance(error, HardTimeoutError) or (
-        # A subclass's own _handle_alarm may raise a plain TimeoutError; an
-        # isolated task's own TimeoutError (a ChildTaskError) is a failure.
-        isinstance(error, TimeoutError) and not isinstance(error, ChildTaskError)
-    ):
+    if isinstance(error, HardTimeoutError) or _is_0_0_11_hard_timeout(error):
         return Outcome.TIMED_OUT
     return Outcome.FAILED
+
+
+def _is_0_0_11_hard_timeout(error: BaseException) -> bool:
+    """A plain TimeoutError with 0.0.11's text: a subclass's own ``_handle_alarm`` raised it.
+
+    Any other TimeoutError (a socket's, a future's, an isolated task's own) is
+    the task's failure, not its hard timeout.
+    """
+    return (
+        isinstance(error, TimeoutError)
+        and not isinstance(error, ChildTaskError)
+        and str(error) == HARD_TIMEOUT_TEXT
+    )
 
 
 class Disposition:

@@ -31,6 +31,10 @@ class HandlerThreadError(SQSTaskMasterError, RuntimeError):
         )
 
 
+#: 0.0.11's text of the hard-timeout error (SPEC.md).
+HARD_TIMEOUT_TEXT = "Hit Hard Timeout for message handler"
+
+
 class HardTimeoutError(SQSTaskMasterError, TimeoutError):
     """A task ran past its hard timeout and was stopped."""
 

@@ -122,6 +122,7 @@ class InProcess(Execution):
             protected=protected,
             stop_at=None if stop is None else stop.interrupt_at,
             on_stop=None if stop is None else _raiser(stop),
+            on_notice=None if stop is None else stop.announce,
         )
         handler._timer = timer
         timer.start()

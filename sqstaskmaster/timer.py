@@ -65,7 +65,9 @@ class SignalTimer:
     during whose execution (anywhere on the stack) the timer defers itself, so
     an alarm cannot raise out of the handler's enter or exit path.
     ``stop_at()`` (a ``time.monotonic()`` value or None) is when a worker's
-    stop falls due; ``on_stop()`` (expected to raise) is called then.
+    stop falls due; ``on_stop()`` (expected to raise) is called then, and
+    again every :data:`STOP_REPEAT_S` while heartbeats go on. ``on_notice()``
+    runs at each firing (it logs a new stop once).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class SignalTimer:
         clock: Callable[[], float] = time.monotonic,
         stop_at: Optional[Callable[[], Optional[float]]] = None,
         on_stop: Optional[Callable[[], None]] = None,
+        on_notice: Optional[Callable[[], None]] = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"Heartbeat interval must be positive, got {interval_s!r} seconds")
@@ -102,6 +105,7 @@ class SignalTimer:
         self._clock = clock
         self._stop_at = stop_at
         self._on_stop = on_stop
+        self._on_notice = on_notice
         self._active = False
         self._restore_pending = False
         self._started_at = 0.0
@@ -192,9 +196,13 @@ class SignalTimer:
         self._arm(now)
 
     def refresh(self) -> None:
-        """Arm again for the nearest event (a stop was just requested); safe in a signal handler."""
+        """Fire at once, then re-arm for the nearest event (a stop was just requested).
+
+        Safe in a signal handler: one setitimer call. The firing logs the new
+        stop (``on_notice``) and arms for when it falls due.
+        """
         if self._active:
-            self._arm(self._clock())
+            signal.setitimer(signal.ITIMER_REAL, _SOONEST_S)
 
     def _stop_time(self) -> Optional[float]:
         if self._stop_at is None or self._on_stop is None:
@@ -228,33 +236,42 @@ class SignalTimer:
             signal.setitimer(signal.ITIMER_REAL, PROTECTED_RETRY_S)
             return
         now = self._clock()
+        if self._on_notice is not None:
+            self._on_notice()
         deadline_due = now >= self.deadline
-        heartbeat_due = False
+        heartbeat_due = stop_due = False
         if deadline_due:
             signal.setitimer(signal.ITIMER_REAL, DEADLINE_REPEAT_S)
         else:
-            stop = self._stop_time()
-            if stop is not None and now >= stop and self._on_stop is not None:
-                repeat = max(min(STOP_REPEAT_S, self.deadline - now), _SOONEST_S)
-                signal.setitimer(signal.ITIMER_REAL, repeat)
-                self._on_stop()
-                return
             heartbeat_due = now >= self._next_heartbeat
             if heartbeat_due:
                 while self._next_heartbeat <= now:
                     self._next_heartbeat += self.interval_s
-            # Re-arm before the heartbeat's network call, so a slow or failing
-            # extension can neither stop later heartbeats nor delay the deadline.
-            self._arm(now)
-        if not (deadline_due or heartbeat_due):
-            return  # woke a hair early: re-armed for the rest
+            stop = self._stop_time()
+            stop_due = stop is not None and now >= stop
+            if stop_due:
+                # Delivered again every STOP_REPEAT_S until the body lets go;
+                # heartbeats go on meanwhile, since a task may catch the stop
+                # and run on: its message must stay invisible until it ends.
+                wake = min(now + STOP_REPEAT_S, self._next_heartbeat, self.deadline)
+                signal.setitimer(signal.ITIMER_REAL, max(wake - now, _SOONEST_S))
+            else:
+                # Re-arm before the heartbeat's network call, so a slow or failing
+                # extension can neither stop later heartbeats nor delay the deadline.
+                self._arm(now)
+        if not (deadline_due or heartbeat_due or stop_due):
+            return  # woke a hair early (or only to log a new stop): re-armed for the rest
         self._callback_depth += 1
         try:
-            if self._on_alarm is not None:
+            if not (deadline_due or heartbeat_due):
+                pass
+            elif self._on_alarm is not None:
                 self._on_alarm(signum, frame)
             elif deadline_due and self._on_deadline is not None:
                 self._on_deadline()
             elif self._on_heartbeat is not None:
                 self._on_heartbeat()
+            if stop_due and self._on_stop is not None:
+                self._on_stop()
         finally:
             self._callback_depth -= 1

@@ -144,7 +144,7 @@ class Worker(TaskRegistry, Configured):
     def run(self, queue_url: Optional[str] = None) -> int:
         """Run until shutdown (or burst end); returns an exit code (0 when all went well).
 
-        With ``processes`` above 1 (or "auto"), under a :mod:`~sqstaskmaster.supervisor`.
+        Supervised with ``processes`` > 1, or metrics and isolation (no thread where tasks fork).
         """
         if queue_url:
             self.queue_url = queue_url
@@ -152,7 +152,7 @@ class Worker(TaskRegistry, Configured):
         from .supervisor import resolve_processes, supervise
 
         count = resolve_processes(self.processes)
-        if count > 1:
+        if count > 1 or (self.metrics_port is not None and self.isolate):
             from .ecs import agent_uri_for, make_state
 
             return supervise(
@@ -254,6 +254,7 @@ class Worker(TaskRegistry, Configured):
                 continue
             for message in messages:
                 if self.stopping:
+                    self._stop.announce()
                     with task_context(message_id=message_id_of(message)):
                         self._disposition.record(None, Outcome.HANDED_BACK)
                         self._disposition.hand_back(message, None, "received while shutting down")

@@ -14,6 +14,7 @@ from typing import Any, List, Tuple
 import pytest
 
 from sqstaskmaster.errors import WorkerShutdownError
+from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.worker import Worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation needs fork")
@@ -119,3 +120,58 @@ def test_the_worker_never_logs_a_body_in_full(
     if body.startswith("not json"):
         # an excerpt, and the body's size in bytes
         assert any(f"({len(body.encode())} bytes)" in r.getMessage() for r in ours)
+
+
+class SwallowsTheStop(MessageHandler):
+    """Catches the worker's stop and works on, as `except Exception:` loops do."""
+
+    extended: List[float] = []
+
+    def _extend_timeout(self, seconds: int) -> None:
+        SwallowsTheStop.extended.append(time.monotonic())
+        super()._extend_timeout(seconds)
+
+    def run(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        end = time.monotonic() + 3.5
+        while time.monotonic() < end:
+            try:
+                while time.monotonic() < end:
+                    sum(range(1000))
+            except WorkerShutdownError:
+                pass  # swallowed: the stop comes again, and the heartbeat must go on
+
+    def running(self) -> bool:
+        return True
+
+    def notify(self, exception: BaseException, context: Any = None) -> None:
+        pass
+
+
+def test_a_signal_mode_task_that_swallows_the_stop_keeps_its_heartbeat(
+    sqs_server: Any, sqs_queue: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a signal-mode task that catches the stop and runs on past its grace
+    caplog.set_level(logging.INFO)
+    SwallowsTheStop.extended.clear()
+    worker = Worker(
+        {"swallow": SwallowsTheStop},
+        sqs_timeout=3,
+        alarm_timeout=1,
+        isolate=False,
+        shutdown_grace_s=0.2,
+        poll_wait_s=0,
+        burst_tasks=1,
+    )
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    sqs_server.task_manager(sqs_queue).submit("swallow")
+    started = time.monotonic()
+    assert worker.run_single() == 0
+    # Then its message is kept invisible while it runs: a heartbeat every second
+    beats = [t for t in SwallowsTheStop.extended if t > started + 0.5]
+    assert len(beats) >= 2, SwallowsTheStop.extended
+    # and the first SIGTERM was logged when it came, before the task ended
+    messages = [r.getMessage() for r in caplog.records]
+    announced = next(i for i, m in enumerate(messages) if "SIGTERM received" in m)
+    ended = next(i for i, m in enumerate(messages) if "task swallow message" in m and " in " in m)
+    assert announced < ended, messages
