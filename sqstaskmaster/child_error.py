@@ -34,6 +34,10 @@ from .errors import ChildTaskError, TaskControl, WorkerShutdownError
 
 logger = logging.getLogger(__name__)
 
+#: Set on a task's exception (in the child) that its task's ``throws`` lists:
+#: the parent's rebuilt error then has ``rejected = True`` (a permanent failure).
+REJECTED_MARK = "_sqstaskmaster_rejected"
+
 #: Largest JSON document (bytes, UTF-8) a task's return value may encode to.
 MAX_RESULT_BYTES = 1024 * 1024
 # An error report carries at most this much message and traceback text each.
@@ -176,6 +180,8 @@ def error_report(error: BaseException) -> bytes:
         "message": _clip(str(error)),
         "traceback": _clip(text),
     }
+    if getattr(error, "__dict__", {}).get(REJECTED_MARK):
+        report["rejected"] = True
     if isinstance(error, TaskControl):
         control = error.report()
         report["control"] = {

@@ -323,6 +323,7 @@ class ForkedChild:
                 str(report.get("type")),
                 self.pid,
             )
+            error.rejected = report.get("rejected") is True
             logger.error(
                 "%s: task raised %s in child process %s:\n%s",
                 self.label,

@@ -82,7 +82,9 @@ def classify(error: Optional[BaseException], throws: Tuple[type, ...] = ()) -> O
         return Outcome.HANDED_BACK
     if isinstance(error, Retry):
         return Outcome.RETRIED_BY_TASK
-    if isinstance(error, Reject) or (throws and isinstance(error, throws)):
+    if isinstance(error, Reject) or getattr(error, "rejected", False) is True:
+        return Outcome.REJECTED
+    if throws and isinstance(error, throws):
         return Outcome.REJECTED
     if isinstance(error, HardTimeoutError) or _is_0_0_11_hard_timeout(error):
         return Outcome.TIMED_OUT

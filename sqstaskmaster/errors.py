@@ -51,6 +51,9 @@ class ChildTaskError(SQSTaskMasterError):
     raised is also an instance of that class (see sqstaskmaster.child_error).
     """
 
+    #: True when the task's ``throws`` listed the child's exception: a permanent failure.
+    rejected = False
+
     def __init__(
         self, type_name: str, message: str, traceback: str, pid: Optional[int] = None
     ) -> None:

@@ -26,8 +26,9 @@ import time
 from types import CodeType, FrameType
 from typing import Any, Callable, FrozenSet, Optional, Protocol, Tuple, Type
 
+from .child_error import REJECTED_MARK
 from .child_process import ForkedChild, fork_available
-from .errors import HardTimeoutError, IsolationUnavailableError, Reject, WorkerShutdownError
+from .errors import HardTimeoutError, IsolationUnavailableError, WorkerShutdownError
 from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,11 @@ class Forked(Execution):
             handler._runner = None  # this is the child: a nested run() runs here
             try:
                 return body()
-            except throws as error:  # reported to the parent as a Reject (JSON)
-                raise Reject(f"{type(error).__name__}: {error}") from error
+            except throws as error:
+                # Reported with its own type, marked as a permanent failure, so
+                # the parent rejects it even where its class cannot be imported.
+                error.__dict__[REJECTED_MARK] = True
+                raise
 
         # A task's return value never decides its outcome: one JSON cannot carry
         # is dropped with a warning, and the task still counts as done.

@@ -146,6 +146,8 @@ def test_a_tasks_throws_mark_a_permanent_failure(sqs_server: Any, isolate: bool)
     assert depth(sqs_server, queue.url) == 0
     assert wait_until(lambda: depth(sqs_server, queue.dead_letter_url) == 1, 5)
     assert len(notify.errors) == 1 and "k1" in str(notify.errors[0])
+    # notify sees the task's own exception type, isolated or not
+    assert isinstance(notify.errors[0], KeyError), type(notify.errors[0]).__mro__
 
 
 def test_reject_without_a_redrive_policy_takes_the_retry_path(
