@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from ecs_agent import FakeAgent
-from worker_process import WorkerProcess
+from worker_process import WorkerProcess, wait_for
 
 from sqstaskmaster import cli
 from sqstaskmaster.ecs import (
@@ -35,16 +35,6 @@ class Recorder:
 
     def __call__(self, exception: BaseException, context: Any = None) -> None:
         self.calls.append((exception, context))
-
-
-def wait_for(predicate: Any, timeout_s: float, step_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def traces(directory: Path, kind: str) -> List[Dict[str, Any]]:

@@ -14,29 +14,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from worker_process import WorkerProcess
+from worker_process import WorkerProcess, wait_for
 
 from sqstaskmaster import metrics
 from sqstaskmaster.testing import free_port
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def scrape(port: int) -> Optional[Samples]:

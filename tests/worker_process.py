@@ -11,8 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 TESTS = Path(__file__).resolve().parent
 
@@ -90,3 +91,16 @@ class WorkerProcess:
                 pass
             self.process.wait()
         self._log.close()
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str = "condition", step_s: float = 0.05
+) -> Any:
+    """The first true ``predicate()`` within ``timeout_s``, else AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step_s)
+    raise AssertionError(f"{what}: not met within {timeout_s} s")
