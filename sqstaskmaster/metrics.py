@@ -19,6 +19,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import wsgiref.simple_server
 from typing import Any, Dict, Optional
 
 from .errors import SQSTaskMasterError
@@ -143,10 +145,27 @@ def enabled() -> bool:
     return _metrics is not None
 
 
+# How often the endpoint's thread looks for a stop: stop() waits up to this long.
+_SERVE_POLL_S = 0.05
+
+
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("metrics scrape: " + format, *args)
+
+
 def _listen(prometheus: Any, port: int, host: str, registry: Any) -> None:
     global _server
     try:
-        server, _thread = prometheus.start_http_server(port, addr=host, registry=registry)
+        server = wsgiref.simple_server.make_server(
+            host, port, prometheus.make_wsgi_app(registry), handler_class=_QuietHandler
+        )
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": _SERVE_POLL_S},
+            name="sqstaskmaster-metrics",
+            daemon=True,
+        ).start()
     except OSError as error:
         raise OSError(
             error.errno,
