@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The isolation, execution and worker tests on Python 3.12 or 3.13, which warn
+# The tests that fork (isolation, execution, worker, control, operator logs) on
+# Python 3.12 or 3.13, which warn
 # (DeprecationWarning) when a process forks while it has more than one thread:
 # a worker must have none but its main thread when it forks a task. Other
 # DeprecationWarnings are errors. Runs on whichever of them the machine has.
@@ -29,7 +30,7 @@ if [ -z "$python_bin" ]; then
     echo "fork_warnings: no Python 3.12 or 3.13 on this machine; skipping the fork-warning run"
     exit 0
 fi
-echo "fork_warnings: isolation, execution and worker tests on $("$python_bin" --version)"
+echo "fork_warnings: the tests that fork, on $("$python_bin" --version)"
 
 work_dir="$(mktemp -d)"
 "$python_bin" -m venv "$work_dir/venv"
@@ -48,6 +49,7 @@ status=0
     --basetemp="$work_dir/tmp" \
     --deselect tests/test_isolation.py::test_isolated_handlers_work_outside_the_main_thread \
     tests/test_isolation.py tests/test_execution.py tests/test_worker.py \
+    tests/test_control.py tests/test_operator_logs.py \
     2>&1 | tee "$work_dir/pytest.log" || status=$?
 if [ "$status" -ne 0 ]; then
     exit "$status"
