@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 from sqstaskmaster.message_handler import MessageHandler
 
 TASKS = 1000
-HARD_TIMEOUT_S = 0.02
+HARD_TIMEOUT_S = 0.006  # short, so 1,000 races take seconds; the window is what matters
 WINDOW_S = 0.002
 
 
