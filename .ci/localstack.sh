@@ -7,7 +7,11 @@ set -euo pipefail
 work_dir="$1"
 shift
 
-python313="$(command -v python3.13 || true)"
+python313=""
+# A pyenv shim may exist without running (3.13 installed but not selected): try it.
+if command -v python3.13 >/dev/null 2>&1 && python3.13 -c "" >/dev/null 2>&1; then
+    python313="$(command -v python3.13)"
+fi
 if [ -z "$python313" ] && command -v pyenv >/dev/null 2>&1; then
     python313="$(ls -d "$(pyenv root)"/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1 || true)"
 fi
