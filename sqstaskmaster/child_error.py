@@ -1,7 +1,7 @@
 """An isolated task's exception, raised again in the parent with the task's own class.
 
 The child reports its exception as text: the class's module and qualified
-name, ``str(error)`` and the formatted traceback (never pickle). When that
+name, ``str(error)`` and the formatted traceback, as JSON strings. When that
 class can be imported in the parent and derives from ``Exception``, the parent
 raises an instance of a class derived from both it and
 :class:`~sqstaskmaster.errors.ChildTaskError`, so ``except ValueError``, a

@@ -54,18 +54,26 @@ def make_worker(isolate: bool, notified: List[Tuple[BaseException, Any]]) -> Wor
     )
 
 
+def run_one_task(
+    sqs_server: Any, queue: Any, task: str, isolate: bool
+) -> List[Tuple[BaseException, Any]]:
+    """Run ``task`` in a worker in this process; what it passed to notify."""
+    notified: List[Tuple[BaseException, Any]] = []
+    worker = make_worker(isolate, notified)
+    worker.connect(queue.url, sqs=sqs_server.sqs)
+    sqs_server.task_manager(queue).submit(task)
+    assert worker.run_single() == 0
+    return notified
+
+
 @pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
 def test_a_stop_is_one_info_line_and_one_warning_never_a_traceback_or_notify(
     sqs_server: Any, sqs_queue: Any, caplog: pytest.LogCaptureFixture, isolate: bool
 ) -> None:
     # Given a task during which the worker gets SIGTERM and whose grace runs out
     caplog.set_level(logging.INFO)
-    notified: List[Tuple[BaseException, Any]] = []
-    worker = make_worker(isolate, notified)
-    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
-    sqs_server.task_manager(sqs_queue).submit("stop")
     # When it runs
-    assert worker.run_single() == 0
+    notified = run_one_task(sqs_server, sqs_queue, "stop", isolate)
     # Then the stop is logged, the first SIGTERM at INFO, without a traceback,
     # and nothing reaches notify
     assert not [error for error, _ in notified if isinstance(error, WorkerShutdownError)]
@@ -83,11 +91,7 @@ def test_one_traceback_per_failed_task(
     sqs_server: Any, sqs_queue: Any, caplog: pytest.LogCaptureFixture, isolate: bool
 ) -> None:
     caplog.set_level(logging.INFO)
-    notified: List[Tuple[BaseException, Any]] = []
-    worker = make_worker(isolate, notified)
-    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
-    sqs_server.task_manager(sqs_queue).submit("fails")
-    assert worker.run_single() == 0
+    notified = run_one_task(sqs_server, sqs_queue, "fails", isolate)
     assert caplog.text.count(TRACEBACK) == 1, caplog.text
     assert "the task's own failure" in caplog.text
     assert len(notified) == 1 and isinstance(notified[0][0], ValueError)
