@@ -59,7 +59,17 @@ def _cpu_time(func: Callable[[], Any]) -> float:
 
 
 def c_loop(handler: Any, seconds: float) -> int:
-    return sum(range(loop_size_for(seconds)))
+    """Hold the GIL in C for ``seconds`` of CPU time, in calls of at most a second each.
+
+    Counted on this process's own CPU clock, so a calibration made while the
+    machine was busy cannot make the loop shorter than asked.
+    """
+    chunk = loop_size_for(min(seconds, 1.0))
+    total = 0
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        total += sum(range(chunk))
+    return total
 
 
 def process_gone(pid: int) -> bool:
