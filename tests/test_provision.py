@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import boto3
 import pytest
 from test_queue_scale import Service, make_service, rule_for
 
@@ -20,17 +19,6 @@ from sqstaskmaster import cli
 from sqstaskmaster.queue_scale import Provisioner
 
 LOGGER_NAME = "sqstaskmaster.queue_scale"
-
-
-@pytest.fixture
-def env(sqs_environment: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    return sqs_environment
-
-
-@pytest.fixture
-def ecs(ecs_client: Any) -> Any:
-    return ecs_client
 
 
 @pytest.fixture

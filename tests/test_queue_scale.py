@@ -8,7 +8,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -43,18 +42,6 @@ class Service:
 
     def set_desired_count(self, count: int) -> None:
         self.ecs.update_service(cluster=self.cluster, service=self.name, desiredCount=count)
-
-
-@pytest.fixture
-def env(sqs_environment: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """boto3's defaults pointed at the test server, with no default session cached."""
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    return sqs_environment
-
-
-@pytest.fixture
-def ecs(ecs_client: Any) -> Any:
-    return ecs_client
 
 
 def make_service(ecs: Any, desired_count: int = 0) -> Service:
