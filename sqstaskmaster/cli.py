@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "on", "off"],
         help="ECS task scale-in protection while a task runs (default auto: on under ECS)",
     )
+    worker.add_argument(
+        "--prefetch", type=int, help="messages one poll receives, 1-10 (default 1; README)"
+    )
     worker.add_argument("--burst-tasks", type=int, help="stop after this many tasks")
     worker.add_argument("--burst-idle", type=float, help="stop after this many idle seconds")
     worker.add_argument(
@@ -249,6 +252,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "endpoint_url": args.endpoint_url,
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
+        "prefetch": args.prefetch,
     }
     retry = {
         "first_s": args.retry_first,

@@ -109,6 +109,8 @@ class Disposition:
 
     def __init__(self, notify: Notify) -> None:
         self.notify = notify
+        # Called before a hand-back (a worker flushes its batched deletes).
+        self.before_hand_back: Optional[Callable[[], None]] = None
         # Queue URL -> its dead-letter queue's URL (None: no redrive policy).
         self._dead_letter_urls: Dict[str, Optional[str]] = {}
 
@@ -155,6 +157,28 @@ class Disposition:
         self.notify(malformed.reported(), context=failure_context(message))
         logger.error("message %s receive %d: refused: %s", message_id_of(message), count, malformed)
         self.retry_later(message, None, count, "undecodable", policy)
+
+    def unbuilt(
+        self,
+        message: Any,
+        task: str,
+        count: int,
+        kwargs: Any,
+        error: Exception,
+        policy: RetryPolicy,
+    ) -> None:
+        """The task's handler could not be built (its constructor raised): a failure, retried."""
+        logger.error(
+            "task %s message %s receive %d: cannot build its handler with kwargs %s",
+            task,
+            message_id_of(message),
+            count,
+            kwargs,
+            exc_info=error,
+        )
+        self.notify(error, context=failure_context(message))
+        self.record(task, Outcome.FAILED)
+        self.retry_later(message, task, count, "handler construction failed", policy)
 
     def set_visibility(self, message: Any, seconds: int) -> bool:
         """Change the message's visibility; False (after logging and notify) if SQS refused."""
@@ -206,6 +230,8 @@ class Disposition:
 
     def hand_back(self, message: Any, task: Optional[str], why: str) -> None:
         """Visible again at once (visibility 0)."""
+        if self.before_hand_back is not None:
+            self.before_hand_back()
         self.set_visibility(message, 0)
         logger.warning(
             "task %s message %s receive %d: %s; handed back (visibility 0)",

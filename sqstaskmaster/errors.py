@@ -209,6 +209,21 @@ class BatchSendError(SQSTaskMasterError):
         )
 
 
+class BatchEntryError(SQSTaskMasterError):
+    """One message of a worker's batch call (delete, visibility change) SQS did not carry out."""
+
+    def __init__(
+        self, action: str, message_id: Optional[str], task: Optional[str], code: str, text: str
+    ) -> None:
+        self.action = action
+        self.message_id = message_id
+        self.task = task
+        self.code = code
+        super().__init__(
+            f"{action} of message {message_id} (task {task}) failed: {code} {text}".rstrip()
+        )
+
+
 class BodyError(SQSTaskMasterError, ValueError):
     """A message body is not a task this package can run (see :mod:`sqstaskmaster.wire`)."""
 

@@ -13,6 +13,8 @@ module. Given a worker's stop controller (:class:`StopSource`), each strategy
 also delivers the worker's stop to its task: InProcess through the same
 timer (never in a handler's enter or exit path), Forked from its wait loop.
 No thread is involved, so nothing but the main thread exists at fork time.
+A worker's chores (:class:`ChoreSource`: batched deletes, heartbeats of
+prefetched messages) are done the same ways while a task runs.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class StopSource(Protocol):
     def announce(self) -> None: ...  # noqa: E704
 
 
+class ChoreSource(Protocol):
+    """A worker's chores (sqstaskmaster.batching.Chores), as the strategies see them."""
+
+    def due_at(self) -> Optional[float]: ...  # noqa: E704
+
+    def run_due(self) -> None: ...  # noqa: E704
+
+
 class Execution:
     """Base of the strategies: ``enter``, then ``run`` (any number of times), then ``leave``.
 
@@ -91,11 +101,15 @@ class Execution:
 
     def __init__(self, stop: Optional[StopSource] = None) -> None:
         self.stop = stop
+        self.chores: Optional[ChoreSource] = None
 
-    def with_stop(self, stop: Optional[StopSource]) -> Execution:
-        """A copy of this strategy that delivers ``stop`` to the task."""
+    def with_stop(
+        self, stop: Optional[StopSource], chores: Optional[ChoreSource] = None
+    ) -> Execution:
+        """A copy of this strategy that delivers ``stop`` to the task and does ``chores``."""
         clone = copy.copy(self)
         clone.stop = stop
+        clone.chores = chores
         return clone
 
     def enter(self, handler: TaskHandler, protected: FrozenSet[CodeType]) -> None:
@@ -124,6 +138,8 @@ class InProcess(Execution):
             stop_at=None if stop is None else stop.interrupt_at,
             on_stop=None if stop is None else _raiser(stop),
             on_notice=None if stop is None else stop.announce,
+            chore_at=None if self.chores is None else self.chores.due_at,
+            on_chore=None if self.chores is None else self.chores.run_due,
         )
         handler._timer = timer
         timer.start()
@@ -145,15 +161,21 @@ class InProcess(Execution):
             timer.restore()
 
 
-def for_worker(handler: Any, isolate: bool, stop: Optional[StopSource]) -> Execution:
-    """The strategy a worker runs ``handler`` with: its own, Forked if ``isolate``; with ``stop``.
+def for_worker(
+    handler: Any,
+    isolate: bool,
+    stop: Optional[StopSource],
+    chores: Optional[ChoreSource] = None,
+) -> Execution:
+    """The strategy a worker runs ``handler`` with: its own, Forked if ``isolate``.
 
-    ``handler`` is a MessageHandler (its ``execution_strategy()`` is its own choice).
+    ``handler`` is a MessageHandler (its ``execution_strategy()`` is its own
+    choice); the strategy delivers ``stop`` and does ``chores`` while it runs.
     """
     strategy: Execution = handler.execution_strategy()
     if isolate and not strategy.isolated:
         strategy = Forked(handler.kill_grace_s)
-    return strategy.with_stop(stop)
+    return strategy.with_stop(stop, chores)
 
 
 def _raiser(stop: StopSource) -> Callable[[], None]:
@@ -239,6 +261,7 @@ class Forked(Execution):
             on_heartbeat=handler.heartbeat,
             on_deadline=handler.on_deadline,
             stop=self.stop,
+            chores=self.chores,
         )
 
 
@@ -252,6 +275,7 @@ def supervise(
     on_heartbeat: Optional[Callable[[], None]] = None,
     on_deadline: Optional[Callable[[], None]] = None,
     stop: Optional[StopSource] = None,
+    chores: Optional[ChoreSource] = None,
 ) -> Any:
     """Wait for ``child``, heartbeating and enforcing ``deadline``; return its result.
 
@@ -270,18 +294,28 @@ def supervise(
     :data:`STOP_POLL_S` seconds: once it says the task must be stopped, the
     child is stopped the same way and ``stop.error()`` is raised. So a worker
     needs no thread (and no signal) to stop an isolated task.
+
+    ``chores.run_due()`` runs, in a helper thread like a heartbeat, whenever
+    ``chores.due_at()`` has come.
     """
     if heartbeat_s is not None and heartbeat_s <= 0:
         raise ValueError(f"Heartbeat interval must be positive, got {heartbeat_s!r} seconds")
     if next_heartbeat is None and heartbeat_s is not None:
         next_heartbeat = time.monotonic() + heartbeat_s
     beat: Optional[_HeartbeatCall] = None
+    chore: Optional[_HeartbeatCall] = None
     try:
         while True:
             now = time.monotonic()
             if beat is not None and beat.done:
                 _raise_unless_ended(child, beat.error)
                 beat = None
+            if chore is not None and chore.done:
+                chore = None  # run_due reports its own errors
+            chore_at = None if chores is None or chore is not None else chores.due_at()
+            if chore_at is not None and now >= chore_at:
+                chore = _HeartbeatCall(chores.run_due, f"{child.label} chores")  # type: ignore[union-attr]
+                chore_at = None
             if now >= deadline and not child.exited():
                 logger.error(
                     "%s: hard deadline reached after %.3f s; stopping child process %s",
@@ -319,8 +353,10 @@ def supervise(
                 # Poll for a new stop; wake at the very moment a known one falls due.
                 at = stop.interrupt_at()
                 wake = min(wake, now + STOP_POLL_S, wake if at is None else max(at, now))
-            if beat is not None:
+            if beat is not None or chore is not None:
                 wake = min(wake, now + _HEARTBEAT_POLL_S)
+            if chore_at is not None:
+                wake = min(wake, max(chore_at, now))
             if child.wait(wake - now):
                 break
         if beat is not None:
@@ -334,6 +370,8 @@ def supervise(
             # A heartbeat still in flight would land after the caller hands
             # the message back or sets its backoff; let it finish first.
             beat.join(_HEARTBEAT_JOIN_S)
+        if chore is not None and not chore.done:
+            chore.join(_HEARTBEAT_JOIN_S)  # no thread left behind where the next task forks
     return child.outcome()
 
 

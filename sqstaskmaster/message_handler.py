@@ -75,6 +75,9 @@ class MessageHandler(abc.ABC):
     _isolation: Any = None
     _runner: Optional[Callable[[Callable[[], Any]], Any]] = None
     _entered: Optional[Execution] = None
+    #: Set by a worker: takes the finished task's message and deletes it in a
+    #: batch, soon (sqstaskmaster.batching); None: ``message.delete()`` at once.
+    deleter: Optional[Callable[[Any], None]] = None
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
         if alarm_timeout <= 0:
@@ -279,7 +282,10 @@ class MessageHandler(abc.ABC):
         again: SQS delivers at least once, so tasks must be idempotent.
         """
         try:
-            self._message.delete()
+            if self.deleter is not None:
+                self.deleter(self._message)  # a worker's batched delete
+            else:
+                self._message.delete()
         except (ClientError, BotoCoreError) as error:
             logger.exception("failed to delete message %s", self._message)
             self._safe_notify(error, failure_context(self._message))

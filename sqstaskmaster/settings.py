@@ -18,6 +18,9 @@ DEFAULT_SQS_TIMEOUT_S = 30
 DEFAULT_HARD_TIMEOUT_S = 4 * 60 * 60
 DEFAULT_POLL_WAIT_S = 2
 DEFAULT_SHUTDOWN_GRACE_S = 25.0
+# One message per poll: the others of a prefetch wait behind a task that may
+# run for hours, while another worker could run them (README, Performance).
+DEFAULT_PREFETCH = 1
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class WorkerSettings:
     protection while a task runs (:mod:`sqstaskmaster.ecs`); auto is on when
     ``ECS_AGENT_URI`` is set. ``metrics_port`` serves Prometheus metrics on
     ``metrics_host`` (needs ``sqstaskmaster[metrics]``; :mod:`sqstaskmaster.metrics`).
+    ``prefetch`` (1 to 10): messages one poll receives; those waiting their
+    turn are kept invisible by batched heartbeats (:mod:`sqstaskmaster.intake`).
     """
 
     queue_url: Optional[str] = None
@@ -56,6 +61,7 @@ class WorkerSettings:
     #: Serve Prometheus metrics on this port (0: any free one); None: no metrics.
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
+    prefetch: int = DEFAULT_PREFETCH
 
     def __post_init__(self) -> None:
         self.check()
@@ -99,6 +105,12 @@ class WorkerSettings:
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be 0-65535, got {self.metrics_port!r}")
+        prefetch = self.prefetch
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 10:
+            raise ValueError(
+                f"prefetch {prefetch!r}: must be a whole number of messages from 1 to 10 "
+                "(SQS receives at most 10 per poll)"
+            )
 
     def replace(self, **changes: Any) -> WorkerSettings:
         """A checked copy with ``changes``; a None value keeps the current one."""
@@ -142,6 +154,7 @@ class Configured:
     ecs_protection: Union[str, bool]
     metrics_port: Optional[int]
     metrics_host: str
+    prefetch: int
 
     @property
     def heartbeat_s(self) -> int:

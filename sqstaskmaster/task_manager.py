@@ -152,17 +152,23 @@ class TaskManager:
         return self._generate(wait_time, sqs_timeout)
 
     def receive(
-        self, wait_time: int, sqs_timeout: int, *, message_attributes: bool = False
+        self,
+        wait_time: int,
+        sqs_timeout: int,
+        *,
+        message_attributes: bool = False,
+        max_messages: int = 1,
     ) -> list:
         """One poll for at most one message, exactly as 0.0.11 makes it.
 
         New in 0.1: ``message_attributes=True`` also asks for the messages'
-        MessageAttributes (a worker copies them when it dead-letters a message).
+        MessageAttributes (a worker copies them when it dead-letters a message),
+        and ``max_messages`` (1 to 10) asks for more than one (a worker's prefetch).
         """
         extra = {"MessageAttributeNames": ["All"]} if message_attributes else {}
         return self.queue.receive_messages(
             AttributeNames=["All"],
-            MaxNumberOfMessages=1,
+            MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_time,
             VisibilityTimeout=sqs_timeout,
             **extra,

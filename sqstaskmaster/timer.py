@@ -17,6 +17,8 @@ lands in ``__enter__`` is deferred by a millisecond, into the body.
 A worker's stop goes through the same timer (``stop_at`` / ``on_stop``): it
 is armed for the nearest of heartbeat, deadline and stop, so the stop of a
 task in signal mode needs no thread either, and obeys the same protection.
+So do a worker's chores (``chore_at`` / ``on_chore``: flushing batched
+deletes, heartbeats of prefetched messages; :mod:`sqstaskmaster.batching`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class SignalTimer:
     ``stop_at()`` (a ``time.monotonic()`` value or None) is when a worker's
     stop falls due; ``on_stop()`` (expected to raise) is called then, and
     again every :data:`STOP_REPEAT_S` while heartbeats go on. ``on_notice()``
-    runs at each firing (it logs a new stop once).
+    runs at each firing (it logs a new stop once). ``on_chore()`` runs when
+    ``chore_at()`` (a ``time.monotonic()`` value or None) falls due, after the
+    heartbeat if both are; a firing that lands while it runs never starts another.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class SignalTimer:
         stop_at: Optional[Callable[[], Optional[float]]] = None,
         on_stop: Optional[Callable[[], None]] = None,
         on_notice: Optional[Callable[[], None]] = None,
+        chore_at: Optional[Callable[[], Optional[float]]] = None,
+        on_chore: Optional[Callable[[], None]] = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"Heartbeat interval must be positive, got {interval_s!r} seconds")
@@ -106,6 +112,9 @@ class SignalTimer:
         self._stop_at = stop_at
         self._on_stop = on_stop
         self._on_notice = on_notice
+        self._chore_at = chore_at
+        self._on_chore = on_chore
+        self._chore_running = False
         self._active = False
         self._restore_pending = False
         self._started_at = 0.0
@@ -209,15 +218,20 @@ class SignalTimer:
             return None
         return self._stop_at()
 
+    def _chore_time(self) -> Optional[float]:
+        if self._chore_at is None or self._on_chore is None or self._chore_running:
+            return None
+        return self._chore_at()
+
     def _arm(self, now: float) -> None:
         deadline = self.deadline
         if now >= deadline:
             delay = _SOONEST_S
         else:
             delay = min(self._next_heartbeat, deadline) - now
-        stop = self._stop_time()
-        if stop is not None:
-            delay = min(delay, stop - now)
+        for event in (self._stop_time(), self._chore_time()):
+            if event is not None:
+                delay = min(delay, event - now)
         signal.setitimer(signal.ITIMER_REAL, max(delay, _SOONEST_S))
 
     def _in_protected_frame(self, frame: Optional[FrameType]) -> bool:
@@ -239,7 +253,7 @@ class SignalTimer:
         if self._on_notice is not None:
             self._on_notice()
         deadline_due = now >= self.deadline
-        heartbeat_due = stop_due = False
+        heartbeat_due = stop_due = chore_due = False
         if deadline_due:
             signal.setitimer(signal.ITIMER_REAL, DEADLINE_REPEAT_S)
         else:
@@ -256,10 +270,14 @@ class SignalTimer:
                 wake = min(now + STOP_REPEAT_S, self._next_heartbeat, self.deadline)
                 signal.setitimer(signal.ITIMER_REAL, max(wake - now, _SOONEST_S))
             else:
+                chore = self._chore_time()
+                chore_due = chore is not None and now >= chore
+                # Marked before re-arming: a firing during the chore starts no other.
+                self._chore_running = chore_due
                 # Re-arm before the heartbeat's network call, so a slow or failing
                 # extension can neither stop later heartbeats nor delay the deadline.
                 self._arm(now)
-        if not (deadline_due or heartbeat_due or stop_due):
+        if not (deadline_due or heartbeat_due or stop_due or chore_due):
             return  # woke a hair early (or only to log a new stop): re-armed for the rest
         self._callback_depth += 1
         try:
@@ -273,5 +291,11 @@ class SignalTimer:
                 self._on_heartbeat()
             if stop_due and self._on_stop is not None:
                 self._on_stop()
+            if chore_due and self._on_chore is not None:
+                self._on_chore()
         finally:
             self._callback_depth -= 1
+            if chore_due:
+                self._chore_running = False
+        if chore_due and self._active:
+            self._arm(self._clock())  # the chore is done: arm for the nearest event again

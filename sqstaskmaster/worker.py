@@ -38,6 +38,7 @@ from .errors import (
 )
 from .execution import for_worker
 from .exitcodes import RET_CONNECT
+from .intake import Intake
 from .logformat import add_to_context, task_context
 from .registry import Registry, TaskRegistry, build_handler
 from .registry import TaskSpec as TaskSpec
@@ -52,7 +53,7 @@ from .shutdown import record_early_signals as record_early_signals
 from .shutdown import take_early_signals as take_early_signals
 from .sqs import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
 from .sqs import MAX_VISIBILITY_S as MAX_VISIBILITY_S
-from .sqs import failure_context, message_id_of, receive_count_of, sqs_resource
+from .sqs import message_id_of, receive_count_of, sqs_resource
 from .supervisor import Slot
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Worker(TaskRegistry, Configured):
         self._task_manager: Any = None
         self._disposition = Disposition(self.notify)
         self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ecs)
+        self._intake: Optional[Intake] = None  # while run_single runs
         self.tasks_run = 0
         # Set when burst mode ended the loop (a supervisor then does not restart it).
         self.burst_ended = False
@@ -201,11 +203,23 @@ class Worker(TaskRegistry, Configured):
             *(self.sqs_timeout, self.hard_timeout),
         )
         serving = metrics.serve_unless_supervised(self.metrics_port, self.metrics_host)
+        intake = self._intake = Intake(
+            tm,
+            prefetch=self.prefetch,
+            sqs_timeout=self.sqs_timeout,
+            heartbeat_s=self.heartbeat_s,
+            notify=self.notify,
+        )
+        self._disposition.before_hand_back = intake.chores.flush
         try:
             with self._stop.handling_signals():
-                self._loop(tm)
+                self._loop(intake)
         finally:
             self._stop.announce()
+            for message in intake.close("the worker is stopping"):
+                with task_context(message_id=message_id_of(message)):
+                    self._disposition.record(None, Outcome.HANDED_BACK)
+            self._intake = None
             self._idle()
             if serving:
                 metrics.stop()
@@ -221,48 +235,38 @@ class Worker(TaskRegistry, Configured):
         """Begin a warm stop (or a cold one) as if SIGTERM arrived (twice)."""
         self._stop.request(cold)
 
-    def _loop(self, tm: Any) -> None:
+    def _loop(self, intake: Intake) -> None:
         idle_since = time.monotonic()
-        poll_failures = 0
-        while not self.stopping:
-            if self.burst_tasks is not None and self.tasks_run >= self.burst_tasks:
-                logger.info("burst mode: %d tasks run, stopping", self.tasks_run)
-                self.burst_ended = True
-                return
-            if self.burst_idle_s is not None and time.monotonic() - idle_since >= self.burst_idle_s:
-                logger.info("burst mode: idle for %.1f s, stopping", self.burst_idle_s)
-                self.burst_ended = True
-                return
+        while not self.stopping and not self._burst_done(idle_since):
             try:
-                polled_at = time.monotonic()
-                messages = tm.receive(self.poll_wait_s, self.sqs_timeout, message_attributes=True)
+                left = None if self.burst_tasks is None else self.burst_tasks - self.tasks_run
+                received = intake.poll(self.poll_wait_s, left)
             except Exception as error:
-                poll_failures += 1
-                metrics.poll_failed()
-                tries = (poll_failures, self.max_poll_failures)
-                logger.exception("poll %d of %d failed on %s", *tries, self.queue_url)
-                self.notify(error, context={"queue_url": self.queue_url})
-                self._idle()
-                if poll_failures >= self.max_poll_failures:
-                    raise PollFailedError(self.queue_url, poll_failures, error) from error
-                self._sleep(min(2.0**poll_failures, 30.0))
+                self._idle()  # PollFailedError after max_poll_failures in a row
+                self._sleep(intake.poll_failed(error, self.queue_url, self.max_poll_failures))
                 continue
-            poll_failures = 0
-            if not messages:
+            if not received:
                 logger.debug("Waiting for work from SQS!")
                 self._idle()
                 continue
-            for message in messages:
-                if self.stopping:
-                    self._stop.announce()
-                    with task_context(message_id=message_id_of(message)):
-                        self._disposition.record(None, Outcome.HANDED_BACK)
-                        self._disposition.hand_back(message, None, "received while shutting down")
-                    continue
-                # Received with VisibilityTimeout=sqs_timeout: invisible until
-                # at least polled_at + sqs_timeout.
-                self.process(message, visible_until=polled_at + self.sqs_timeout)
+            while not self.stopping and not self._burst_done():
+                item = intake.take()
+                if item is None:
+                    break
+                self.process(*item)
             idle_since = time.monotonic()
+
+    def _burst_done(self, idle_since: Optional[float] = None) -> bool:
+        idle_s = self.burst_idle_s
+        idle_for = None if idle_since is None else time.monotonic() - idle_since
+        if idle_s is not None and idle_for is not None and idle_for >= idle_s:
+            logger.info("burst mode: idle for %.1f s, stopping", idle_s)
+        elif self.burst_tasks is None or self.tasks_run < self.burst_tasks:
+            return False
+        elif not self.burst_ended:
+            logger.info("burst mode: %d tasks run, stopping", self.tasks_run)
+        self.burst_ended = True
+        return True
 
     def _idle(self) -> None:
         # ECS scale-in protection is released once a poll finds no work.
@@ -311,17 +315,7 @@ class Worker(TaskRegistry, Configured):
                 spec, cls, message, self.sqs_timeout, self.heartbeat_s, hard_timeout, kwargs
             )
         except Exception as error:
-            logger.exception(
-                "task %s message %s receive %d: cannot build its handler with kwargs %s",
-                task,
-                message_id,
-                count,
-                sorted(kwargs),
-            )
-            self.notify(error, context=failure_context(message))
-            self._disposition.record(task, Outcome.FAILED)
-            why = "handler construction failed"
-            self._disposition.retry_later(message, task, count, why, self.retry)
+            self._disposition.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
             return Outcome.FAILED
         left = handler.visibility_budget_left()
         if not sqs.fits(handler.hard_timeout, left):
@@ -332,7 +326,11 @@ class Worker(TaskRegistry, Configured):
             return Outcome.REFUSED
         handler.visible_until = visible_until
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
-        handler.execution = for_worker(handler, self.isolate, self._stop)
+        intake = self._intake
+        if intake is not None:  # deleted in a batch; chores done while it runs
+            handler.deleter = intake.delete_later(task)
+        chores = None if intake is None else intake.chores
+        handler.execution = for_worker(handler, self.isolate, self._stop, chores)
         self.tasks_run += 1
         return run_attempt(
             handler,

@@ -1,0 +1,343 @@
+"""A worker's batched SQS calls: deletes of finished tasks, and prefetched messages waiting.
+
+- :class:`DeleteBatch`: a finished task's message is queued, not deleted at
+  once; ``DeleteMessageBatch`` deletes up to 10 per request. The queue is
+  flushed :data:`FLUSH_AFTER_S` after its oldest entry came in (or as soon as
+  it holds 10), before every poll, before a hand-back and when the worker
+  stops. A failed entry is tried again, then logged and notified: its
+  message comes back after its visibility timeout and runs again.
+- :class:`Waiting`: messages received by one poll (``prefetch``) that wait
+  for their turn. They are kept invisible with ``ChangeMessageVisibilityBatch``
+  on the heartbeat schedule, never past the 12-hour budget, and handed back
+  (visibility 0, one request) when the worker stops.
+- :class:`Chores`: both, as the execution strategies see them: ``due_at()``
+  and ``run_due()``, called between tasks and while a task runs (from a
+  forked task's wait loop, or a signal-mode task's timer).
+
+So a crash (kill -9) between a task's end and its flush makes that task run
+again: the window is at most :data:`FLUSH_AFTER_S` plus one request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from .errors import BatchEntryError, HardTimeoutError, TaskStuckError, WorkerShutdownError
+from .sqs import (
+    MAX_BATCH_ENTRIES,
+    budget_left_s,
+    capped_visibility,
+    error_code,
+    failure_context,
+    message_id_of,
+    receive_count_of,
+)
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[..., Any]
+
+#: A finished task's message is deleted at most this long (s) after it was queued.
+FLUSH_AFTER_S = 0.05
+#: Tries of a batch entry SQS failed on its side (or a request that failed) before reporting.
+BATCH_TRIES = 3
+# Pause between two tries (s), times the try's number.
+_RETRY_PAUSE_S = 0.02
+# Entry codes that no retry can fix: the receipt handle is stale or the message is gone.
+_FINAL_CODES = frozenset(
+    {"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue", "InvalidIdFormat"}
+)
+# Raised by a hard deadline or a worker's stop into a signal-mode chore: never swallowed.
+_PASS_THROUGH = (HardTimeoutError, WorkerShutdownError, TaskStuckError)
+
+Entry = Tuple[Any, Optional[str]]  # (message, task name)
+
+
+def _batchable(message: Any) -> bool:
+    """A boto3 Message (a client and a queue behind it); a LocalMessage is not."""
+    meta = getattr(message, "meta", None)
+    return (
+        meta is not None
+        and getattr(meta, "client", None) is not None
+        and getattr(message, "queue_url", None) is not None
+        and getattr(message, "receipt_handle", None) is not None
+    )
+
+
+class _BatchCall:
+    """One batch action (delete, or a visibility change) on a list of messages, with retries."""
+
+    def __init__(self, action: str, notify: Notify, what_then: str) -> None:
+        self.action = action
+        self.notify = notify
+        self.what_then = what_then
+
+    def __call__(self, entries: Sequence[Entry], **extra: Any) -> List[Entry]:
+        """Carry it out for ``entries``; returns those that succeeded (failures are reported)."""
+        done: List[Entry] = []
+        groups: Dict[Tuple[int, str], List[Entry]] = {}
+        for entry in entries:
+            message = entry[0]
+            key = (id(message.meta.client), message.queue_url)
+            groups.setdefault(key, []).append(entry)
+        for group in groups.values():
+            for start in range(0, len(group), MAX_BATCH_ENTRIES):
+                done.extend(self._chunk(group[start : start + MAX_BATCH_ENTRIES], extra))
+        return done
+
+    def _chunk(self, chunk: List[Entry], extra: Dict[str, Any]) -> List[Entry]:
+        message = chunk[0][0]
+        client, url = message.meta.client, message.queue_url
+        done: List[Entry] = []
+        pending = list(chunk)
+        failures: Dict[int, Tuple[str, str, Optional[BaseException]]] = {}
+        for attempt in range(1, BATCH_TRIES + 1):
+            requests = [
+                {"Id": str(index), "ReceiptHandle": entry[0].receipt_handle, **extra}
+                for index, entry in enumerate(pending)
+            ]
+            failures = {}
+            try:
+                response = getattr(client, self.action)(QueueUrl=url, Entries=requests)
+            except _PASS_THROUGH:
+                raise
+            except Exception as error:
+                code = error_code(error) or type(error).__name__
+                failures = {index: (code, str(error), error) for index in range(len(pending))}
+            else:
+                for failed in response.get("Failed", []):
+                    index = int(failed["Id"])
+                    failures[index] = (failed.get("Code", "?"), failed.get("Message", ""), None)
+            done.extend(entry for index, entry in enumerate(pending) if index not in failures)
+            again = [index for index, why in failures.items() if why[0] not in _FINAL_CODES]
+            if not again or attempt == BATCH_TRIES:
+                break
+            finals = {index: why for index, why in failures.items() if why[0] in _FINAL_CODES}
+            self._report([(pending[index], why) for index, why in finals.items()], attempt)
+            pending = [pending[index] for index in again]
+            time.sleep(_RETRY_PAUSE_S * attempt)
+        self._report([(pending[index], why) for index, why in failures.items()], attempt)
+        return done
+
+    def _report(self, failed: List[Tuple[Entry, Tuple[str, str, Any]]], tries: int) -> None:
+        for (message, task), (code, text, cause) in failed:
+            message_id = message_id_of(message)
+            logger.error(
+                "task %s message %s: %s failed after %d %s (%s %s); %s",
+                task,
+                message_id,
+                self.action,
+                tries,
+                "try" if tries == 1 else "tries",
+                code,
+                text,
+                self.what_then,
+            )
+            error = BatchEntryError(self.action, message_id, task, code, text)
+            error.__cause__ = cause
+            try:
+                self.notify(error, context=failure_context(message))
+            except Exception:
+                logger.exception("notify raised while reporting %r", error)
+
+
+class DeleteBatch:
+    """Finished tasks' messages, deleted in batches of up to 10 (see the module docstring)."""
+
+    def __init__(
+        self,
+        notify: Notify,
+        flush_after_s: float = FLUSH_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.flush_after_s = flush_after_s
+        self._clock = clock
+        self._pending: List[Entry] = []
+        self._first_at = 0.0
+        # A forked task's wait loop flushes from a helper thread.
+        self._lock = threading.Lock()
+        self._delete = _BatchCall(
+            "delete_message_batch",
+            notify,
+            "the message comes back after its visibility timeout and its task runs again",
+        )
+        self.requests = 0  # DeleteMessageBatch calls made (for tests and benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, message: Any, task: Optional[str] = None) -> None:
+        """Delete ``message`` soon (a LocalMessage, which has no SQS behind it, at once)."""
+        if not _batchable(message):
+            message.delete()
+            return
+        with self._lock:
+            if not self._pending:
+                self._first_at = self._clock()
+            self._pending.append((message, task))
+
+    def due_at(self) -> Optional[float]:
+        """When the next flush is due (a ``time.monotonic()`` value), or None if none is."""
+        if not self._pending:
+            return None
+        if len(self._pending) >= MAX_BATCH_ENTRIES:
+            return self._first_at
+        return self._first_at + self.flush_after_s
+
+    def flush(self) -> None:
+        """Delete every queued message now; failures are reported (log and notify)."""
+        with self._lock:
+            while self._pending:
+                chunk = self._pending[:MAX_BATCH_ENTRIES]
+                self.requests += 1
+                self._delete(chunk)
+                # Removed only once carried out or reported: a hard timeout
+                # raised into a signal-mode flush leaves them queued.
+                del self._pending[: len(chunk)]
+                if self._pending:
+                    self._first_at = self._clock()
+
+
+class Waiting:
+    """Prefetched messages waiting their turn, kept invisible on the heartbeat schedule."""
+
+    def __init__(
+        self,
+        sqs_timeout: int,
+        heartbeat_s: float,
+        notify: Notify,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sqs_timeout = sqs_timeout
+        self.heartbeat_s = heartbeat_s
+        self._clock = clock
+        # [message, visible until (monotonic), last extended at (monotonic)]
+        self._entries: Deque[List[Any]] = deque()
+        self._lock = threading.Lock()
+        self._extend = _BatchCall(
+            "change_message_visibility_batch",
+            notify,
+            "it may become visible before its turn and run on another worker",
+        )
+        self._hand_back = _BatchCall(
+            "change_message_visibility_batch",
+            notify,
+            "it comes back when its visibility timeout ends",
+        )
+        self.requests = 0  # ChangeMessageVisibilityBatch calls made
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, messages: Sequence[Any], received_at: float) -> None:
+        """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``."""
+        with self._lock:
+            for message in messages:
+                self._entries.append([message, received_at + self.sqs_timeout, received_at])
+
+    def take(self) -> Optional[Tuple[Any, float]]:
+        """The next message and until when it is invisible; None when none waits."""
+        with self._lock:
+            if not self._entries:
+                return None
+            message, visible_until, _ = self._entries.popleft()
+        return message, visible_until
+
+    def due_at(self) -> Optional[float]:
+        """When the waiting messages' next heartbeat is due, or None if none waits."""
+        if not self._entries:
+            return None
+        return min(entry[2] for entry in self._entries) + self.heartbeat_s
+
+    def extend(self) -> None:
+        """One heartbeat for every waiting message (one request per 10)."""
+        with self._lock:
+            now = self._clock()
+            batchable = [entry for entry in self._entries if _batchable(entry[0])]
+            for entry in self._entries:
+                entry[2] = now  # a LocalMessage needs no heartbeat
+            by_seconds: Dict[int, List[List[Any]]] = {}
+            for entry in batchable:
+                seconds = capped_visibility(self.sqs_timeout, budget_left_s(entry[0]))
+                if seconds > 0:
+                    by_seconds.setdefault(seconds, []).append(entry)
+            for seconds, entries in by_seconds.items():
+                self.requests += -(-len(entries) // MAX_BATCH_ENTRIES)
+                done = self._extend(
+                    [(entry[0], None) for entry in entries], VisibilityTimeout=seconds
+                )
+                extended = {id(message) for message, _ in done}
+                for entry in entries:
+                    if id(entry[0]) in extended:
+                        entry[1] = now + seconds
+            logger.debug("heartbeat for %d waiting messages", len(batchable))
+
+    def hand_back_all(self, why: str) -> List[Any]:
+        """Visibility 0 for every waiting message (one request per 10); returns them."""
+        with self._lock:
+            entries = list(self._entries)
+            self._entries.clear()
+        if not entries:
+            return []
+        batchable = [(entry[0], None) for entry in entries if _batchable(entry[0])]
+        for message, _ in ((entry[0], None) for entry in entries if not _batchable(entry[0])):
+            message.change_visibility(VisibilityTimeout=0)
+        if batchable:
+            self.requests += -(-len(batchable) // MAX_BATCH_ENTRIES)
+            self._hand_back(batchable, VisibilityTimeout=0)
+        for entry in entries:
+            logger.warning(
+                "task None message %s receive %d: %s; handed back (visibility 0)",
+                message_id_of(entry[0]),
+                receive_count_of(entry[0]),
+                why,
+            )
+        return [entry[0] for entry in entries]
+
+
+class Chores:
+    """What a worker has to do besides the running task: flush deletes, heartbeat the waiting.
+
+    Called between tasks and while one runs (see :mod:`sqstaskmaster.execution`);
+    ``run_due`` never raises but for a hard deadline or a stop raised into it.
+    """
+
+    def __init__(self, deletes: DeleteBatch, waiting: Waiting, notify: Notify) -> None:
+        self.deletes = deletes
+        self.waiting = waiting
+        self.notify = notify
+
+    def due_at(self) -> Optional[float]:
+        """The earliest time one of them is due (``time.monotonic()``), or None."""
+        times = [at for at in (self.deletes.due_at(), self.waiting.due_at()) if at is not None]
+        return min(times) if times else None
+
+    def run_due(self) -> None:
+        """Do whatever is due now; errors are logged and notified."""
+        now = time.monotonic()
+        for due, action, what in (
+            (self.deletes.due_at(), self.deletes.flush, "flush of finished tasks' deletes"),
+            (self.waiting.due_at(), self.waiting.extend, "heartbeat of waiting messages"),
+        ):
+            if due is not None and due <= now:
+                self._guarded(action, what)
+
+    def flush(self) -> None:
+        """Delete every finished task's message now (before a poll, a hand-back, an exit)."""
+        self._guarded(self.deletes.flush, "flush of finished tasks' deletes")
+
+    def _guarded(self, action: Callable[[], None], what: str) -> None:
+        try:
+            action()
+        except _PASS_THROUGH:
+            raise
+        except Exception as error:
+            logger.exception("%s failed", what)
+            try:
+                self.notify(error, context={"action": what})
+            except Exception:
+                logger.exception("notify raised while reporting %r", error)
