@@ -124,6 +124,12 @@ def stop_the_worker(directory: str, worker_pid: int, signals: int, then_s: float
     record(directory, "stopper")
 
 
+def hang(directory: str) -> None:
+    record(directory, "hang-started")
+    time.sleep(30)
+    record(directory, "hang-ended")
+
+
 TASKS = {
     "noop": noop,
     "probe": probe,
@@ -250,6 +256,30 @@ def test_a_finished_tasks_delete_is_sent_while_the_next_task_runs(
     # loop or timer: not after the observing task (3 s).
     assert observed["deleted_after"] is not None
     assert observed["deleted_after"] < 1.0
+
+
+@MODES
+def test_a_hard_timeout_holds_with_messages_waiting(
+    sqs_server: Any, tmp_path: Path, isolate: bool
+) -> None:
+    queue = sqs_server.make_queue()
+    manager = sqs_server.task_manager(queue)
+    manager.submit("hang", directory=str(tmp_path))
+    manager.submit_batch([("noop_marking", {"directory": str(tmp_path)})] * 2)
+    worker = make_worker(counted_resource(sqs_server), queue.url, isolate, prefetch=3)
+    worker.register("hang", hang, hard_timeout=1)
+    worker.settings = worker.settings.replace(burst_tasks=3)
+
+    started = time.monotonic()
+    assert worker.run_single() == 0
+    took = time.monotonic() - started
+
+    assert took < 6  # the 30 s task was stopped at its 1 s hard timeout
+    assert len(records(tmp_path, "hang-started")) == 1
+    assert records(tmp_path, "hang-ended") == []
+    assert (tmp_path / "noop-ran").exists()
+    # The two no-ops were deleted; the timed-out message waits out its retry delay.
+    assert not_visible(sqs_server.endpoint_url, queue.url) == 1
 
 
 def test_without_prefetch_a_task_takes_two_requests(sqs_server: Any) -> None:
