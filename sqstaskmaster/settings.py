@@ -37,6 +37,8 @@ class WorkerSettings:
     protection while a task runs (:mod:`sqstaskmaster.ecs`); auto is on when
     ``ECS_AGENT_URI`` is set. ``metrics_port`` serves Prometheus metrics on
     ``metrics_host`` (needs ``sqstaskmaster[metrics]``; :mod:`sqstaskmaster.metrics`).
+    ``max_tasks_per_child``: isolated tasks one forked child runs in a row
+    (:mod:`sqstaskmaster.task_process`); 1 forks afresh for each task.
     """
 
     queue_url: Optional[str] = None
@@ -56,6 +58,8 @@ class WorkerSettings:
     #: Serve Prometheus metrics on this port (0: any free one); None: no metrics.
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
+    #: Isolated tasks one forked child runs in a row (1: a fresh fork per task).
+    max_tasks_per_child: int = 1
 
     def __post_init__(self) -> None:
         self.check()
@@ -99,6 +103,14 @@ class WorkerSettings:
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be 0-65535, got {self.metrics_port!r}")
+        tasks_per_child = self.max_tasks_per_child
+        if isinstance(tasks_per_child, bool) or not isinstance(tasks_per_child, int):
+            raise ValueError(f"max_tasks_per_child must be an int >= 1, got {tasks_per_child!r}")
+        if tasks_per_child < 1:
+            raise ValueError(
+                f"max_tasks_per_child must be >= 1 (1: a fresh fork per task), "
+                f"got {tasks_per_child!r}"
+            )
 
     def replace(self, **changes: Any) -> WorkerSettings:
         """A checked copy with ``changes``; a None value keeps the current one."""
@@ -142,6 +154,7 @@ class Configured:
     ecs_protection: Union[str, bool]
     metrics_port: Optional[int]
     metrics_host: str
+    max_tasks_per_child: int
 
     @property
     def heartbeat_s(self) -> int:

@@ -54,6 +54,7 @@ from .sqs import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
 from .sqs import MAX_VISIBILITY_S as MAX_VISIBILITY_S
 from .sqs import failure_context, message_id_of, receive_count_of, sqs_resource
 from .supervisor import Slot
+from .task_process import close_children, reuse_child
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class Worker(TaskRegistry, Configured):
                 self._loop(tm)
         finally:
             self._stop.announce()
+            close_children(self)
             self._idle()
             if serving:
                 metrics.stop()
@@ -333,6 +335,7 @@ class Worker(TaskRegistry, Configured):
         handler.visible_until = visible_until
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
         handler.execution = for_worker(handler, self.isolate, self._stop)
+        handler.execution = reuse_child(self, handler, task, kwargs)
         self.tasks_run += 1
         return run_attempt(
             handler,
