@@ -66,7 +66,8 @@ def reuse_child(worker: Any, handler: Any, task: str, kwargs: Dict[str, Any]) ->
     ):
         return execution
     pool = worker.__dict__.get(_POOL_ATTRIBUTE)
-    if pool is None or pool.owner_pid != os.getpid():
+    # A copy of a worker (Worker.replace), or one inherited by fork, gets its own.
+    if pool is None or pool.owner_pid != os.getpid() or pool.worker is not worker:
         pool = ChildPool(worker)
         setattr(worker, _POOL_ATTRIBUTE, pool)
     message = handler._message
@@ -89,7 +90,7 @@ def reuse_child(worker: Any, handler: Any, task: str, kwargs: Dict[str, Any]) ->
 def close_children(worker: Any) -> None:
     """Retire ``worker``'s reused child, if it has one (at the worker's exit)."""
     pool = worker.__dict__.get(_POOL_ATTRIBUTE)
-    if pool is not None and pool.owner_pid == os.getpid():
+    if pool is not None and pool.owner_pid == os.getpid() and pool.worker is worker:
         pool.close()
 
 
