@@ -115,6 +115,14 @@ def private_memory(path: str) -> None:
     Path(path).write_text(f"{os.getpid()} {private_kb}\n")
 
 
+def collects_then_measures(path: str) -> None:
+    """A full garbage collection in the child, then its private kB."""
+    import gc
+
+    gc.collect()
+    private_memory(path)
+
+
 class ReturnsASet(MessageHandler):
     def __init__(self, message: Any, path: str, **timeouts: Any) -> None:
         super().__init__(message, **timeouts)
@@ -147,7 +155,7 @@ TASKS = {
     if name
     in (
         "record fail exits dies retries rejects leaves_a_process hangs_with_a_grandchild "
-        "stops_the_worker_then_sleeps private_memory"
+        "stops_the_worker_then_sleeps private_memory collects_then_measures"
     ).split()
 }
 
@@ -396,6 +404,23 @@ def test_a_tasks_child_does_not_copy_what_the_app_loaded_at_import(
         assert run(worker, "private_memory", path).outcome == Outcome.DONE  # type: ignore
         _pid, private_kb = map(int, path.read_text().split())
         assert private_kb * 1024 < big_import_app.BIG_BYTES / 4
+
+
+@pytest.mark.parametrize("max_tasks", [1, 5])
+def test_a_collection_in_a_tasks_child_does_not_copy_the_apps_objects(
+    tmp_path: Path, worker_closing: List[Worker], max_tasks: int
+) -> None:
+    import big_import_app
+
+    assert len(big_import_app.TRACKED) == 500_000  # about 60 MB of tracked objects
+    worker = make_worker(max_tasks)
+    worker_closing.append(worker)
+    path = tmp_path / "memory"
+    for _ in range(2):
+        assert run(worker, "collects_then_measures", path).outcome == Outcome.DONE  # type: ignore
+        _pid, private_kb = map(int, path.read_text().split())
+        # Without gc.freeze() in the child, the collection copies most of them.
+        assert private_kb < 20 * 1024
 
 
 # -- the setting ------------------------------------------------------------------------
