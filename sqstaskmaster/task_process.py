@@ -37,7 +37,6 @@ from .child_process import (
     ForkedChild,
     _flush_std_streams,
     _lookup_prctl,
-    _write_all,
 )
 from .execution import Execution, Forked, StopSource, TaskHandler
 from .message_handler import MessageHandler
@@ -45,6 +44,8 @@ from .reused_child import HEADER, KEEP, TaskFacts, child_main
 
 logger = logging.getLogger(__name__)
 
+# An idle child that has not read a task within this many seconds is replaced.
+_SEND_TIMEOUT_S = 5.0
 # A retired child that does not leave within this many seconds gets SIGKILL.
 _RETIRE_WAIT_S = 1.0
 # The attribute a worker keeps its ChildPool in.
@@ -217,6 +218,7 @@ class ChildPool:
         except OSError:
             pass  # the child already did it, or already exited
         os.set_blocking(report_reader, False)
+        os.set_blocking(request_writer, False)
         self.forks += 1
         logger.info("%s: forked reused child process %s (process group %s)", label, pid, pid)
         return _Child(pid, request_writer, report_reader)
@@ -254,9 +256,19 @@ class ChildPool:
 
 
 def _send(child: _Child, request: bytes) -> None:
+    """Write one request; an idle child reads at once, so a slow one is a broken one."""
     if child.requests is None:
         raise BrokenPipeError(f"reused child process {child.pid} is retired")
-    _write_all(child.requests, HEADER.pack(len(request)) + request)
+    view = memoryview(HEADER.pack(len(request)) + request)
+    end = time.monotonic() + _SEND_TIMEOUT_S
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.requests, selectors.EVENT_WRITE)
+        while view:
+            if not selector.select(max(end - time.monotonic(), 0.0)):
+                raise TimeoutError(
+                    f"reused child process {child.pid} took no task for {_SEND_TIMEOUT_S} s"
+                )
+            view = view[os.write(child.requests, view) :]
 
 
 def _wait_fd(fd: Optional[int], timeout_s: float) -> None:

@@ -48,7 +48,7 @@ class PermanentError(Exception):
 # -- tasks (run in the child; they write what the test checks to a file) ------------
 
 
-def record(path: str) -> None:
+def record(path: str, pad: str = "") -> None:
     with open(path, "a") as out:
         out.write(f"{os.getpid()}\n")
 
@@ -319,6 +319,33 @@ def test_a_handler_with_its_own_enter_keeps_a_fresh_fork_per_task(
     for _ in range(2):
         assert run(worker, "enters", path).outcome == Outcome.DONE  # type: ignore
     assert len(set(pids(path))) == 2
+
+
+def test_an_idle_child_that_takes_no_task_is_replaced(
+    tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any
+) -> None:
+    from sqstaskmaster import task_process
+
+    monkeypatch.setattr(task_process, "_SEND_TIMEOUT_S", 0.5)
+    worker = make_worker(10)
+    worker_closing.append(worker)
+    path = tmp_path / "pids"
+    run(worker, "record", path)
+    (stuck,) = pids(path)
+    os.kill(stuck, signal.SIGSTOP)  # it cannot read the next task
+    try:
+        # Over a pipe's buffer, so the write has to wait for the child.
+        message = RecordingMessage(
+            wire.encode_body("record", {"path": str(path), "pad": "x" * 200_000})
+        )
+        started = time.monotonic()
+        assert worker.process(message) == Outcome.DONE
+        assert time.monotonic() - started < 5
+    finally:
+        if not process_gone(stuck):
+            os.kill(stuck, signal.SIGCONT)
+    assert pids(path)[-1] != stuck
+    assert reaped(stuck)
 
 
 # -- stopping ---------------------------------------------------------------------------
