@@ -30,7 +30,7 @@ import pickle
 import selectors
 import signal
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, cast
 
 from .child_process import (
     _MAX_REPORT_BYTES,
@@ -41,6 +41,7 @@ from .child_process import (
 from .execution import Execution, Forked, StopSource, TaskHandler
 from .message_handler import MessageHandler
 from .reused_child import HEADER, KEEP, TaskFacts, child_main
+from .sqs import receive_count_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,19 @@ def reuse_child(worker: Any, handler: Any, task: str, kwargs: Dict[str, Any]) ->
     """The strategy ``worker`` runs ``handler`` (task ``task``) with: reused child if it can.
 
     ``handler.execution`` is kept unless the worker's ``max_tasks_per_child``
-    is over 1, the strategy is a plain :class:`Forked`, and the handler's
-    class keeps MessageHandler's ``__enter__``.
+    is over 1, the strategy is a plain :class:`Forked`, the handler's class
+    keeps MessageHandler's ``__enter__``, and the platform has ``os.waitid``
+    (Linux; elsewhere each task keeps a fresh fork).
     """
     execution: Execution = handler.execution
     if (
         worker.max_tasks_per_child <= 1
         or type(execution) is not Forked
         or type(handler).__enter__ is not MessageHandler.__enter__
+        or not hasattr(os, "waitid")
     ):
         return execution
+    forked = cast(Forked, execution)
     pool = worker.__dict__.get(_POOL_ATTRIBUTE)
     # A copy of a worker (Worker.replace), or one inherited by fork, gets its own.
     if pool is None or pool.owner_pid != os.getpid() or pool.worker is not worker:
@@ -79,13 +83,12 @@ def reuse_child(worker: Any, handler: Any, task: str, kwargs: Dict[str, Any]) ->
         handler.message_id,
         dict(getattr(message, "attributes", None) or {}),
         dict(getattr(message, "message_attributes", None) or {}),
-        int((getattr(message, "attributes", None) or {}).get("ApproximateReceiveCount", 1)),
+        receive_count_of(message),
         handler.sqs_timeout,
         handler.alarm_timeout,
         handler.hard_timeout,
     )
-    assert isinstance(execution, Forked)
-    return Reused(pool, facts, execution.kill_grace_s, execution.stop)
+    return Reused(pool, facts, forked.kill_grace_s, forked.stop)
 
 
 def close_children(worker: Any) -> None:
