@@ -9,6 +9,8 @@ each round fills a queue with ``--tasks`` no-op tasks and drains it three ways:
 - ``worker_signal_per_s``: ``Worker(isolate=False)`` (signal mode) in this
   process, in burst mode, until it has run every task.
 - ``worker_isolated_per_s``: the same with ``isolate=True`` (a fork per task).
+- ``worker_reused_per_s``: isolated, with ``max_tasks_per_child=100`` (one
+  forked child runs up to 100 tasks in a row).
 
 Every SQS request is counted with a botocore ``before-send`` hook;
 ``requests_per_task`` is the signal-mode worker's (the bare loop's is 2).
@@ -95,7 +97,12 @@ def bare_loop(server: SQSServer, url: str, tasks: int) -> Dict[str, float]:
 
 
 def worker_run(
-    server: SQSServer, url: str, tasks: int, isolate: bool, metrics: bool = False
+    server: SQSServer,
+    url: str,
+    tasks: int,
+    isolate: bool,
+    metrics: bool = False,
+    max_tasks_per_child: int = 1,
 ) -> Dict[str, float]:
     counter = RequestCounter()
     worker = Worker(
@@ -105,6 +112,7 @@ def worker_run(
         poll_wait_s=POLL_WAIT_S,
         burst_tasks=tasks,
         metrics_port=0 if metrics else None,
+        max_tasks_per_child=max_tasks_per_child,
     )
     worker.connect(url, sqs=counter.resource(server))
     started = time.perf_counter()
@@ -140,11 +148,19 @@ def main() -> None:
     if args.log_info:
         logging.basicConfig(level=logging.INFO, filename="/dev/null")
         logging.getLogger("botocore").setLevel(logging.WARNING)
-    results: Dict[str, List[Dict[str, float]]] = {"floor": [], "signal": [], "isolated": []}
+    results: Dict[str, List[Dict[str, float]]] = {
+        "floor": [],
+        "signal": [],
+        "isolated": [],
+        "reused": [],
+    }
     ways: Dict[str, Callable[[SQSServer, str], Dict[str, float]]] = {
         "floor": lambda server, url: bare_loop(server, url, args.tasks),
         "signal": lambda server, url: worker_run(server, url, args.tasks, isolate=False),
         "isolated": lambda server, url: worker_run(server, url, args.tasks, isolate=True),
+        "reused": lambda server, url: worker_run(
+            server, url, args.tasks, isolate=True, max_tasks_per_child=100
+        ),
     }
     if args.metrics:
         results["metrics"] = []
@@ -186,6 +202,7 @@ def main() -> None:
     summary = {
         "worker_signal_per_s": round(median("signal", "per_s"), 1),
         "worker_isolated_per_s": round(median("isolated", "per_s"), 1),
+        "worker_reused_per_s": round(median("reused", "per_s"), 1),
         "boto3_floor_per_s": round(floor, 1),
         "requests_per_task": round(median("signal", "requests_per_task"), 2),
         "requests_per_task_isolated": round(median("isolated", "requests_per_task"), 2),

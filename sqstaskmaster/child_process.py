@@ -21,6 +21,7 @@ heartbeat and the hard deadline on top of it.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -435,6 +436,8 @@ def _child_main(
             pass
         _die_with_parent(parent_pid, prctl)
         _reset_signals()
+        # What the parent had stays shared: the child's collections never touch it.
+        gc.freeze()
         try:
             result = target()
         except BaseException as error:

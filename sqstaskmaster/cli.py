@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--isolate", dest="isolate", action="store_true", default=None)
     worker.add_argument(
+        "--max-tasks-per-child",
+        type=int,
+        help="isolated tasks one forked child runs in a row (default 1: a fresh fork each)",
+    )
+    worker.add_argument(
         "--ecs-protection",
         choices=["auto", "on", "off"],
         help="ECS task scale-in protection while a task runs (default auto: on under ECS)",
@@ -244,6 +249,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "shutdown_grace_s": args.shutdown_grace,
         "poll_wait_s": args.poll_wait,
         "isolate": args.isolate,
+        "max_tasks_per_child": args.max_tasks_per_child,
         "burst_tasks": args.burst_tasks,
         "burst_idle_s": args.burst_idle,
         "processes": args.processes,

@@ -235,6 +235,23 @@ class Forked(Execution):
             raise RuntimeError(f"{handler.label}: isolated run() called outside its with block")
         if time.monotonic() >= handler.deadline:
             handler.on_deadline()
+        child = self.start_child(handler, body)
+        state.child = child
+        # A heartbeat that fell due between two run() calls is sent at once.
+        return supervise(
+            child,
+            deadline=handler.deadline,
+            kill_grace_s=self.grace_for(handler),
+            heartbeat_s=handler.alarm_timeout,
+            next_heartbeat=state.next_heartbeat,
+            on_heartbeat=handler.heartbeat,
+            on_deadline=handler.on_deadline,
+            stop=self.stop,
+            chores=self.chores,
+        )
+
+    def start_child(self, handler: TaskHandler, body: Callable[[], Any]) -> ForkedChild:
+        """A started child running ``body()`` for ``handler`` (a fresh fork, here)."""
         throws: Tuple[Type[BaseException], ...] = tuple(handler.throws)
 
         def in_child() -> Any:
@@ -249,20 +266,7 @@ class Forked(Execution):
 
         # A task's return value never decides its outcome: one JSON cannot carry
         # is dropped with a warning, and the task still counts as done.
-        child = ForkedChild(in_child, label=handler.label, drop_unsendable_result=True)
-        state.child = child
-        # A heartbeat that fell due between two run() calls is sent at once.
-        return supervise(
-            child,
-            deadline=handler.deadline,
-            kill_grace_s=self.grace_for(handler),
-            heartbeat_s=handler.alarm_timeout,
-            next_heartbeat=state.next_heartbeat,
-            on_heartbeat=handler.heartbeat,
-            on_deadline=handler.on_deadline,
-            stop=self.stop,
-            chores=self.chores,
-        )
+        return ForkedChild(in_child, label=handler.label, drop_unsendable_result=True)
 
 
 def supervise(

@@ -42,6 +42,8 @@ class WorkerSettings:
     ``metrics_host`` (needs ``sqstaskmaster[metrics]``; :mod:`sqstaskmaster.metrics`).
     ``prefetch`` (1 to 10): messages one poll receives; those waiting their
     turn are kept invisible by batched heartbeats (:mod:`sqstaskmaster.intake`).
+    ``max_tasks_per_child``: isolated tasks one forked child runs in a row
+    (:mod:`sqstaskmaster.task_process`); 1 forks afresh for each task.
     """
 
     queue_url: Optional[str] = None
@@ -62,6 +64,8 @@ class WorkerSettings:
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
     prefetch: int = DEFAULT_PREFETCH
+    #: Isolated tasks one forked child runs in a row (1: a fresh fork per task).
+    max_tasks_per_child: int = 1
 
     def __post_init__(self) -> None:
         self.check()
@@ -111,6 +115,14 @@ class WorkerSettings:
                 f"prefetch {prefetch!r}: must be a whole number of messages from 1 to 10 "
                 "(SQS receives at most 10 per poll)"
             )
+        tasks_per_child = self.max_tasks_per_child
+        if isinstance(tasks_per_child, bool) or not isinstance(tasks_per_child, int):
+            raise ValueError(f"max_tasks_per_child must be an int >= 1, got {tasks_per_child!r}")
+        if tasks_per_child < 1:
+            raise ValueError(
+                f"max_tasks_per_child must be >= 1 (1: a fresh fork per task), "
+                f"got {tasks_per_child!r}"
+            )
 
     def replace(self, **changes: Any) -> WorkerSettings:
         """A checked copy with ``changes``; a None value keeps the current one."""
@@ -155,6 +167,7 @@ class Configured:
     metrics_port: Optional[int]
     metrics_host: str
     prefetch: int
+    max_tasks_per_child: int
 
     @property
     def heartbeat_s(self) -> int:

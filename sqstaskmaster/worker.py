@@ -55,6 +55,7 @@ from .sqs import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
 from .sqs import MAX_VISIBILITY_S as MAX_VISIBILITY_S
 from .sqs import message_id_of, receive_count_of, sqs_resource
 from .supervisor import Slot
+from .task_process import close_children, reuse_child
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ class Worker(TaskRegistry, Configured):
                 with task_context(message_id=message_id_of(message)):
                     self._disposition.record(None, Outcome.HANDED_BACK)
             self._intake = None
+            close_children(self)
             self._idle()
             if serving:
                 metrics.stop()
@@ -326,11 +328,11 @@ class Worker(TaskRegistry, Configured):
             return Outcome.REFUSED
         handler.visible_until = visible_until
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
-        intake = self._intake
-        if intake is not None:  # deleted in a batch; chores done while it runs
-            handler.deleter = intake.delete_later(task)
-        chores = None if intake is None else intake.chores
+        chores = None if self._intake is None else self._intake.chores
+        if self._intake is not None:  # deleted in a batch; chores done while it runs
+            handler.deleter = self._intake.delete_later(task)
         handler.execution = for_worker(handler, self.isolate, self._stop, chores)
+        handler.execution = reuse_child(self, handler, task, kwargs)
         self.tasks_run += 1
         return run_attempt(
             handler,

@@ -24,6 +24,12 @@ from sqstaskmaster.settings import WorkerSettings
 from sqstaskmaster.worker import Worker
 
 MODES = pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
+# Each way a task can run: a fresh fork, a reused child, in the worker (signal mode).
+RUNS = pytest.mark.parametrize(
+    "run",
+    [{"isolate": True}, {"isolate": True, "max_tasks_per_child": 10}, {"isolate": False}],
+    ids=["isolated", "reused-child", "signal-mode"],
+)
 
 
 class Calls:
@@ -139,8 +145,10 @@ TASKS = {
 }
 
 
-def make_worker(sqs: Any, queue_url: str, isolate: bool, **settings: Any) -> Worker:
-    worker = Worker(TASKS, isolate=isolate, poll_wait_s=0, **settings)
+def make_worker(sqs: Any, queue_url: str, isolate: Any, **settings: Any) -> Worker:
+    """A worker on ``queue_url``; ``isolate`` is a bool, or a RUNS dict of settings."""
+    run = isolate if isinstance(isolate, dict) else {"isolate": isolate}
+    worker = Worker(TASKS, poll_wait_s=0, **run, **settings)
     worker.connect(queue_url, sqs=sqs)
     return worker
 
@@ -148,15 +156,15 @@ def make_worker(sqs: Any, queue_url: str, isolate: bool, **settings: Any) -> Wor
 # -- tests ----------------------------------------------------------------------------
 
 
-@MODES
+@RUNS
 def test_prefetch_10_runs_every_task_at_a_fifth_of_the_requests(
-    sqs_server: Any, isolate: bool
+    sqs_server: Any, run: Dict[str, Any]
 ) -> None:
     queue = sqs_server.make_queue()
     sqs_server.task_manager(queue).submit_batch([("noop", {})] * 30)
     sqs = counted_resource(sqs_server)
     calls = Calls(sqs)
-    worker = make_worker(sqs, queue.url, isolate, prefetch=10, burst_tasks=30)
+    worker = make_worker(sqs, queue.url, run, prefetch=10, burst_tasks=30)
 
     assert worker.run_single() == 0
 
@@ -172,9 +180,9 @@ def test_prefetch_10_runs_every_task_at_a_fifth_of_the_requests(
     assert sum(calls.actions.values()) / 30 <= 0.5
 
 
-@MODES
+@RUNS
 def test_waiting_messages_are_kept_invisible_by_batched_heartbeats(
-    sqs_server: Any, tmp_path: Path, isolate: bool
+    sqs_server: Any, tmp_path: Path, run: Dict[str, Any]
 ) -> None:
     queue = sqs_server.make_queue()
     kwargs = {
@@ -189,7 +197,7 @@ def test_waiting_messages_are_kept_invisible_by_batched_heartbeats(
     # Visibility 3 s: without heartbeats the two waiting messages come back
     # while the first task (4.5 s) still runs.
     worker = make_worker(
-        sqs, queue.url, isolate, prefetch=3, burst_tasks=3, sqs_timeout=3, alarm_timeout=1
+        sqs, queue.url, run, prefetch=3, burst_tasks=3, sqs_timeout=3, alarm_timeout=1
     )
 
     assert worker.run_single() == 0
@@ -236,16 +244,16 @@ def test_a_stop_hands_every_waiting_message_back_in_one_request(
     assert worker.tasks_run == 1
 
 
-@MODES
+@RUNS
 def test_a_finished_tasks_delete_is_sent_while_the_next_task_runs(
-    sqs_server: Any, tmp_path: Path, isolate: bool
+    sqs_server: Any, tmp_path: Path, run: Dict[str, Any]
 ) -> None:
     queue = sqs_server.make_queue()
     where = {"endpoint": sqs_server.endpoint_url, "queue_url": queue.url}
     manager = sqs_server.task_manager(queue)
     manager.submit("noop_marking", directory=str(tmp_path))
     manager.submit("observe", directory=str(tmp_path), **where)
-    worker = make_worker(counted_resource(sqs_server), queue.url, isolate, prefetch=2)
+    worker = make_worker(counted_resource(sqs_server), queue.url, run, prefetch=2)
     worker.settings = worker.settings.replace(burst_tasks=2)
 
     assert worker.run_single() == 0
@@ -258,15 +266,15 @@ def test_a_finished_tasks_delete_is_sent_while_the_next_task_runs(
     assert observed["deleted_after"] < 1.0
 
 
-@MODES
+@RUNS
 def test_a_hard_timeout_holds_with_messages_waiting(
-    sqs_server: Any, tmp_path: Path, isolate: bool
+    sqs_server: Any, tmp_path: Path, run: Dict[str, Any]
 ) -> None:
     queue = sqs_server.make_queue()
     manager = sqs_server.task_manager(queue)
     manager.submit("hang", directory=str(tmp_path))
     manager.submit_batch([("noop_marking", {"directory": str(tmp_path)})] * 2)
-    worker = make_worker(counted_resource(sqs_server), queue.url, isolate, prefetch=3)
+    worker = make_worker(counted_resource(sqs_server), queue.url, run, prefetch=3)
     worker.register("hang", hang, hard_timeout=1)
     worker.settings = worker.settings.replace(burst_tasks=3)
 

@@ -1,0 +1,175 @@
+"""The reused task child's own side: rebuild a task's handler from its facts, run, report.
+
+Runs in the child :mod:`sqstaskmaster.task_process` forks: it reads each
+task's :class:`TaskFacts` from a pipe, builds the handler from the registry it
+inherited by fork around a :class:`StandInMessage` (never an SQS client),
+runs the handler's body and writes its report (one frame: a keep/retire byte,
+then :mod:`sqstaskmaster.child_error`'s JSON report).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import struct
+import traceback
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple, Type
+
+from . import wire
+from .child_error import REJECTED_MARK, error_report, result_report
+from .child_process import (
+    EXIT_OK,
+    EXIT_REPORT_FAILED,
+    _die_with_parent,
+    _flush_std_streams,
+    _reset_signals,
+    _write_all,
+)
+from .logformat import add_to_context, task_context
+from .registry import build_handler
+
+HEADER = struct.Struct(">I")
+# Report frames start with one of these: the child stays for the next task, or leaves.
+KEEP = b"k"
+RETIRE = b"r"
+
+
+@dataclass
+class TaskFacts:
+    """What a reused child needs to rebuild a task's handler: no live SQS object."""
+
+    task: str
+    kwargs: Dict[str, Any]
+    body: str
+    message_id: Optional[str]
+    attributes: Dict[str, Any]
+    message_attributes: Dict[str, Any]
+    receive_count: int
+    sqs_timeout: int
+    heartbeat_s: int
+    hard_timeout: int
+
+
+class StandInMessage:
+    """The message as a reused child's handler sees it: its facts, and no SQS client."""
+
+    receipt_handle = None
+
+    def __init__(self, facts: TaskFacts) -> None:
+        self.body = facts.body
+        self.message_id = facts.message_id
+        self.attributes = facts.attributes
+        self.message_attributes = facts.message_attributes
+
+    def change_visibility(self, **kwargs: Any) -> None:
+        raise RuntimeError(
+            f"message {self.message_id}: change_visibility({kwargs}) called inside a reused "
+            "task child; the worker alone changes visibility (it heartbeats for the task)"
+        )
+
+    def delete(self) -> None:
+        raise RuntimeError(
+            f"message {self.message_id}: delete() called inside a reused task child; the "
+            "worker deletes the message when the task ends cleanly"
+        )
+
+    def __repr__(self) -> str:
+        return f"StandInMessage(message_id={self.message_id!r}, body={self.body!r})"
+
+
+def _read_exactly(fd: int, size: int) -> Optional[bytes]:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _has_child_processes() -> bool:
+    """Whether this process has a child (Linux's /proc; elsewhere assumed not)."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return bool(listing.read().strip())
+    except OSError:
+        return False
+
+
+def run_facts(worker: Any, facts: TaskFacts) -> Any:
+    """Rebuild task ``facts.task``'s handler from the inherited registry and run its body."""
+    spec = worker.registry[facts.task]
+    cls = worker._handler_type(facts.task)
+    handler = build_handler(
+        spec,
+        cls,
+        StandInMessage(facts),
+        facts.sqs_timeout,
+        facts.heartbeat_s,
+        facts.hard_timeout,
+        facts.kwargs,
+    )
+    throws: Tuple[Type[BaseException], ...] = tuple(spec.throws) + tuple(handler.throws)
+    try:
+        # Not entered: _runner is None, so run() runs its body here.
+        return handler.run()
+    except throws as error:
+        error.__dict__[REJECTED_MARK] = True
+        raise
+
+
+def child_main(
+    worker: Any,
+    requests: int,
+    reports: int,
+    parent_pid: int,
+    prctl: Any,
+) -> None:  # pragma: no cover - runs in the child, which ends with os._exit
+    code = EXIT_REPORT_FAILED
+    try:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        _die_with_parent(parent_pid, prctl)
+        _reset_signals()
+        # What the app loaded stays shared: the child's collections never touch it.
+        gc.freeze()
+        while True:
+            header = _read_exactly(requests, HEADER.size)
+            if header is None:  # the worker retired this child
+                code = EXIT_OK
+                break
+            body = _read_exactly(requests, HEADER.unpack(header)[0])
+            if body is None:
+                break
+            keep = True
+            try:
+                facts = pickle.loads(body)
+                with task_context(message_id=facts.message_id, receive_count=facts.receive_count):
+                    add_to_context(task=wire.task_label(facts.task))
+                    result = run_facts(worker, facts)
+            except Exception as error:
+                report = error_report(error)
+            except BaseException as error:  # sys.exit, KeyboardInterrupt: not a clean end
+                report, keep = error_report(error), False
+            else:
+                report = result_report(result, True)
+            keep = keep and not _has_child_processes()
+            frame = (KEEP if keep else RETIRE) + report
+            _flush_std_streams()
+            _write_all(reports, HEADER.pack(len(frame)) + frame)
+            if not keep:
+                code = EXIT_OK
+                break
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        _flush_std_streams()
+        os._exit(code)
