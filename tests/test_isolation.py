@@ -313,13 +313,13 @@ def test_a_long_c_loop_is_never_handed_to_a_second_consumer(
     receive: Any, sqs_queue: Any, second_consumer: SecondConsumer
 ) -> None:
     # Given a received message, another worker polling the queue, and a task
-    # lasting 3 x sqs_timeout
-    loop_size_for(9)
+    # lasting over 2 x sqs_timeout (7 s of CPU, so at least 7 s of wall time)
+    loop_size_for(7)
     message = receive(sqs_timeout=30)
     second_consumer.start()
     # When the task runs in isolation with heartbeats every alarm_timeout seconds
     with Handler(
-        message, c_loop, sqs_timeout=3, alarm_timeout=1, hard_timeout=60, seconds=9
+        message, c_loop, sqs_timeout=3, alarm_timeout=1, hard_timeout=60, seconds=7
     ) as handler:
         total = handler.run()
     # Then the other worker never received the message, and it was deleted once

@@ -204,7 +204,7 @@ def test_two_processes_one_endpoint_counts_every_outcome(
     port = free_port()
     worker = watched_worker(
         "--processes", "2", "--metrics-port", str(port), "--log-format", "json",
-        "--poll-wait", "1", "--sqs-timeout", "6", "--alarm-timeout", "1",
+        "--poll-wait", "1", "--sqs-timeout", "3", "--alarm-timeout", "1",
         "--shutdown-grace", "0.5", "--retry-first", "3600", "--retry-max", "3600",
     )  # fmt: skip
     wait_for(lambda: scrape(port) is not None, 60, "metrics endpoint up")
@@ -278,7 +278,7 @@ def test_two_processes_one_endpoint_counts_every_outcome(
     samples = wait_for(lambda: counted(expected), 10, f"counts {expected} after the kill")
     # The dead process's gauge is dropped.
     wait_for(lambda: in_progress(scrape(port) or {}) == 0, 30, "in progress 0 after the kill")
-    # The killed task's message comes back after its visibility (6 s) and runs
+    # The killed task's message comes back after its visibility (3 s) and runs
     expected[("sleep_first", "done")] = 2
     wait_for(lambda: counted(expected), 60, f"counts {expected} after the rerun")
 

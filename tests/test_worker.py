@@ -614,17 +614,18 @@ def test_poison_unknown_and_malformed_reach_the_dlq_with_the_backoff(
     queue.queue.send_message(MessageBody="not json")
     queue.queue.send_message(MessageBody=TOO_DEEP)
     tm.submit("ok", key="good")
-    # When a worker in burst mode runs with a 1 s, x3, max 3 s backoff
+    # When a worker in burst mode runs with a 1 s, x2, max 2 s backoff (its
+    # idle limit above the longest gap, so it outlasts the poison's retries)
     worker = start_worker(
         queue.url,
         "--burst-idle",
-        "5",
+        "3.5",
         "--retry-first",
         "1",
         "--retry-factor",
-        "3",
+        "2",
         "--retry-max",
-        "3",
+        "2",
         "--retry-jitter",
         "none",
     )
@@ -645,12 +646,13 @@ def test_poison_unknown_and_malformed_reach_the_dlq_with_the_backoff(
         ]
     )
     assert "unknown task 'no_such_task'" in worker.log
-    # ... and the poison task's runs were spaced by the backoff: 1 s, 3 s, 3 s (the cap)
+    # ... and the poison task's runs were spaced by the backoff: 1 s, 2 s, 2 s (the
+    # cap, not 4 s); the bounds tell 1 s from 2 s and 2 s from 4 s
     starts = [trace["time"] for trace in traces(trace_dir, "start", "poison")]
     assert len(starts) == 4
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
-    for gap, delay in zip(gaps, [1, 3, 3]):
-        assert delay - 0.2 <= gap <= delay + 2.5, gaps
+    for gap, delay in zip(gaps, [1, 2, 2]):
+        assert delay - 0.2 <= gap <= delay + 1.5, gaps
     for count in (1, 2, 3, 4):
         assert f"receive {count}: failed" in worker.log
 

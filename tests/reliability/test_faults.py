@@ -40,14 +40,16 @@ SCENARIOS: Dict[str, Dict[str, Any]] = {
             "ReceiveMessage": "...T........EE......",
             "DeleteMessage": "..T.......TE...",
         },
-        "tasks": [0.02] * 30,
+        # 18 tasks: past the 12th delete (the TE pair) and the 14th receive
+        # (the EE pair) with a few to spare; a longer run only waits longer.
+        "tasks": [0.02] * 18,
     },
     "visibility": {
         "schedules": {"ChangeMessageVisibility": "..E...TT...."},
         # Visibility changes come from heartbeats (tasks longer than the 1 s
         # heartbeat), from retry backoffs (tasks that fail, dead-lettered
         # after 2 receives) and, if the handler makes one, from task entry.
-        "tasks": [0.02] * 20 + [1.6] * 3,
+        "tasks": [0.02] * 6 + [1.6] * 3,
         "poison": 6,
     },
 }
@@ -79,12 +81,13 @@ def test_faults_are_survived_retried_notified(
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=MAX_RECEIVE_COUNT)
     keys = [f"f{number:03d}" for number in range(len(settings["tasks"]))]
     poison_keys = [f"p{number}" for number in range(settings.get("poison", 0))]
+    # Failing tasks first: their retry backoffs then run out while the others run.
     sqs_server.task_manager(queue).submit_batch(
-        [
+        [("poison", {"key": key}) for key in poison_keys]
+        + [
             ("work", {"key": key, "seconds": seconds})
             for key, seconds in zip(keys, settings["tasks"])
         ]
-        + [("poison", {"key": key}) for key in poison_keys]
     )
     started = time.monotonic()
     with FaultProxy(sqs_server.endpoint_url, settings["schedules"]) as proxy:
