@@ -26,6 +26,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from botocore import xform_name
+
 from .errors import BatchEntryError, HardTimeoutError, TaskStuckError, WorkerShutdownError
 from .sqs import (
     MAX_BATCH_ENTRIES,
@@ -57,6 +59,11 @@ _PASS_THROUGH = (HardTimeoutError, WorkerShutdownError, TaskStuckError)
 Entry = Tuple[Any, Optional[str]]  # (message, task name)
 
 
+def _ids(entries: Any) -> str:
+    """The entries' tasks and message ids, for a log line."""
+    return ", ".join(f"task {task} message {message_id_of(message)}" for message, task in entries)
+
+
 def _batchable(message: Any) -> bool:
     """A boto3 Message (a client and a queue behind it); a LocalMessage is not."""
     meta = getattr(message, "meta", None)
@@ -72,7 +79,8 @@ class _BatchCall:
     """One batch action (delete, or a visibility change) on a list of messages, with retries."""
 
     def __init__(self, action: str, notify: Notify, what_then: str) -> None:
-        self.action = action
+        self.action = action  # the API's name, e.g. DeleteMessageBatch
+        self._method = xform_name(action)
         self.notify = notify
         self.what_then = what_then
 
@@ -102,7 +110,7 @@ class _BatchCall:
             ]
             failures = {}
             try:
-                response = getattr(client, self.action)(QueueUrl=url, Entries=requests)
+                response = getattr(client, self._method)(QueueUrl=url, Entries=requests)
             except _PASS_THROUGH:
                 raise
             except Exception as error:
@@ -118,6 +126,12 @@ class _BatchCall:
                 break
             finals = {index: why for index, why in failures.items() if why[0] in _FINAL_CODES}
             self._report([(pending[index], why) for index, why in finals.items()], attempt)
+            code, text, _ = failures[again[0]]
+            logger.warning(
+                "%s of %d messages (%s) failed on try %d of %d (%s %s); trying again",
+                *(self.action, len(again), _ids(pending[index] for index in again)),
+                *(attempt, BATCH_TRIES, code, text),
+            )
             pending = [pending[index] for index in again]
             time.sleep(_RETRY_PAUSE_S * attempt)
         self._report([(pending[index], why) for index, why in failures.items()], attempt)
@@ -161,7 +175,7 @@ class DeleteBatch:
         # A forked task's wait loop flushes from a helper thread.
         self._lock = threading.Lock()
         self._delete = _BatchCall(
-            "delete_message_batch",
+            "DeleteMessageBatch",
             notify,
             "the message comes back after its visibility timeout and its task runs again",
         )
@@ -219,12 +233,12 @@ class Waiting:
         self._entries: Deque[List[Any]] = deque()
         self._lock = threading.Lock()
         self._extend = _BatchCall(
-            "change_message_visibility_batch",
+            "ChangeMessageVisibilityBatch",
             notify,
             "it may become visible before its turn and run on another worker",
         )
         self._hand_back = _BatchCall(
-            "change_message_visibility_batch",
+            "ChangeMessageVisibilityBatch",
             notify,
             "it comes back when its visibility timeout ends",
         )

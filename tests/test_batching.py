@@ -93,7 +93,7 @@ def test_an_entry_that_keeps_failing_is_reported_with_its_task_and_message_id(
     )
     assert notify.contexts[0] is not None and notify.contexts[0]["body"] == message.body
     [line] = [
-        r.getMessage() for r in caplog.records if "delete_message_batch failed" in r.getMessage()
+        r.getMessage() for r in caplog.records if "DeleteMessageBatch failed" in r.getMessage()
     ]
     assert f"task resize message {message.message_id}" in line
     assert "after 3 tries" in line and "runs again" in line

@@ -11,7 +11,7 @@ import time
 import urllib.parse
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import worker_process
 
@@ -32,8 +32,13 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, step_s: float = 0.1
         time.sleep(step_s)
 
 
-def report(name: str, **figures: Any) -> str:
-    """Print (and return) the one ``RELIABILITY:`` line a test's figures go into."""
+def report(name: str, worker_args: Sequence[str] = (), **figures: Any) -> str:
+    """Print (and return) the one ``RELIABILITY:`` line a test's figures go into.
+
+    ``worker_args`` (the worker options the test ran with) go into the line first.
+    """
+    if worker_args:
+        figures = {"settings": "_".join(arg.lstrip("-") for arg in worker_args), **figures}
     parts = " ".join(f"{key}={value}" for key, value in figures.items())
     line = f"RELIABILITY: {name} {parts}"
     print(line)
@@ -124,12 +129,15 @@ class WorkerProcess(worker_process.WorkerProcess):
         log_name: str = "worker",
         endpoint_url: Optional[str] = None,
         env: Optional[Dict[str, str]] = None,
+        settings: Sequence[str] = (),
     ) -> None:
+        """``settings``: more worker options (the ``worker_args`` fixture's)."""
         super().__init__(
             server,
             APP,
             queue_url,
             *args,
+            *settings,
             directory_variable=DIRECTORY_VARIABLE,
             directory=directory,
             log_path=directory.parent / f"{log_name}.log",

@@ -121,7 +121,9 @@ BAD_MESSAGES = {
 
 
 @pytest.mark.timeout(60)
-def test_worker_notifies_bad_messages_and_goes_on(sqs_server: Any, tmp_path: Path) -> None:
+def test_worker_notifies_bad_messages_and_goes_on(
+    sqs_server: Any, worker_args: List[str], tmp_path: Path
+) -> None:
     events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=1)
     for body in BAD_MESSAGES:
@@ -138,6 +140,7 @@ def test_worker_notifies_bad_messages_and_goes_on(sqs_server: Any, tmp_path: Pat
         "--alarm-timeout",
         "2",
         log_name="refused",
+        settings=worker_args,
     )
     try:
         refused_code = refused.wait(20)
@@ -156,6 +159,7 @@ def test_worker_notifies_bad_messages_and_goes_on(sqs_server: Any, tmp_path: Pat
         "1",
         "--retry-factor",
         "1",
+        settings=worker_args,
     )
     try:
         exit_code = worker.wait(45)
@@ -170,6 +174,7 @@ def test_worker_notifies_bad_messages_and_goes_on(sqs_server: Any, tmp_path: Pat
     done = events.counts("done")
     report(
         "bad_input[worker]",
+        worker_args=worker_args,
         bad_messages=len(BAD_MESSAGES),
         notified=sum(1 for body in BAD_MESSAGES if by_body.get(body)),
         dead_lettered=len(dead),

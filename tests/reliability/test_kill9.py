@@ -33,7 +33,7 @@ SQS_TIMEOUT_S = 4
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(120)
-def test_kill_9_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
+def test_kill_9_loses_nothing(sqs_server: Any, worker_args: List[str], tmp_path: Path) -> None:
     rng = random.Random(6001)
     events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue()
@@ -56,6 +56,7 @@ def test_kill_9_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
         "1",
         "--retry-first",
         "1",
+        settings=worker_args,
     )
     kills: List[int] = []
     stop_killing = threading.Event()
@@ -98,6 +99,7 @@ def test_kill_9_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
     restarts = log.count("restarting in")
     report(
         "kill9",
+        worker_args=worker_args,
         tasks=TASKS,
         processes=PROCESSES,
         kills=len(kills),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -27,7 +27,9 @@ RETRY_S = 1
 
 
 @pytest.mark.timeout(90)
-def test_poison_is_dead_lettered_and_good_work_flows(sqs_server: Any, tmp_path: Path) -> None:
+def test_poison_is_dead_lettered_and_good_work_flows(
+    sqs_server: Any, worker_args: List[str], tmp_path: Path
+) -> None:
     events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue(dead_letter=True, max_receive_count=MAX_RECEIVE_COUNT)
     tm = sqs_server.task_manager(queue)
@@ -61,6 +63,7 @@ def test_poison_is_dead_lettered_and_good_work_flows(sqs_server: Any, tmp_path: 
         "1",
         "--retry-jitter",
         "none",
+        settings=worker_args,
     )
     try:
         wait_for(lambda: events.counts("start")["p0"] >= 1, 20)
@@ -84,6 +87,7 @@ def test_poison_is_dead_lettered_and_good_work_flows(sqs_server: Any, tmp_path: 
     lost = [key for key in good_keys if done[key] == 0]
     report(
         "poison",
+        worker_args=worker_args,
         poison=len(poison_keys),
         good=len(good_keys),
         dead_lettered=len(dead_keys),

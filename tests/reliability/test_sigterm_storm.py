@@ -27,7 +27,9 @@ MODES: Tuple[List[str], ...] = (["--signal-mode"], [])
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_storm_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
+def test_sigterm_storm_loses_nothing(
+    sqs_server: Any, worker_args: List[str], tmp_path: Path
+) -> None:
     rng = random.Random(6002)
     events_dir, events = event_directory(tmp_path)
     queue = sqs_server.make_queue()
@@ -61,6 +63,7 @@ def test_sigterm_storm_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
             "--poll-wait",
             "1",
             log_name=f"worker-{len(everyone)}",
+            settings=worker_args,
         )
         everyone.append(worker)
         slots[slot] = worker
@@ -128,6 +131,7 @@ def test_sigterm_storm_loses_nothing(sqs_server: Any, tmp_path: Path) -> None:
     handed_back = logs.count("interrupted by shutdown")
     report(
         "sigterm_storm",
+        worker_args=worker_args,
         tasks=TASKS,
         stops=len(exit_codes),
         stops_during_startup=len(early),
