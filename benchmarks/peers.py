@@ -14,7 +14,12 @@ workload (``--tasks``, default 300) goes through each way in turn:
   ``--signal-mode`` with ``--burst-tasks N``;
 - ``isolated_prefetch`` and ``signal_prefetch``: the same with ``--prefetch 10``,
   only when the installed ``sqstaskmaster worker`` offers ``--prefetch``
-  (otherwise their figures are null, and stderr says so).
+  (otherwise their figures are null, and stderr says so); ``isolated_prefetch``
+  also reuses a task child for up to 100 tasks (``--max-tasks-per-child 100``,
+  when offered), the isolated path the README recommends for short tasks, as
+  Celery's prefork pool reuses its children;
+- ``isolated_prefetch_fork``: ``--isolate --prefetch 10`` with a fresh fork per
+  task (the default ``--max-tasks-per-child 1``).
 
 Celery and dramatiq are installed with pip into a virtual environment of their
 own (``--venv DIR``, default ``sqstaskmaster-peers-venv`` in the system temp
@@ -52,6 +57,7 @@ package versions.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -86,6 +92,7 @@ COUNTER_VARIABLE = "PEERS_COUNTER_FILE"
 STATS_PATH = "/_peers/stats"
 RESET_PATH = "/_peers/reset"
 PREFETCH = 10
+TASKS_PER_CHILD = 100
 WARMUP_TASKS = 20
 POLL_S = 0.02
 WAYS = (
@@ -97,6 +104,7 @@ WAYS = (
     "signal",
     "isolated_prefetch",
     "signal_prefetch",
+    "isolated_prefetch_fork",
 )
 PEERS = ("celery_solo", "celery_prefork", "dramatiq")
 THIS_FILE = str(Path(__file__).resolve())
@@ -458,14 +466,15 @@ def versions(python: str, names: Iterable[str]) -> Dict[str, str]:
     return dict(json.loads(result.stdout)) if result.returncode == 0 else {}
 
 
-def supports_prefetch() -> bool:
-    """Whether the installed ``sqstaskmaster worker`` takes ``--prefetch``."""
+@functools.cache
+def supports(option: str) -> bool:
+    """Whether the installed ``sqstaskmaster worker`` takes ``option``."""
     result = subprocess.run(
         [sys.executable, "-m", "sqstaskmaster", "worker", "--help"],
         capture_output=True,
         text=True,
     )
-    return "--prefetch" in result.stdout
+    return option in result.stdout
 
 
 def make_queue(bench: Bench, way: str, repeat: int) -> Queue:
@@ -535,8 +544,10 @@ def worker_command(bench: Bench, way: str, queue: Queue) -> List[str]:
     command += ["--endpoint-url", endpoint, "--region", REGION]
     command += ["--signal-mode" if way.startswith("signal") else "--isolate"]
     command += ["--burst-tasks", str(bench.tasks)]
-    if way.endswith("_prefetch"):
+    if "_prefetch" in way:
         command += ["--prefetch", str(PREFETCH)]
+    if way == "isolated_prefetch" and supports("--max-tasks-per-child"):
+        command += ["--max-tasks-per-child", str(TASKS_PER_CHILD)]
     return command
 
 
@@ -651,14 +662,20 @@ def summarize(
         )
     prefetch = [
         summary[f"{way}_requests_per_task"]
-        for way in ("isolated_prefetch", "signal_prefetch")
+        for way in ("isolated_prefetch", "signal_prefetch", "isolated_prefetch_fork")
         if summary[f"{way}_requests_per_task"] is not None
     ]
     summary["prefetch_requests_per_task"] = max(prefetch) if prefetch else None
     peers = {way: summary[f"{way}_per_s"] for way in PEERS if summary[f"{way}_per_s"]}
     fastest = max(peers, key=lambda way: peers[way]) if peers else None
     summary["fastest_peer"] = fastest
-    for way in ("isolated_prefetch", "signal_prefetch", "isolated", "signal"):
+    for way in (
+        "isolated_prefetch",
+        "signal_prefetch",
+        "isolated_prefetch_fork",
+        "isolated",
+        "signal",
+    ):
         mine = summary[f"{way}_per_s"]
         ratio = round(mine / peers[fastest], 3) if mine and fastest else None
         summary[f"{way}_vs_fastest_peer"] = ratio
@@ -672,10 +689,10 @@ def conduct(args: argparse.Namespace) -> None:
     unknown = sorted(set(ways) - set(WAYS))
     if unknown:
         raise SystemExit(f"--only: unknown way(s) {unknown}; choose among {list(WAYS)}")
-    prefetch = supports_prefetch()
+    prefetch = supports("--prefetch")
     if not prefetch:
-        skipped = [way for way in ways if way.endswith("_prefetch")]
-        ways = [way for way in ways if not way.endswith("_prefetch")]
+        skipped = [way for way in ways if "_prefetch" in way]
+        ways = [way for way in ways if "_prefetch" not in way]
         if skipped:
             print(
                 "the installed sqstaskmaster worker has no --prefetch: "
