@@ -5,7 +5,8 @@ reaches AWS) runs in a subprocess of this script under a small WSGI middleware
 that counts every request on the server side, by action. The same no-op
 workload (``--tasks``, default 300) goes through each way in turn:
 
-- ``celery_solo``: a Celery worker, ``-P solo`` (kombu's SQS transport);
+- ``celery_solo``: a Celery worker, ``-P solo`` (kombu's SQS transport), polling interval 0
+  (with the default 1 s it ran 17-40 tasks/s here);
 - ``celery_prefork``: a Celery worker, ``-P prefork -c 1``, polling interval 0;
 - ``dramatiq``: dramatiq_sqs's broker, one ``dramatiq.Worker`` with one worker
   thread in one process (what the ``dramatiq`` command runs in each process);
@@ -531,7 +532,7 @@ def worker_command(bench: Bench, way: str, queue: Queue) -> List[str]:
         command = [bench.peer_python, THIS_FILE, "_celery", "work", "--queue-url", queue.url]
         command += ["--endpoint", endpoint]
         if way == "celery_solo":
-            return command + ["--pool", "solo"]
+            return command + ["--pool", "solo", "--polling-interval", "0"]
         return command + ["--pool", "prefork", "--polling-interval", "0"]
     if way == "dramatiq":
         command = [bench.peer_python, THIS_FILE, "_dramatiq", "work"]
