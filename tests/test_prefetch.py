@@ -308,3 +308,18 @@ def test_without_prefetch_a_task_takes_two_requests(sqs_server: Any) -> None:
 def test_prefetch_out_of_range_is_refused_naming_it(value: Any) -> None:
     with pytest.raises(ValueError, match=rf"prefetch {value!r}: must be a whole number"):
         WorkerSettings(prefetch=value)
+
+
+def test_the_command_line_refuses_a_prefetch_sqs_cannot_give(
+    sqs_server: Any, capsys: Any, caplog: Any
+) -> None:
+    from sqstaskmaster import cli
+    from sqstaskmaster.exitcodes import RET_USAGE
+
+    queue = sqs_server.make_queue()
+    command = ["worker", "worker_apps:app", "--queue-url", queue.url, "--prefetch", "11"]
+    command += ["--endpoint-url", sqs_server.endpoint_url, "--region", "us-east-1"]
+    assert cli.main(command) == RET_USAGE
+    assert "prefetch 11: must be a whole number of messages from 1 to 10" in (
+        caplog.text + capsys.readouterr().err
+    )
