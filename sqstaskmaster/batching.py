@@ -45,6 +45,8 @@ Notify = Callable[..., Any]
 
 #: A finished task's message is deleted at most this long (s) after it was queued.
 FLUSH_AFTER_S = 0.05
+#: A waiting message is run only if it stays invisible this much longer (s).
+LAPSE_MARGIN_S = 1.0
 #: Tries of a batch entry SQS failed on its side (or a request that failed) before reporting.
 BATCH_TRIES = 3
 # Pause between two tries (s), times the try's number.
@@ -80,12 +82,26 @@ class _BatchCall:
 
     def __init__(self, action: str, notify: Notify, what_then: str) -> None:
         self.action = action  # the API's name, e.g. DeleteMessageBatch
+        # After a call: id(message) -> a code no retry can fix, for those that got one.
+        self.final_codes: Dict[int, str] = {}
+        self._notifiers: Dict[int, Notify] = {}
         self._method = xform_name(action)
         self.notify = notify
         self.what_then = what_then
 
-    def __call__(self, entries: Sequence[Entry], **extra: Any) -> List[Entry]:
-        """Carry it out for ``entries``; returns those that succeeded (failures are reported)."""
+    def __call__(
+        self,
+        entries: Sequence[Entry],
+        notifiers: Optional[Dict[int, Notify]] = None,
+        **extra: Any,
+    ) -> List[Entry]:
+        """Carry it out for ``entries``; returns those that succeeded (failures are reported).
+
+        ``notifiers`` maps ``id(message)`` to the notify a failure of it goes to
+        (its handler's); others go to this call's.
+        """
+        self.final_codes = {}
+        self._notifiers = notifiers or {}
         done: List[Entry] = []
         groups: Dict[Tuple[int, str], List[Entry]] = {}
         for entry in entries:
@@ -139,6 +155,8 @@ class _BatchCall:
 
     def _report(self, failed: List[Tuple[Entry, Tuple[str, str, Any]]], tries: int) -> None:
         for (message, task), (code, text, cause) in failed:
+            if code in _FINAL_CODES:
+                self.final_codes[id(message)] = code
             message_id = message_id_of(message)
             logger.error(
                 "task %s message %s: %s failed after %d %s (%s %s); %s",
@@ -154,7 +172,9 @@ class _BatchCall:
             error = BatchEntryError(self.action, message_id, task, code, text)
             error.__cause__ = cause
             try:
-                self.notify(error, context=failure_context(message))
+                self._notifiers.get(id(message), self.notify)(
+                    error, context=failure_context(message)
+                )
             except Exception:
                 logger.exception("notify raised while reporting %r", error)
 
@@ -171,6 +191,7 @@ class DeleteBatch:
         self.flush_after_s = flush_after_s
         self._clock = clock
         self._pending: List[Entry] = []
+        self._notifiers: Dict[int, Notify] = {}
         self._first_at = 0.0
         # A forked task's wait loop flushes from a helper thread.
         self._lock = threading.Lock()
@@ -184,8 +205,13 @@ class DeleteBatch:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, message: Any, task: Optional[str] = None) -> None:
-        """Delete ``message`` soon (a LocalMessage, which has no SQS behind it, at once)."""
+    def add(
+        self, message: Any, task: Optional[str] = None, notify: Optional[Notify] = None
+    ) -> None:
+        """Delete ``message`` soon (a LocalMessage, which has no SQS behind it, at once).
+
+        A failure goes to ``notify`` (the task's handler's), else to the batch's.
+        """
         if not _batchable(message):
             message.delete()
             return
@@ -193,6 +219,8 @@ class DeleteBatch:
             if not self._pending:
                 self._first_at = self._clock()
             self._pending.append((message, task))
+            if notify is not None:
+                self._notifiers[id(message)] = notify
 
     def due_at(self) -> Optional[float]:
         """When the next flush is due (a ``time.monotonic()`` value), or None if none is."""
@@ -208,16 +236,34 @@ class DeleteBatch:
             while self._pending:
                 chunk = self._pending[:MAX_BATCH_ENTRIES]
                 self.requests += 1
-                self._delete(chunk)
-                # Removed only once carried out or reported: a hard timeout
-                # raised into a signal-mode flush leaves them queued.
+                self._delete(chunk, self._notifiers)
+                # Removed only once carried out or reported.
                 del self._pending[: len(chunk)]
+                for message, _ in chunk:
+                    self._notifiers.pop(id(message), None)
                 if self._pending:
                     self._first_at = self._clock()
 
 
+class _Held:
+    """One waiting message: until when it is invisible, its last heartbeat, whether it lapsed."""
+
+    __slots__ = ("message", "visible_until", "beat_at", "lapsed")
+
+    def __init__(self, message: Any, visible_until: float, beat_at: float) -> None:
+        self.message = message
+        self.visible_until = visible_until
+        self.beat_at = beat_at
+        self.lapsed = False
+
+
 class Waiting:
-    """Prefetched messages waiting their turn, kept invisible on the heartbeat schedule."""
+    """Prefetched messages waiting their turn, kept invisible on the heartbeat schedule.
+
+    A message whose visibility lapsed (a heartbeat SQS refused, its 12-hour
+    budget used up, or a visibility that ran out) is never run or handed back
+    here: SQS delivers it again, perhaps to another worker.
+    """
 
     def __init__(
         self,
@@ -229,13 +275,14 @@ class Waiting:
         self.sqs_timeout = sqs_timeout
         self.heartbeat_s = heartbeat_s
         self._clock = clock
-        # [message, visible until (monotonic), last extended at (monotonic)]
-        self._entries: Deque[List[Any]] = deque()
+        self._held: Deque[_Held] = deque()
+        # When the next heartbeat is due (read without the lock, from a timer).
+        self._next_beat: Optional[float] = None
         self._lock = threading.Lock()
         self._extend = _BatchCall(
             "ChangeMessageVisibilityBatch",
             notify,
-            "it may become visible before its turn and run on another worker",
+            "it may become visible before its turn: it is not run here",
         )
         self._hand_back = _BatchCall(
             "ChangeMessageVisibilityBatch",
@@ -245,72 +292,108 @@ class Waiting:
         self.requests = 0  # ChangeMessageVisibilityBatch calls made
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._held)
 
     def add(self, messages: Sequence[Any], received_at: float) -> None:
         """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``."""
         with self._lock:
             for message in messages:
-                self._entries.append([message, received_at + self.sqs_timeout, received_at])
+                self._held.append(_Held(message, received_at + self.sqs_timeout, received_at))
+            self._plan()
 
     def take(self) -> Optional[Tuple[Any, float]]:
-        """The next message and until when it is invisible; None when none waits."""
+        """The next message and until when it is invisible; None when none waits.
+
+        A message whose visibility lapsed is dropped (with a warning), not returned.
+        """
         with self._lock:
-            if not self._entries:
-                return None
-            message, visible_until, _ = self._entries.popleft()
-        return message, visible_until
+            while self._held:
+                held = self._held.popleft()
+                self._plan()
+                if not held.lapsed and held.visible_until > self._clock() + LAPSE_MARGIN_S:
+                    return held.message, held.visible_until
+                _warn_lapsed(held, "not run here")
+        return None
 
     def due_at(self) -> Optional[float]:
         """When the waiting messages' next heartbeat is due, or None if none waits."""
-        if not self._entries:
-            return None
-        return min(entry[2] for entry in self._entries) + self.heartbeat_s
+        return self._next_beat
+
+    def _plan(self) -> None:
+        self._next_beat = min((h.beat_at for h in self._held), default=None)
+        if self._next_beat is not None:
+            self._next_beat += self.heartbeat_s
 
     def extend(self) -> None:
         """One heartbeat for every waiting message (one request per 10)."""
         with self._lock:
             now = self._clock()
-            batchable = [entry for entry in self._entries if _batchable(entry[0])]
-            for entry in self._entries:
-                entry[2] = now  # a LocalMessage needs no heartbeat
-            by_seconds: Dict[int, List[List[Any]]] = {}
-            for entry in batchable:
-                seconds = capped_visibility(self.sqs_timeout, budget_left_s(entry[0]))
+            by_seconds: Dict[int, List[_Held]] = {}
+            for held in self._held:
+                held.beat_at = now
+                if held.lapsed or not _batchable(held.message):
+                    continue  # a LocalMessage needs no heartbeat
+                seconds = capped_visibility(self.sqs_timeout, budget_left_s(held.message))
                 if seconds > 0:
-                    by_seconds.setdefault(seconds, []).append(entry)
-            for seconds, entries in by_seconds.items():
-                self.requests += -(-len(entries) // MAX_BATCH_ENTRIES)
-                done = self._extend(
-                    [(entry[0], None) for entry in entries], VisibilityTimeout=seconds
-                )
+                    by_seconds.setdefault(seconds, []).append(held)
+                else:
+                    held.lapsed = True
+                    _warn_lapsed(held, "its 12-hour visibility budget is used up")
+            for seconds, group in by_seconds.items():
+                self.requests += -(-len(group) // MAX_BATCH_ENTRIES)
+                done = self._extend([(h.message, None) for h in group], VisibilityTimeout=seconds)
                 extended = {id(message) for message, _ in done}
-                for entry in entries:
-                    if id(entry[0]) in extended:
-                        entry[1] = now + seconds
-            logger.debug("heartbeat for %d waiting messages", len(batchable))
+                for held in group:
+                    if id(held.message) in extended:
+                        held.visible_until = now + seconds
+                    elif self._extend.final_codes.get(id(held.message)):
+                        held.lapsed = True  # SQS says it is no longer ours to extend
+            self._plan()
+            logger.debug("heartbeat for %d waiting messages", len(self._held))
 
     def hand_back_all(self, why: str) -> List[Any]:
-        """Visibility 0 for every waiting message (one request per 10); returns them."""
+        """Visibility 0 for every waiting message (one request per 10); returns them.
+
+        One whose visibility lapsed is left alone (it may be another worker's now).
+        """
         with self._lock:
-            entries = list(self._entries)
-            self._entries.clear()
-        if not entries:
-            return []
-        batchable = [(entry[0], None) for entry in entries if _batchable(entry[0])]
-        for message, _ in ((entry[0], None) for entry in entries if not _batchable(entry[0])):
-            message.change_visibility(VisibilityTimeout=0)
+            held_now = list(self._held)
+            self._held.clear()
+            self._plan()
+        now = self._clock()
+        ours = [h for h in held_now if not h.lapsed and h.visible_until > now]
+        for held in held_now:
+            if held not in ours:
+                _warn_lapsed(held, "not handed back")
+        local = [h.message for h in ours if not _batchable(h.message)]
+        for message in local:
+            try:
+                message.change_visibility(VisibilityTimeout=0)
+            except Exception:
+                logger.exception("message %s: hand-back failed", message_id_of(message))
+        batchable = [(h.message, None) for h in ours if _batchable(h.message)]
+        done = local[:]
         if batchable:
             self.requests += -(-len(batchable) // MAX_BATCH_ENTRIES)
-            self._hand_back(batchable, VisibilityTimeout=0)
-        for entry in entries:
+            done += [message for message, _ in self._hand_back(batchable, VisibilityTimeout=0)]
+        for message in done:
             logger.warning(
                 "task None message %s receive %d: %s; handed back (visibility 0)",
-                message_id_of(entry[0]),
-                receive_count_of(entry[0]),
+                message_id_of(message),
+                receive_count_of(message),
                 why,
             )
-        return [entry[0] for entry in entries]
+        return [h.message for h in held_now]
+
+
+def _warn_lapsed(held: _Held, what: str) -> None:
+    logger.warning(
+        "message %s receive %d waited for its turn, but its visibility lapsed or may have "
+        "(its last heartbeat failed, or ran out); %s: SQS delivers it again",
+        message_id_of(held.message),
+        receive_count_of(held.message),
+        what,
+    )
 
 
 class Chores:

@@ -404,6 +404,19 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+def enter_task_child(parent_pid: int, prctl: Optional[Callable[..., int]]) -> None:
+    """A task child's first steps: its own process group, death with its parent,
+    default signal handlers, and the garbage collector off what the parent had
+    (so the child's collections never copy it)."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    _die_with_parent(parent_pid, prctl)
+    _reset_signals()
+    gc.freeze()
+
+
 def _die_with_parent(parent_pid: int, prctl: Optional[Callable[..., int]]) -> None:
     """Linux: SIGKILL this child if the parent dies (nobody would stop or reap it)."""
     if prctl is not None:
@@ -430,14 +443,7 @@ def _child_main(
     code = EXIT_REPORT_FAILED
     try:
         os.close(reader)
-        try:
-            os.setpgid(0, 0)
-        except OSError:
-            pass
-        _die_with_parent(parent_pid, prctl)
-        _reset_signals()
-        # What the parent had stays shared: the child's collections never touch it.
-        gc.freeze()
+        enter_task_child(parent_pid, prctl)
         try:
             result = target()
         except BaseException as error:

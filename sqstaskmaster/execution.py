@@ -102,6 +102,7 @@ class Execution:
     def __init__(self, stop: Optional[StopSource] = None) -> None:
         self.stop = stop
         self.chores: Optional[ChoreSource] = None
+        self._chore_runner: Optional[ChoreRunner] = None
 
     def with_stop(
         self, stop: Optional[StopSource], chores: Optional[ChoreSource] = None
@@ -138,9 +139,12 @@ class InProcess(Execution):
             stop_at=None if stop is None else stop.interrupt_at,
             on_stop=None if stop is None else _raiser(stop),
             on_notice=None if stop is None else stop.announce,
-            chore_at=None if self.chores is None else self.chores.due_at,
-            on_chore=None if self.chores is None else self.chores.run_due,
         )
+        if self.chores is not None:
+            # Done in a helper thread: never inside the signal handler, where
+            # they could delay the deadline or meet a lock the body holds.
+            runner = self._chore_runner = ChoreRunner(self.chores, handler.label)
+            timer.set_chores(runner.due_at, runner.start)
         handler._timer = timer
         timer.start()
         if stop is not None:
@@ -154,6 +158,9 @@ class InProcess(Execution):
         timer = handler._timer
         if timer is not None:
             timer.disarm()
+        runner, self._chore_runner = self._chore_runner, None
+        if runner is not None:
+            runner.finish()
 
     def restore(self, handler: TaskHandler) -> None:
         timer, handler._timer = handler._timer, None
@@ -307,19 +314,17 @@ def supervise(
     if next_heartbeat is None and heartbeat_s is not None:
         next_heartbeat = time.monotonic() + heartbeat_s
     beat: Optional[_HeartbeatCall] = None
-    chore: Optional[_HeartbeatCall] = None
+    runner = None if chores is None else ChoreRunner(chores, child.label)
     try:
         while True:
             now = time.monotonic()
             if beat is not None and beat.done:
                 _raise_unless_ended(child, beat.error)
                 beat = None
-            if chore is not None and chore.done:
-                chore = None  # run_due reports its own errors
-            chore_at = None if chores is None or chore is not None else chores.due_at()
-            if chore_at is not None and now >= chore_at:
-                chore = _HeartbeatCall(chores.run_due, f"{child.label} chores")  # type: ignore[union-attr]
-                chore_at = None
+            chore_at = None if runner is None else runner.due_at()
+            if runner is not None and chore_at is not None and now >= chore_at:
+                runner.start()
+                chore_at = runner.due_at()
             if now >= deadline and not child.exited():
                 logger.error(
                     "%s: hard deadline reached after %.3f s; stopping child process %s",
@@ -357,7 +362,7 @@ def supervise(
                 # Poll for a new stop; wake at the very moment a known one falls due.
                 at = stop.interrupt_at()
                 wake = min(wake, now + STOP_POLL_S, wake if at is None else max(at, now))
-            if beat is not None or chore is not None:
+            if beat is not None:
                 wake = min(wake, now + _HEARTBEAT_POLL_S)
             if chore_at is not None:
                 wake = min(wake, max(chore_at, now))
@@ -374,9 +379,57 @@ def supervise(
             # A heartbeat still in flight would land after the caller hands
             # the message back or sets its backoff; let it finish first.
             beat.join(_HEARTBEAT_JOIN_S)
-        if chore is not None and not chore.done:
-            chore.join(_HEARTBEAT_JOIN_S)  # no thread left behind where the next task forks
+        if runner is not None:
+            runner.finish()
     return child.outcome()
+
+
+class ChoreRunner:
+    """Runs a worker's due chores in a helper thread, one run at a time, while a task runs.
+
+    ``due_at()`` is when to call ``start()`` next (while a run is on: soon, to
+    look again); ``finish()`` waits for a run still on when the task ends, so
+    none is left where the next task forks.
+    """
+
+    def __init__(self, chores: ChoreSource, label: str) -> None:
+        self.chores = chores
+        self.label = label
+        self._call: Optional[_HeartbeatCall] = None
+
+    def due_at(self) -> Optional[float]:
+        call = self._call
+        if call is not None and not call.done:
+            return time.monotonic() + _HEARTBEAT_POLL_S
+        self._end(call)
+        return self.chores.due_at()
+
+    def start(self) -> None:
+        """Start a run of the chores unless one is on (safe in a signal handler)."""
+        call = self._call
+        if call is None or call.done:
+            self._end(call)
+            self._call = _HeartbeatCall(self.chores.run_due, f"{self.label} chores")
+
+    def finish(self) -> None:
+        call = self._call
+        if call is not None and not call.done:
+            call.join(_HEARTBEAT_JOIN_S)
+            if not call.done:
+                logger.warning(
+                    "%s: the worker's chores (batched deletes, waiting messages' heartbeats) "
+                    "still run after %.0f s; going on",
+                    self.label,
+                    _HEARTBEAT_JOIN_S,
+                )
+                return
+        self._end(call)
+
+    def _end(self, call: Optional[_HeartbeatCall]) -> None:
+        if call is not None and call is self._call:
+            self._call = None
+            if call.error is not None:
+                logger.error("%s: the worker's chores failed: %r", self.label, call.error)
 
 
 # While a heartbeat runs, the wait loop looks at it this often (seconds).

@@ -78,19 +78,28 @@ class Intake:
             raise PollFailedError(queue_url, self.failures, error) from error
         return min(2.0**self.failures, 30.0)
 
-    def take(self) -> Optional[Tuple[Any, float]]:
+    def take(self, stop: Any = None) -> Optional[Tuple[Any, float]]:
         """The next message to run and until when it is invisible; None when none waits.
 
-        Due chores (flush, heartbeat of the others) are done first.
+        Due chores (flush, heartbeat of the others) are done first; if ``stop``
+        (a worker's stop controller) says ``stopping`` then, None: the message
+        stays waiting, to be handed back.
         """
         self.chores.run_due()
+        if stop is not None and stop.stopping:
+            return None
         return self.waiting.take()
 
-    def delete_later(self, task: Optional[str]) -> Callable[[Any], None]:
-        """A handler's ``deleter``: queue a finished ``task``'s message for a batched delete."""
+    def delete_later(
+        self, task: Optional[str], notify: Optional[Notify] = None
+    ) -> Callable[[Any], None]:
+        """A handler's ``deleter``: queue a finished ``task``'s message for a batched delete.
+
+        A delete that fails is reported to ``notify`` (the handler's), as a direct one was.
+        """
 
         def delete(message: Any) -> None:
-            self.deletes.add(message, task)
+            self.deletes.add(message, task, notify)
 
         return delete
 
@@ -100,5 +109,12 @@ class Intake:
         return self.waiting.hand_back_all(why)
 
     def close(self, why: str) -> List[Any]:
-        """On the way out: deletes flushed, waiting messages handed back (returned)."""
-        return self.hand_back_waiting(why)
+        """On the way out: deletes flushed, waiting messages handed back (returned).
+
+        Never raises: what fails is logged (and notified by the batch calls).
+        """
+        try:
+            return self.hand_back_waiting(why)
+        except Exception:
+            logger.exception("closing the worker's intake failed")
+            return []

@@ -9,10 +9,10 @@ then :mod:`sqstaskmaster.child_error`'s JSON report).
 
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 import struct
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Type
@@ -22,10 +22,10 @@ from .child_error import REJECTED_MARK, error_report, result_report
 from .child_process import (
     EXIT_OK,
     EXIT_REPORT_FAILED,
-    _die_with_parent,
     _flush_std_streams,
     _reset_signals,
     _write_all,
+    enter_task_child,
 )
 from .logformat import add_to_context, task_context
 from .registry import build_handler
@@ -130,14 +130,7 @@ def child_main(
 ) -> None:  # pragma: no cover - runs in the child, which ends with os._exit
     code = EXIT_REPORT_FAILED
     try:
-        try:
-            os.setpgid(0, 0)
-        except OSError:
-            pass
-        _die_with_parent(parent_pid, prctl)
-        _reset_signals()
-        # What the app loaded stays shared: the child's collections never touch it.
-        gc.freeze()
+        enter_task_child(parent_pid, prctl)
         while True:
             header = _read_exactly(requests, HEADER.size)
             if header is None:  # the worker retired this child
@@ -149,6 +142,7 @@ def child_main(
             keep = True
             try:
                 facts = pickle.loads(body)
+                _reset_signals()  # no handler or timer a previous task set carries over
                 with task_context(message_id=facts.message_id, receive_count=facts.receive_count):
                     add_to_context(task=wire.task_label(facts.task))
                     result = run_facts(worker, facts)
@@ -158,7 +152,8 @@ def child_main(
                 report, keep = error_report(error), False
             else:
                 report = result_report(result, True)
-            keep = keep and not _has_child_processes()
+            # Left running, a thread or a child process would go on into the next task.
+            keep = keep and threading.active_count() == 1 and not _has_child_processes()
             frame = (KEEP if keep else RETIRE) + report
             _flush_std_streams()
             _write_all(reports, HEADER.pack(len(frame)) + frame)

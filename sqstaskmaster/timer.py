@@ -218,6 +218,13 @@ class SignalTimer:
             return None
         return self._stop_at()
 
+    def set_chores(
+        self, chore_at: Callable[[], Optional[float]], on_chore: Callable[[], None]
+    ) -> None:
+        """Call ``on_chore()`` whenever ``chore_at()`` (a ``time.monotonic()`` value) has come."""
+        self._chore_at = chore_at
+        self._on_chore = on_chore
+
     def _chore_time(self) -> Optional[float]:
         if self._chore_at is None or self._on_chore is None or self._chore_running:
             return None
@@ -272,8 +279,8 @@ class SignalTimer:
             else:
                 chore = self._chore_time()
                 chore_due = chore is not None and now >= chore
-                # Marked before re-arming: a firing during the chore starts no other.
-                self._chore_running = chore_due
+                if chore_due:  # marked before re-arming: no firing meanwhile starts another
+                    self._chore_running = True
                 # Re-arm before the heartbeat's network call, so a slow or failing
                 # extension can neither stop later heartbeats nor delay the deadline.
                 self._arm(now)

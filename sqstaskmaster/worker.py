@@ -252,7 +252,7 @@ class Worker(TaskRegistry, Configured):
                 self._idle()
                 continue
             while not self.stopping and not self._burst_done():
-                item = intake.take()
+                item = intake.take(self._stop)
                 if item is None:
                     break
                 self.process(*item)
@@ -330,7 +330,7 @@ class Worker(TaskRegistry, Configured):
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
         chores = None if self._intake is None else self._intake.chores
         if self._intake is not None:  # deleted in a batch; chores done while it runs
-            handler.deleter = self._intake.delete_later(task)
+            handler.deleter = self._intake.delete_later(task, handler._safe_notify)
         handler.execution = for_worker(handler, self.isolate, self._stop, chores)
         handler.execution = reuse_child(self, handler, task, kwargs)
         self.tasks_run += 1

@@ -205,8 +205,14 @@ def test_a_signal_mode_timer_runs_due_chores_in_the_main_thread_one_at_a_time() 
         due[0] = time.monotonic() - 1  # still due: the timer must not nest
         depth[0] -= 1
 
+    # Heartbeats every 10 ms: some land while a chore runs, and must not start another.
     timer = SignalTimer(
-        10, time.monotonic() + 60, lambda: None, lambda: None, chore_at=chore_at, on_chore=on_chore
+        0.01,
+        time.monotonic() + 60,
+        lambda: None,
+        lambda: None,
+        chore_at=chore_at,
+        on_chore=on_chore,
     )
     before = signal.getsignal(signal.SIGALRM)
     timer.start()
@@ -252,3 +258,114 @@ def test_every_waiting_message_is_handed_back(sqs_server: Any, count: int) -> No
         .get("Messages", [])
     )
     assert len(again) == min(count, 10)
+
+
+def test_a_waiting_message_sqs_refused_to_extend_is_neither_run_nor_handed_back(
+    sqs_server: Any, caplog: Any
+) -> None:
+    messages = received(sqs_server, 2)
+    notify = Recorder()
+    waiting = Waiting(30, 10, notify)
+    waiting.add(messages, time.monotonic())
+    with Stubber(messages[0].meta.client) as stubber:
+        stubber.add_response(
+            "change_message_visibility_batch",
+            {
+                "Successful": [{"Id": "1"}],
+                "Failed": [failure(0, "MessageNotInflight")],
+            },
+            {"QueueUrl": ANY, "Entries": [ANY, ANY]},
+        )
+        waiting.extend()
+        stubber.assert_no_pending_responses()
+    assert [error.code for error in notify.errors] == ["MessageNotInflight"]  # type: ignore[attr-defined]
+    # Only the one still ours is run; the other is SQS's again.
+    taken = waiting.take()
+    assert taken is not None and taken[0] is messages[1]
+    waiting.add([messages[1]], time.monotonic())
+    with caplog.at_level(logging.WARNING):
+        assert waiting.take() is not None
+        assert waiting.take() is None
+
+
+def test_a_waiting_message_whose_visibility_ran_out_is_not_run(sqs_server: Any) -> None:
+    messages = received(sqs_server, 2)
+    waiting = Waiting(30, 10, Recorder())
+    waiting.add(messages[:1], time.monotonic() - 30)  # received 30 s ago, never extended
+    waiting.add(messages[1:], time.monotonic())
+    taken = waiting.take()
+    assert taken is not None and taken[0] is messages[1]
+    waiting.add(messages[:1], time.monotonic() - 30.5)  # ran out 0.5 s ago
+    assert waiting.hand_back_all("stopping") == messages[:1]
+    assert waiting.requests == 0  # not ours to hand back
+
+
+def test_a_slow_chore_never_delays_a_signal_mode_hard_timeout() -> None:
+    from sqstaskmaster.errors import HardTimeoutError
+    from sqstaskmaster.execution import InProcess
+    from sqstaskmaster.local import LocalMessage
+    from sqstaskmaster.message_handler import MessageHandler
+
+    class SlowChores:
+        def __init__(self) -> None:
+            self.runs = 0
+            self.due = time.monotonic() + 0.1
+
+        def due_at(self) -> Optional[float]:
+            return self.due if self.runs == 0 else None
+
+        def run_due(self) -> None:
+            self.runs += 1
+            time.sleep(3)  # a flush stuck on a slow SQS
+
+    class Spin(MessageHandler):
+        def run(self) -> None:
+            while True:
+                pass
+
+        def running(self) -> bool:
+            return True
+
+        def notify(self, exception: BaseException, context: Optional[dict] = None) -> None:
+            pass
+
+    chores = SlowChores()
+    handler = Spin(LocalMessage("{}", {}, {}), sqs_timeout=30, alarm_timeout=10, hard_timeout=1)
+    handler.execution = InProcess().with_stop(None, chores)
+    started = time.monotonic()
+    with handler:
+        handler.run()
+    took = time.monotonic() - started
+    assert isinstance(handler.error, HardTimeoutError)
+    assert chores.runs == 1
+    # The body was stopped at its deadline, while the chore's 3 s ran beside it;
+    # leaving waits up to 2 s for the chore, so its thread does not outlive the task.
+    assert handler.error.elapsed is not None and handler.error.elapsed < 1.3
+    assert took < 3.5
+
+
+def test_a_failed_delete_goes_to_the_handlers_notify(sqs_server: Any) -> None:
+    [message] = received(sqs_server, 1)
+    batch_notify, handler_notify = Recorder(), Recorder()
+    batch = DeleteBatch(batch_notify)
+    batch.add(message, "noop", handler_notify)
+    with Stubber(message.meta.client) as stubber:
+        expect_delete(stubber, [failure(0, "ReceiptHandleIsInvalid")], 1)
+        batch.flush()
+    assert len(handler_notify.errors) == 1 and batch_notify.errors == []
+
+
+def test_a_stop_seen_after_the_chores_starts_no_task(sqs_server: Any) -> None:
+    from sqstaskmaster.intake import Intake
+
+    messages = received(sqs_server, 1)
+    intake = Intake(None, prefetch=10, sqs_timeout=30, heartbeat_s=10, notify=Recorder())
+    intake.waiting.add(messages, time.monotonic())
+
+    class Stopping:
+        stopping = True
+
+    assert intake.take(Stopping()) is None
+    assert len(intake.waiting) == 1  # still waiting: handed back when the worker stops
+    taken = intake.take()
+    assert taken is not None and taken[0] is messages[0]
