@@ -252,14 +252,22 @@ class ForkedChild:
                 grace_s,
             )
             self.signal_group(signal.SIGTERM)
-            if not self.wait(grace_s):
+            if not self._await_exit(grace_s):
                 logger.warning(
                     "%s: child process %s still running %.1f s after SIGTERM; SIGKILL",
                     self.label,
                     self.pid,
                     grace_s,
                 )
+            self._stopped()
         self.reap()
+
+    def _await_exit(self, grace_s: float) -> bool:
+        """Wait up to ``grace_s`` for the child process to end after SIGTERM; True if it did."""
+        return self.wait(grace_s)
+
+    def _stopped(self) -> None:
+        """Called once a running task was stopped (SIGTERM sent), before the reap."""
 
     def reap(self) -> None:
         """SIGKILL what is left of the process group, wait for the child, close the pipe."""

@@ -387,30 +387,15 @@ class ReusedTask(ForkedChild):
         except ProcessLookupError:
             pass
 
-    def terminate(self, grace_s: float) -> None:
-        """SIGTERM to the child's process group, ``grace_s`` s for it to die, then reap."""
-        if self._reaped:
-            return
-        if not self.exited():
-            logger.warning(
-                "%s: sending SIGTERM to process group %s (grace %.1f s)",
-                self.label,
-                self.pid,
-                grace_s,
-            )
-            self.signal_group(signal.SIGTERM)
-            end = time.monotonic() + max(grace_s, 0.0)
-            while not self._child.exited() and time.monotonic() < end:
-                _wait_fd(self._child.pidfd, end - time.monotonic())
-            if not self._child.exited():
-                logger.warning(
-                    "%s: child process %s still running %.1f s after SIGTERM; SIGKILL",
-                    self.label,
-                    self.pid,
-                    grace_s,
-                )
-            self._frame = None  # a report raced with the stop: the task did not end cleanly
-        self.reap()
+    def _await_exit(self, grace_s: float) -> bool:
+        # The child process itself, not the task's report, must end.
+        end = time.monotonic() + max(grace_s, 0.0)
+        while not self._child.exited() and time.monotonic() < end:
+            _wait_fd(self._child.pidfd, end - time.monotonic())
+        return self._child.exited()
+
+    def _stopped(self) -> None:
+        self._frame = None  # a report raced with the stop: the task did not end cleanly
 
     def reap(self) -> None:
         """Keep the child after a clean task (retire it after its last); else kill and reap it."""
