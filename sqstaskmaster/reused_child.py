@@ -9,8 +9,10 @@ then :mod:`sqstaskmaster.child_error`'s JSON report).
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import os
-import pickle
 import struct
 import threading
 import traceback
@@ -50,6 +52,30 @@ class TaskFacts:
     sqs_timeout: int
     heartbeat_s: int
     hard_timeout: int
+
+    def encode(self) -> bytes:
+        """These facts as JSON (a message attribute's BinaryValue as base64)."""
+        return json.dumps(dataclasses.asdict(self), default=_bytes_to_json).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> TaskFacts:
+        """The facts :meth:`encode` wrote."""
+        return cls(**json.loads(data, object_hook=_json_to_bytes))
+
+
+_BYTES_KEY = "__sqstaskmaster_bytes__"
+
+
+def _bytes_to_json(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {_BYTES_KEY: base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} cannot cross to a reused task child")
+
+
+def _json_to_bytes(value: Dict[str, Any]) -> Any:
+    if len(value) == 1 and _BYTES_KEY in value:
+        return base64.b64decode(value[_BYTES_KEY])
+    return value
 
 
 class StandInMessage:
@@ -141,7 +167,7 @@ def child_main(
                 break
             keep = True
             try:
-                facts = pickle.loads(body)
+                facts = TaskFacts.decode(body)
                 _reset_signals()  # no handler or timer a previous task set carries over
                 with task_context(message_id=facts.message_id, receive_count=facts.receive_count):
                     add_to_context(task=wire.task_label(facts.task))

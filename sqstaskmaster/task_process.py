@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import selectors
 import signal
 import time
@@ -170,7 +169,7 @@ class ChildPool:
 
     def start(self, facts: TaskFacts, label: str) -> ReusedTask:
         """Send ``facts`` to the child (forked now if there is none); the task, supervised."""
-        request = pickle.dumps(facts, protocol=pickle.HIGHEST_PROTOCOL)
+        request = facts.encode()
         child = self.child
         if child is not None and child.exited():
             logger.warning("%s: reused child process %s had ended; forking anew", label, child.pid)

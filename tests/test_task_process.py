@@ -483,3 +483,23 @@ def test_the_cli_flag_makes_the_worker_reuse_its_child(
     seen = pids(path)
     assert len(seen) == 4 and len(set(seen)) == 1 and seen[0] != os.getpid()
     assert reaped(seen[0])
+
+
+def test_task_facts_cross_as_json_binary_attributes_included() -> None:
+    from sqstaskmaster.reused_child import TaskFacts
+
+    facts = TaskFacts(
+        "resize",
+        {"path": "a.png", "sizes": [1, 2.5, None]},
+        '{"task": "resize"}',
+        "m-1",
+        {"ApproximateReceiveCount": "2"},
+        {"blob": {"DataType": "Binary", "BinaryValue": b"\x00\xff"}},
+        2,
+        30,
+        10,
+        60,
+    )
+    data = facts.encode()
+    assert data.startswith(b"{")  # JSON, never pickle
+    assert TaskFacts.decode(data) == facts
