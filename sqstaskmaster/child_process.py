@@ -136,13 +136,7 @@ class ForkedChild:
         self._exited = False
         self._reaped = False
         self._wait_status: Optional[int] = None
-        self._pidfd: Optional[int] = None
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is not None:
-            try:
-                self._pidfd = pidfd_open(pid)
-            except OSError:
-                self._pidfd = None
+        self._pidfd = open_pidfd(pid)
         self._selector = selectors.DefaultSelector()
         self._selector.register(reader, selectors.EVENT_READ, "report")
         if self._pidfd is not None:
@@ -410,6 +404,17 @@ def _reset_signals() -> None:
         except (OSError, ValueError):
             pass
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def open_pidfd(pid: int) -> Optional[int]:
+    """A file descriptor that becomes readable when child ``pid`` exits (Linux), or None."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:
+        return None
 
 
 def enter_task_child(parent_pid: int, prctl: Optional[Callable[..., int]]) -> None:

@@ -313,7 +313,7 @@ def supervise(
         raise ValueError(f"Heartbeat interval must be positive, got {heartbeat_s!r} seconds")
     if next_heartbeat is None and heartbeat_s is not None:
         next_heartbeat = time.monotonic() + heartbeat_s
-    beat: Optional[_HeartbeatCall] = None
+    beat: Optional[_BackgroundCall] = None
     runner = None if chores is None else ChoreRunner(chores, child.label)
     try:
         while True:
@@ -344,7 +344,7 @@ def supervise(
                 if on_heartbeat is None:
                     pass
                 elif beat is None:
-                    beat = _HeartbeatCall(on_heartbeat, child.label)
+                    beat = _BackgroundCall(on_heartbeat, child.label)
                 else:
                     logger.warning(
                         "%s: the previous heartbeat is still running; skipping this one",
@@ -395,7 +395,7 @@ class ChoreRunner:
     def __init__(self, chores: ChoreSource, label: str) -> None:
         self.chores = chores
         self.label = label
-        self._call: Optional[_HeartbeatCall] = None
+        self._call: Optional[_BackgroundCall] = None
 
     def due_at(self) -> Optional[float]:
         call = self._call
@@ -409,7 +409,7 @@ class ChoreRunner:
         call = self._call
         if call is None or call.done:
             self._end(call)
-            self._call = _HeartbeatCall(self.chores.run_due, f"{self.label} chores")
+            self._call = _BackgroundCall(self.chores.run_due, f"{self.label} chores")
 
     def finish(self) -> None:
         call = self._call
@@ -425,7 +425,7 @@ class ChoreRunner:
                 return
         self._end(call)
 
-    def _end(self, call: Optional[_HeartbeatCall]) -> None:
+    def _end(self, call: Optional[_BackgroundCall]) -> None:
         if call is not None and call is self._call:
             self._call = None
             if call.error is not None:
@@ -438,8 +438,11 @@ _HEARTBEAT_POLL_S = 0.02
 _HEARTBEAT_JOIN_S = 2.0
 
 
-class _HeartbeatCall:
-    """One heartbeat in a helper thread: a slow SQS call must not delay the hard deadline."""
+class _BackgroundCall:
+    """A heartbeat, or a run of chores, in a helper thread.
+
+    So a slow SQS call never delays the hard deadline.
+    """
 
     def __init__(self, on_heartbeat: Callable[[], None], label: str) -> None:
         self.error: Optional[BaseException] = None

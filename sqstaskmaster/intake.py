@@ -47,7 +47,6 @@ class Intake:
         self.waiting = Waiting(sqs_timeout, heartbeat_s, notify)
         self.chores = Chores(self.deletes, self.waiting, notify)
         self.notify = notify
-        self.polls = 0
         self.failures = 0  # failed polls in a row
 
     def poll(self, wait_s: int, most: Optional[int] = None) -> int:
@@ -58,7 +57,6 @@ class Intake:
         self.chores.flush()
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
         polled_at = time.monotonic()
-        self.polls += 1
         messages = self.task_manager.receive(
             wait_s, self.sqs_timeout, message_attributes=True, max_messages=count
         )

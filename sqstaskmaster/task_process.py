@@ -36,6 +36,7 @@ from .child_process import (
     ForkedChild,
     _flush_std_streams,
     _lookup_prctl,
+    open_pidfd,
 )
 from .execution import Execution, Forked, StopSource, TaskHandler
 from .message_handler import MessageHandler
@@ -125,13 +126,7 @@ class _Child:
         self.requests: Optional[int] = requests
         self.reports = reports
         self.tasks = 0
-        self.pidfd: Optional[int] = None
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is not None:
-            try:
-                self.pidfd = pidfd_open(pid)
-            except OSError:
-                self.pidfd = None
+        self.pidfd = open_pidfd(pid)
 
     def exited(self) -> bool:
         try:

@@ -1,8 +1,10 @@
-"""Fixtures shared by the Provisioner tests (test_queue_scale, test_provision)."""
+"""Shared fixtures: the Provisioner tests' (env, ecs) and the forking tests' thread count."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import threading
+from typing import Any, Iterator, List
 
 import boto3
 import pytest
@@ -19,3 +21,28 @@ def env(sqs_environment: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 def ecs(ecs_client: Any) -> Any:
     """An ECS client on the test server (skips where the server has no ECS)."""
     return ecs_client
+
+
+# Threads of this process each time it forked while a test counts them.
+_threads_at_fork: List[int] = []
+_counting: List[bool] = []
+
+
+def _count_threads() -> None:
+    if _counting:
+        # pytest-timeout's thread (timeout_method = "thread") belongs to the test run.
+        threads = [t for t in threading.enumerate() if not t.name.startswith("pytest_timeout")]
+        _threads_at_fork.append(len(threads))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_count_threads)
+
+
+@pytest.fixture
+def count_threads_at_fork() -> Iterator[List[int]]:
+    """The number of threads at each fork this process makes during the test."""
+    _threads_at_fork.clear()
+    _counting.append(True)
+    yield _threads_at_fork
+    _counting.clear()

@@ -21,28 +21,6 @@ from sqstaskmaster.worker import Worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="Forked needs fork")
 
-# Threads of this process each time it forked while ``_counting`` was set.
-_threads_at_fork: List[int] = []
-_counting: List[bool] = []
-
-
-def _count_threads() -> None:
-    if _counting:
-        # pytest-timeout's thread (timeout_method = "thread") belongs to the test run.
-        threads = [t for t in threading.enumerate() if not t.name.startswith("pytest_timeout")]
-        _threads_at_fork.append(len(threads))
-
-
-os.register_at_fork(before=_count_threads)
-
-
-@pytest.fixture
-def count_threads_at_fork() -> Any:
-    _threads_at_fork.clear()
-    _counting.append(True)
-    yield _threads_at_fork
-    _counting.clear()
-
 
 def ok() -> None:
     pass

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -27,18 +26,6 @@ from sqstaskmaster.settings import WorkerSettings
 from sqstaskmaster.worker import Worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation needs fork")
-
-_threads_at_fork: List[int] = []
-_counting: List[bool] = []
-
-
-def _count_threads() -> None:
-    if _counting:
-        threads = [t for t in threading.enumerate() if not t.name.startswith("pytest_timeout")]
-        _threads_at_fork.append(len(threads))
-
-
-os.register_at_fork(before=_count_threads)
 
 
 class PermanentError(Exception):
@@ -391,7 +378,7 @@ def test_a_stop_reaches_a_task_in_a_reused_child_and_no_child_is_left(
 
 
 def test_a_worker_on_a_queue_reuses_children_and_leaves_none_at_exit(
-    sqs_server: Any, sqs_queue: Any, tmp_path: Path
+    sqs_server: Any, sqs_queue: Any, tmp_path: Path, count_threads_at_fork: List[int]
 ) -> None:
     worker = make_worker(3, poll_wait_s=0, burst_tasks=7)
     worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
@@ -399,15 +386,10 @@ def test_a_worker_on_a_queue_reuses_children_and_leaves_none_at_exit(
     tasks = sqs_server.task_manager(sqs_queue)
     for _ in range(7):
         tasks.submit("record", path=str(path))
-    _threads_at_fork.clear()
-    _counting.append(True)
-    try:
-        assert worker.run_single() == 0
-    finally:
-        _counting.clear()
+    assert worker.run_single() == 0
     seen = pids(path)
     assert len(seen) == 7 and len(set(seen)) == 3
-    assert _threads_at_fork == [1, 1, 1]  # one fork per three tasks, single-threaded
+    assert count_threads_at_fork == [1, 1, 1]  # one fork per three tasks, single-threaded
     assert all(reaped(pid) for pid in set(seen))  # the last one too, at the worker's exit
     leftover = sqs_queue.queue.receive_messages(MaxNumberOfMessages=10, WaitTimeSeconds=0)
     assert leftover == []

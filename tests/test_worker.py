@@ -15,11 +15,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import worker_apps as apps
-from worker_process import WorkerProcess
+from worker_process import WorkerProcess, wait_for
 
 from sqstaskmaster.errors import (
     DecodeError,
@@ -35,16 +35,6 @@ from sqstaskmaster.worker import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_
 # 100,000 levels (200 KB): json.loads raises RecursionError, which is no ValueError,
 # on every Python (3.9-3.11 already at about 1,000 levels, 3.12 and 3.13 deeper).
 TOO_DEEP = '{"task": "ok", "kwargs": {"a": ' + "[" * 100_000 + "]" * 100_000 + "}}"
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, step_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def traces(directory: Path, kind: str, key: str) -> List[Dict[str, Any]]:
