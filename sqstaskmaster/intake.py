@@ -15,7 +15,6 @@ from typing import Any, Callable, List, Optional, Tuple
 from . import metrics
 from .batching import Chores, DeleteBatch, Waiting
 from .errors import PollFailedError
-from .sqs import MAX_BATCH_ENTRIES
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +24,9 @@ Notify = Callable[..., Any]
 class Intake:
     """Polls ``task_manager``'s queue and keeps what one poll brought (see the module docstring).
 
-    ``prefetch`` (1 to 10) is the most messages one poll receives; those not
-    yet running are kept invisible on the ``heartbeat_s`` schedule.
+    ``prefetch`` (1 to 10, checked by WorkerSettings) is the most messages one
+    poll receives; those not yet running are kept invisible on the
+    ``heartbeat_s`` schedule.
     """
 
     def __init__(
@@ -38,8 +38,6 @@ class Intake:
         heartbeat_s: float,
         notify: Notify,
     ) -> None:
-        if not 1 <= prefetch <= MAX_BATCH_ENTRIES:
-            raise ValueError(f"prefetch must be 1 to {MAX_BATCH_ENTRIES}, got {prefetch!r}")
         self.task_manager = task_manager
         self.prefetch = prefetch
         self.sqs_timeout = sqs_timeout
@@ -101,18 +99,14 @@ class Intake:
 
         return delete
 
-    def hand_back_waiting(self, why: str) -> List[Any]:
-        """Flush the deletes, then hand back every waiting message; returns those."""
-        self.chores.flush()
-        return self.waiting.hand_back_all(why)
-
     def close(self, why: str) -> List[Any]:
         """On the way out: deletes flushed, waiting messages handed back (returned).
 
         Never raises: what fails is logged (and notified by the batch calls).
         """
         try:
-            return self.hand_back_waiting(why)
+            self.chores.flush()
+            return self.waiting.hand_back_all(why)
         except Exception:
             logger.exception("closing the worker's intake failed")
             return []
