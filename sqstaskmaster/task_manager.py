@@ -177,17 +177,21 @@ class TaskManager:
     def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:
         """``(task, kwargs)`` of a message, or None after notifying and logging."""
         try:
-            return decode_body(message.body, getattr(message, "message_id", None))
-        except MalformedBodyError as malformed:
-            self.report_malformed(message, malformed)
-            return None
+            return decode_body(
+                message.body,
+                getattr(message, "message_id", None),
+                lambda malformed: self.report_malformed(message, malformed),
+            )
+        except MalformedBodyError:
+            return None  # reported while the decoder's error was being handled
 
     def report_malformed(self, message: Any, malformed: MalformedBodyError) -> None:
         """notify and log a malformed body as 0.0.11 does (with the decoder's own error).
 
         0.0.11 reported the decoder's ValueError; anything else the decoder
         raised (RecursionError, say) is reported as a DecodeError. Called while
-        the error is being handled: 0.0.11's ``logger.exception`` lines.
+        the decoder's error is being handled, as 0.0.11's ``logger.exception``
+        lines are, with exactly their arguments.
         """
         cause, body = malformed.cause, message.body
         if malformed.decodes:
@@ -197,14 +201,10 @@ class TaskManager:
                 cause,
                 body,
                 message.attributes,
-                exc_info=cause,
             )
             return
-        error = malformed.reported()
-        self.notify(error, context=failure_context(message))
-        logger.exception(
-            "failed to decode message %s with %s", body, message.attributes, exc_info=error
-        )
+        self.notify(malformed.reported(), context=failure_context(message))
+        logger.exception("failed to decode message %s with %s", body, message.attributes)
 
     def _generate(self, wait_time: int, sqs_timeout: int) -> Iterator[Tuple[Any, Any, Any]]:
         while True:

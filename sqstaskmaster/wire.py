@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from .errors import (
     DecodeError,
@@ -160,21 +160,40 @@ def _first_non_finite(kwargs: Any) -> Optional[Tuple[str, float]]:
     return None
 
 
-def decode(body: Any, message_id: Optional[str] = None) -> Tuple[Any, Any]:
+def decode(
+    body: Any,
+    message_id: Optional[str] = None,
+    on_malformed: Optional[Callable[[MalformedBodyError], None]] = None,
+) -> Tuple[Any, Any]:
     """``(task, kwargs)`` of a body, as 0.0.11 reads it (no type checks: see :func:`validate`).
 
     Raises MalformedBodyError, whose ``cause`` is the decoder's own error
     (``JSONDecodeError``, ``KeyError`` for a missing field, ``TypeError`` for a
     body that is not an object, ``RecursionError`` for one nested too deep).
+    ``on_malformed`` is called with it first, while the decoder's error is
+    being handled (so ``logger.exception`` there logs that error, as 0.0.11 did).
     """
     try:
         content = json.loads(body)
     except Exception as error:  # every undecodable body is malformed, whatever was raised
-        raise MalformedBodyError(message_id, body, error, decodes=False) from error
+        raise _malformed(message_id, body, error, False, on_malformed) from error
     try:
         return content["task"], content["kwargs"]
     except (KeyError, TypeError, IndexError) as error:
-        raise MalformedBodyError(message_id, body, error, decodes=True) from error
+        raise _malformed(message_id, body, error, True, on_malformed) from error
+
+
+def _malformed(
+    message_id: Optional[str],
+    body: Any,
+    error: BaseException,
+    decodes: bool,
+    on_malformed: Optional[Callable[[MalformedBodyError], None]],
+) -> MalformedBodyError:
+    malformed = MalformedBodyError(message_id, body, error, decodes=decodes)
+    if on_malformed is not None:
+        on_malformed(malformed)
+    return malformed
 
 
 def validate(task: Any, kwargs: Any, message_id: Optional[str] = None) -> Tuple[str, Dict]:

@@ -6,10 +6,12 @@ import hashlib
 import inspect
 import json
 import logging
+import sys
 import time
 from datetime import date
 from decimal import Decimal
 from typing import Any, Dict, List, Tuple
+from unittest.mock import patch
 
 import boto3
 import handlers
@@ -490,8 +492,33 @@ def test_a_body_too_deep_to_decode_is_malformed_not_fatal(
     assert context["body"] == TOO_DEEP
     [record] = [r for r in task_records(caplog) if r.levelno == logging.ERROR]
     assert record.msg == DECODE_FAILED and record.args[0] == TOO_DEEP
-    assert record.exc_info is not None and record.exc_info[1] is error
+    # Logged while the decoder's own error is handled, as 0.0.11's line is.
+    assert record.exc_info is not None and record.exc_info[1] is error.error
     assert depth(sqs_server, sqs_queue.url) == (0, 2)
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+def test_malformed_log_calls_are_exactly_0_0_11s(body: str) -> None:
+    # 0.0.11 tests patch the module's logger and check the call itself: exactly
+    # these positional arguments, no keyword arguments, made inside the except
+    # block of the decoder's own error (so logger.exception attaches its traceback).
+    handled: List[Any] = []
+    tm = TaskManager("local://q", notify=Recorder(), queue_constructor=LocalQueue)
+    attributes = {"ApproximateReceiveCount": "1"}
+    tm.queue.queue.put(LocalMessage(body, attributes, {}))
+    tm.submit("good")
+    with patch("sqstaskmaster.task_manager.logger") as log:
+        log.exception.side_effect = lambda *args, **kwargs: handled.append(sys.exc_info()[1])
+        assert first(tm, wait_time=0)[0] == "good"
+    if body == MALFORMED[0]:
+        log.exception.assert_called_once_with(DECODE_FAILED, body, attributes)
+        assert isinstance(handled[0], json.JSONDecodeError)
+    else:
+        [call] = log.exception.call_args_list
+        key_error = call.args[1]
+        assert isinstance(key_error, KeyError)
+        log.exception.assert_called_once_with(FIELD_MISSING, key_error, body, attributes)
+        assert handled == [key_error]
 
 
 def test_whatever_the_decoder_raises_is_malformed() -> None:
