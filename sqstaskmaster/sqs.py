@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 #: SQS never keeps a message invisible longer than 12 hours after its first receive,
 #: and refuses a VisibilityTimeout above it (seconds).
@@ -172,13 +172,87 @@ def message_size(body: str, attributes: Mapping[str, Mapping[str, Any]]) -> int:
     return _utf8_len(body) + attributes_size(attributes)
 
 
-def sqs_resource(session: Any = None, endpoint_url: Optional[str] = None) -> Any:
-    """An SQS service resource from ``session`` (None: a new default boto3 session)."""
+def sqs_resource(
+    session: Any = None, endpoint_url: Optional[str] = None, config: Any = None
+) -> Any:
+    """An SQS service resource from ``session`` (None: a new default boto3 session).
+
+    ``config`` is a botocore ``Config`` (see :func:`client_config`), or None for boto3's.
+    """
     if session is None:
         import boto3
 
         session = boto3.session.Session()
-    return session.resource("sqs", endpoint_url=endpoint_url)
+    return session.resource("sqs", endpoint_url=endpoint_url, config=config)
+
+
+# -- a worker's request bounds -----------------------------------------------------
+
+#: Tries of one SQS request a worker makes (botocore's standard retry mode counts the first).
+REQUEST_TRIES = 3
+#: Seconds of one heartbeat period kept for botocore's pauses between those tries.
+RETRY_PAUSES_S = 1.0
+#: The bounds of one try's connect and read timeouts (seconds).
+CONNECT_TIMEOUT_S = (1.0, 5.0)
+READ_TIMEOUT_S = (2.0, 20.0)
+
+
+def request_timeouts(heartbeat_s: float) -> Tuple[float, float]:
+    """``(connect, read)`` timeouts of one try, so that :data:`REQUEST_TRIES` tries of a
+    request end within one heartbeat period of ``heartbeat_s`` seconds.
+
+    So a heartbeat stuck on a dead connection fails (and is logged) in time
+    for the next one to be made before the visibility runs out. Each is kept
+    within its bounds: below 4 s (for heartbeats of 10 s and more the three
+    tries fit), the lower bounds win over the fit.
+    """
+    per_try = max(heartbeat_s - RETRY_PAUSES_S, 0.0) / REQUEST_TRIES
+    low, high = CONNECT_TIMEOUT_S
+    connect = min(max(per_try / 3, low), high)
+    low, high = READ_TIMEOUT_S
+    return connect, min(max(per_try - connect, low), high)
+
+
+def client_config(heartbeat_s: float, poll_wait_s: float = 0) -> Any:
+    """The botocore ``Config`` of a worker's SQS clients (see :func:`request_timeouts`).
+
+    ``poll_wait_s`` is added to the read timeout of the client that long-polls,
+    whose answer may come that much later.
+    """
+    from botocore.config import Config
+
+    connect, read = request_timeouts(heartbeat_s)
+    return Config(
+        connect_timeout=connect,
+        read_timeout=read + poll_wait_s,
+        retries={"mode": "standard", "total_max_attempts": REQUEST_TRIES},
+    )
+
+
+def worker_clients(
+    session: Any, endpoint_url: Optional[str], heartbeat_s: float, poll_wait_s: float
+) -> Tuple[Any, Any]:
+    """A worker's ``(resource, client)``: the resource polls, the client does the rest.
+
+    Both are bounded (:func:`client_config`); the resource's read timeout also
+    covers the long poll, and :func:`bind` moves received messages to the
+    client, so that their heartbeats, hand-backs and deletes get the short bound.
+    """
+    if session is None:
+        import boto3
+
+        session = boto3.session.Session()
+    resource = sqs_resource(session, endpoint_url, client_config(heartbeat_s, poll_wait_s))
+    client = session.client("sqs", endpoint_url=endpoint_url, config=client_config(heartbeat_s))
+    return resource, client
+
+
+def bind(messages: Any, client: Any) -> None:
+    """Make ``client`` the one every boto3 ``Message`` of ``messages`` calls SQS with."""
+    for message in messages:
+        meta = getattr(message, "meta", None)
+        if client is not None and getattr(meta, "client", None) is not None:
+            meta.client = client
 
 
 def queue_url_of_arn(client: Any, arn: str) -> str:

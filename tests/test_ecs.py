@@ -199,6 +199,55 @@ def test_the_shared_state_retries_for_a_new_task_only(agent: FakeAgent) -> None:
     assert agent.bodies()[-1] == {"ProtectionEnabled": False} and agent.enabled is False
 
 
+def test_a_failed_release_is_tried_again_when_idle_until_applied(agent: FakeAgent) -> None:
+    # Given a protected container whose agent then refuses the release
+    state = ProtectionState(AgentClient(agent.uri, notify=Recorder()), retry_after_s=0.3)
+    assert state.cover(time.monotonic() + 90) is True
+    agent.mode = "error"
+    state.update([0.0])
+    assert agent.enabled is True and len(agent.calls) == 2
+    # When idle polls come at once: no call in a loop on a failing agent
+    state.update([0.0])
+    assert len(agent.calls) == 2
+    # When the agent recovers and the next idle moment comes after the retry delay
+    agent.mode = "ok"
+    time.sleep(0.35)
+    state.update([0.0])
+    # Then the release is made again and applied, and nothing more is called after
+    assert agent.bodies()[-1] == {"ProtectionEnabled": False} and agent.enabled is False
+    state.update([0.0])
+    assert len(agent.calls) == 3
+
+
+def test_a_failed_enable_is_tried_again_during_the_task(agent: FakeAgent) -> None:
+    # Given a task whose enable the agent refused
+    state = ProtectionState(AgentClient(agent.uri, notify=Recorder()), retry_after_s=0.3)
+    agent.mode = "failure"
+    until = time.monotonic() + 90
+    assert state.cover(until) is False
+    # Then a retry is due one retry period later (the worker's chores ask for it) ...
+    due = state.due_at()
+    assert due is not None and 0.2 <= due - time.monotonic() <= 0.3
+    state.run_due()  # not yet due: no call
+    assert len(agent.calls) == 1
+    # ... and when it comes, with the agent back, the task is protected
+    agent.mode = "ok"
+    time.sleep(0.35)
+    state.run_due()
+    assert agent.enabled is True and state.protected_until is not None
+    assert state.due_at() is None
+    # The supervisor's state retries the same slots too, after the delay
+    shared = ProtectionState(AgentClient(agent.uri, notify=Recorder()), retry_after_s=0.3)
+    agent.mode = "error"
+    shared.update([until, 0.0])
+    shared.update([until, 0.0])
+    calls = len(agent.calls)
+    agent.mode = "ok"
+    time.sleep(0.35)
+    shared.update([until, 0.0])
+    assert len(agent.calls) == calls + 1 and shared.protected_until is not None
+
+
 def test_a_timed_out_enable_is_still_released(agent: FakeAgent) -> None:
     # A timed-out enable may have been applied by the agent: idle releases it anyway.
     state = ProtectionState(AgentClient(agent.uri, timeout_s=0.3, notify=Recorder()))

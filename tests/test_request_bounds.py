@@ -1,0 +1,90 @@
+"""A worker's SQS requests are bounded: a dead connection costs at most one heartbeat period."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+from sqstaskmaster.sqs import (
+    REQUEST_TRIES,
+    RETRY_PAUSES_S,
+    bind,
+    client_config,
+    request_timeouts,
+    worker_clients,
+)
+
+
+@pytest.mark.parametrize("heartbeat_s", [10, 20, 60, 600, 3600])
+def test_the_tries_of_one_request_fit_in_a_heartbeat_period(heartbeat_s: int) -> None:
+    connect, read = request_timeouts(heartbeat_s)
+    assert 1.0 <= connect <= 5.0 and 2.0 <= read <= 20.0
+    assert REQUEST_TRIES * (connect + read) + RETRY_PAUSES_S <= heartbeat_s
+
+
+def test_short_heartbeats_keep_workable_lower_bounds() -> None:
+    assert request_timeouts(1) == (1.0, 2.0)
+
+
+def test_the_polling_client_waits_out_the_long_poll() -> None:
+    _, read = request_timeouts(10)
+    config = client_config(10, poll_wait_s=20)
+    assert config.read_timeout == read + 20
+    assert config.retries == {"mode": "standard", "total_max_attempts": REQUEST_TRIES}
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: a dead peer."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted: List[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    hole = Blackhole()
+    yield hole
+    hole.close()
+
+
+def test_a_heartbeat_on_a_dead_connection_fails_within_its_period(
+    sqs_server: Any, blackhole: Blackhole
+) -> None:
+    # Given a worker's clients for a 7 s heartbeat, whose endpoint stops answering
+    endpoint = f"http://127.0.0.1:{blackhole.port}"
+    resource, client = worker_clients(sqs_server.session, endpoint, 7, poll_wait_s=20)
+    message = resource.Message(f"{endpoint}/123456789012/q", "receipt")
+    bind([message], client)
+    assert message.meta.client is client
+    assert client.meta.config.read_timeout < resource.meta.client.meta.config.read_timeout
+    # When a heartbeat is made
+    started = time.monotonic()
+    with pytest.raises(Exception) as raised:
+        message.change_visibility(VisibilityTimeout=30)
+    # Then it gives up (three tries) within about one period, not after minutes
+    # (botocore's defaults: 60 s a read, times its retries)
+    elapsed = time.monotonic() - started
+    assert "timeout" in type(raised.value).__name__.lower() or "Read" in str(raised.value)
+    assert elapsed <= 7 + 3.0, elapsed
+    assert len(blackhole.accepted) >= 1
