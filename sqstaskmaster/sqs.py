@@ -250,7 +250,7 @@ def worker_clients(
 def bind(messages: Any, client: Any) -> None:
     """Make ``client`` the one every boto3 ``Message`` of ``messages`` calls SQS with."""
     for message in messages:
-        meta = getattr(message, "meta", None)
+        meta: Any = getattr(message, "meta", None)
         if client is not None and getattr(meta, "client", None) is not None:
             meta.client = client
 
