@@ -143,8 +143,9 @@ class InProcess(Execution):
         )
         if self.chores is not None:
             # Done in a helper thread: never inside the signal handler, where
-            # they could delay the deadline or meet a lock the body holds.
-            # Its end re-arms the timer only if the chores are due before the next event.
+            # they could delay the deadline or meet a lock the body holds (but
+            # for a fallback when no thread can be started). A run's end fires
+            # the timer only if the chores are due before its next event.
             runner = ChoreRunner(self.chores, handler.label, on_done=timer.chores_ended)
             self._chore_runner = runner
             timer.set_chores(runner.due_at, runner.start)
