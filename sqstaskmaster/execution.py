@@ -14,7 +14,8 @@ also delivers the worker's stop to its task: InProcess through the same
 timer (never in a handler's enter or exit path), Forked from its wait loop.
 No thread is involved, so nothing but the main thread exists at fork time.
 A worker's chores (:class:`ChoreSource`: batched deletes, heartbeats of
-prefetched messages) are done the same ways while a task runs.
+prefetched messages) are done the same ways while a task runs, in helper
+threads (or inline, when none can be started: :mod:`sqstaskmaster.background`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ import copy
 import functools
 import logging
 import sys
-import threading
 import time
 from types import CodeType, FrameType
 from typing import Any, Callable, FrozenSet, Optional, Protocol, Tuple, Type
 
+from .background import (
+    HEARTBEAT_JOIN_S,
+    HEARTBEAT_POLL_S,
+    BackgroundCall,
+    ChoreRunner,
+    ChoreSource,
+    InlineFallback,
+)
 from .child_error import REJECTED_MARK
 from .child_process import ForkedChild, fork_available
 from .errors import HardTimeoutError, IsolationUnavailableError, WorkerShutdownError
@@ -39,6 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_KILL_GRACE_S = 1.0
 #: While a worker's stop controller is attached, the wait loop looks at it this often (s).
 STOP_POLL_S = 0.05
+_HEARTBEAT_JOIN_S = HEARTBEAT_JOIN_S  # importable here (and from isolation) as before
 
 
 class TaskHandler(Protocol):
@@ -80,14 +89,6 @@ class StopSource(Protocol):
     def error(self) -> WorkerShutdownError: ...  # noqa: E704
 
     def announce(self) -> None: ...  # noqa: E704
-
-
-class ChoreSource(Protocol):
-    """A worker's chores (sqstaskmaster.batching.Chores), as the strategies see them."""
-
-    def due_at(self) -> Optional[float]: ...  # noqa: E704
-
-    def run_due(self) -> None: ...  # noqa: E704
 
 
 class Execution:
@@ -142,8 +143,11 @@ class InProcess(Execution):
         )
         if self.chores is not None:
             # Done in a helper thread: never inside the signal handler, where
-            # they could delay the deadline or meet a lock the body holds.
-            runner = self._chore_runner = ChoreRunner(self.chores, handler.label)
+            # they could delay the deadline or meet a lock the body holds (but
+            # for a fallback when no thread can be started). A run's end fires
+            # the timer only if the chores are due before its next event.
+            runner = ChoreRunner(self.chores, handler.label, on_done=timer.chores_ended)
+            self._chore_runner = runner
             timer.set_chores(runner.due_at, runner.start)
         handler._timer = timer
         timer.start()
@@ -307,14 +311,16 @@ def supervise(
     needs no thread (and no signal) to stop an isolated task.
 
     ``chores.run_due()`` runs, in a helper thread like a heartbeat, whenever
-    ``chores.due_at()`` has come.
+    ``chores.due_at()`` has come. When no thread can be started, a heartbeat
+    or the chores run inline (:mod:`sqstaskmaster.background`).
     """
     if heartbeat_s is not None and heartbeat_s <= 0:
         raise ValueError(f"Heartbeat interval must be positive, got {heartbeat_s!r} seconds")
     if next_heartbeat is None and heartbeat_s is not None:
         next_heartbeat = time.monotonic() + heartbeat_s
-    beat: Optional[_BackgroundCall] = None
-    runner = None if chores is None else ChoreRunner(chores, child.label)
+    beat: Optional[BackgroundCall] = None
+    fallback = InlineFallback(child.label)  # no thread to be had: the work is done inline
+    runner = None if chores is None else ChoreRunner(chores, child.label, fallback=fallback)
     try:
         while True:
             now = time.monotonic()
@@ -344,7 +350,7 @@ def supervise(
                 if on_heartbeat is None:
                     pass
                 elif beat is None:
-                    beat = _BackgroundCall(on_heartbeat, child.label)
+                    beat = BackgroundCall(on_heartbeat, child.label, fallback)
                 else:
                     logger.warning(
                         "%s: the previous heartbeat is still running; skipping this one",
@@ -362,8 +368,8 @@ def supervise(
                 # Poll for a new stop; wake at the very moment a known one falls due.
                 at = stop.interrupt_at()
                 wake = min(wake, now + STOP_POLL_S, wake if at is None else max(at, now))
-            if beat is not None:
-                wake = min(wake, now + _HEARTBEAT_POLL_S)
+            if beat is not None or (runner is not None and runner.busy):
+                wake = min(wake, now + HEARTBEAT_POLL_S)
             if chore_at is not None:
                 wake = min(wake, max(chore_at, now))
             if child.wait(wake - now):
@@ -378,91 +384,10 @@ def supervise(
         if beat is not None and not beat.done:
             # A heartbeat still in flight would land after the caller hands
             # the message back or sets its backoff; let it finish first.
-            beat.join(_HEARTBEAT_JOIN_S)
+            beat.join(HEARTBEAT_JOIN_S)
         if runner is not None:
             runner.finish()
     return child.outcome()
-
-
-class ChoreRunner:
-    """Runs a worker's due chores in a helper thread, one run at a time, while a task runs.
-
-    ``due_at()`` is when to call ``start()`` next (while a run is on: soon, to
-    look again); ``finish()`` waits for a run still on when the task ends, so
-    none is left where the next task forks.
-    """
-
-    def __init__(self, chores: ChoreSource, label: str) -> None:
-        self.chores = chores
-        self.label = label
-        self._call: Optional[_BackgroundCall] = None
-
-    def due_at(self) -> Optional[float]:
-        call = self._call
-        if call is not None and not call.done:
-            return time.monotonic() + _HEARTBEAT_POLL_S
-        self._end(call)
-        return self.chores.due_at()
-
-    def start(self) -> None:
-        """Start a run of the chores unless one is on (safe in a signal handler)."""
-        call = self._call
-        if call is None or call.done:
-            self._end(call)
-            self._call = _BackgroundCall(self.chores.run_due, f"{self.label} chores")
-
-    def finish(self) -> None:
-        call = self._call
-        if call is not None and not call.done:
-            call.join(_HEARTBEAT_JOIN_S)
-            if not call.done:
-                logger.warning(
-                    "%s: the worker's chores (batched deletes, waiting messages' heartbeats) "
-                    "still run after %.0f s; going on",
-                    self.label,
-                    _HEARTBEAT_JOIN_S,
-                )
-                return
-        self._end(call)
-
-    def _end(self, call: Optional[_BackgroundCall]) -> None:
-        if call is not None and call is self._call:
-            self._call = None
-            if call.error is not None:
-                logger.error("%s: the worker's chores failed: %r", self.label, call.error)
-
-
-# While a heartbeat runs, the wait loop looks at it this often (seconds).
-_HEARTBEAT_POLL_S = 0.02
-# On the way out, how long to wait for a heartbeat still in flight (seconds).
-_HEARTBEAT_JOIN_S = 2.0
-
-
-class _BackgroundCall:
-    """A heartbeat, or a run of chores, in a helper thread.
-
-    So a slow SQS call never delays the hard deadline.
-    """
-
-    def __init__(self, on_heartbeat: Callable[[], None], label: str) -> None:
-        self.error: Optional[BaseException] = None
-        self._thread = threading.Thread(
-            target=self._run, args=(on_heartbeat,), name=f"heartbeat {label}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, on_heartbeat: Callable[[], None]) -> None:
-        try:
-            on_heartbeat()
-        except BaseException as error:  # handed to the wait loop, which raises or logs it
-            self.error = error
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def join(self, timeout_s: Optional[float] = None) -> None:
-        self._thread.join(timeout_s)
 
 
 def _raise_unless_ended(child: ForkedChild, error: Optional[BaseException]) -> None:

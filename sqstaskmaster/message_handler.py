@@ -21,7 +21,6 @@ heartbeat and entry visibility change goes through it).
 from __future__ import annotations
 
 import abc
-import functools
 import logging
 import time
 from time import monotonic
@@ -30,7 +29,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import metrics
+from . import dispatch, metrics
 from .errors import (
     ChildTaskError,
     HardTimeoutError,
@@ -51,7 +50,7 @@ SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 ENTRY_VISIBILITY_MARGIN_S = 1.0
 
 
-class MessageHandler(abc.ABC):
+class MessageHandler(abc.ABC, metaclass=dispatch.HandlerMeta):
     """Base class for the code that handles one message; see the module docstring.
 
     Subclasses implement :meth:`run`, :meth:`running` and :meth:`notify`.
@@ -391,26 +390,8 @@ class MessageHandler(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        run = cls.__dict__.get("run")
-        if isinstance(run, (staticmethod, classmethod)):
-            return
-        if callable(run) and not getattr(run, "__isabstractmethod__", False):
-            if not hasattr(run, "__task_body__"):
-                cls.run = _dispatching(run)  # type: ignore[method-assign]
-
-
-def _dispatching(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a subclass's ``run`` so an entered strategy (Forked) decides where it runs."""
-
-    @functools.wraps(run)
-    def run_task(self: MessageHandler, *args: Any, **kwargs: Any) -> Any:
-        runner = self._runner
-        if runner is None or args or kwargs:
-            return run(self, *args, **kwargs)
-        return runner(functools.partial(run, self))
-
-    run_task.__task_body__ = run  # type: ignore[attr-defined]
-    return run_task
+        # Its own run(), or one inherited from a mixin: dispatched by the strategy.
+        dispatch.cover(cls)
 
 
 def _protected_codes(handler_type: type) -> frozenset:

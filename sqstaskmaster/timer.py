@@ -19,6 +19,11 @@ is armed for the nearest of heartbeat, deadline and stop, so the stop of a
 task in signal mode needs no thread either, and obeys the same protection.
 So do a worker's chores (``chore_at`` / ``on_chore``: flushing batched
 deletes, heartbeats of prefetched messages; :mod:`sqstaskmaster.batching`).
+While a run of them is in flight (in a helper thread) ``chore_at()`` says
+None and the timer is armed for the next real event only; the run's end
+calls :meth:`SignalTimer.chores_ended`, which fires at once only if the
+chores are due again before that event. So the task sees a handful of
+signals between two heartbeats, however long the chores take.
 """
 
 from __future__ import annotations
@@ -115,6 +120,8 @@ class SignalTimer:
         self._chore_at = chore_at
         self._on_chore = on_chore
         self._chore_running = False
+        # Held while the timer is disarmed, and by a helper thread re-arming it.
+        self._arm_lock = threading.RLock()
         self._active = False
         self._restore_pending = False
         self._started_at = 0.0
@@ -169,9 +176,10 @@ class SignalTimer:
         """
         if not self._active:
             return
-        self._active = False
-        self._restore_pending = True
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        with self._arm_lock:  # no helper thread re-arms it past this point
+            self._active = False
+            self._restore_pending = True
+            signal.setitimer(signal.ITIMER_REAL, 0)
         # An alarm delivered just before the disarm has tripped the C-level
         # flag; let it reach our (now inactive) handler rather than the
         # restored one.
@@ -230,16 +238,42 @@ class SignalTimer:
             return None
         return self._chore_at()
 
+    def chores_ended(self) -> None:
+        """A run of the chores just ended (any thread): arm for their next time, if sooner.
+
+        While a run is on, ``chore_at()`` says None and the timer is armed for
+        the next real event only (heartbeat, deadline, stop): no firing polls
+        for the run's end. This fires at once if the chores are due before the
+        timer would fire; the firing then arms for the nearest event. It never
+        arms later than the timer already is, so it cannot delay the deadline.
+        """
+        with self._arm_lock:
+            if not self._active:
+                return
+            chore = self._chore_time()
+            if chore is None:
+                return
+            remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+            if remaining <= 0 or self._clock() + remaining > chore:
+                signal.setitimer(signal.ITIMER_REAL, _SOONEST_S)
+
     def _arm(self, now: float) -> None:
         deadline = self.deadline
         if now >= deadline:
             delay = _SOONEST_S
         else:
             delay = min(self._next_heartbeat, deadline) - now
-        for event in (self._stop_time(), self._chore_time()):
+        chore = self._chore_time()
+        for event in (self._stop_time(), chore):
             if event is not None:
                 delay = min(delay, event - now)
         signal.setitimer(signal.ITIMER_REAL, max(delay, _SOONEST_S))
+        if chore is None:
+            # A run of the chores that ended since they were asked has called
+            # chores_ended before this setitimer, which may have undone its firing.
+            chore = self._chore_time()
+            if chore is not None and chore - now < delay:
+                signal.setitimer(signal.ITIMER_REAL, max(chore - now, _SOONEST_S))
 
     def _in_protected_frame(self, frame: Optional[FrameType]) -> bool:
         while frame is not None:
