@@ -381,6 +381,7 @@ def _kill_and_wait(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+    task_reaper.forget_group(pid)
 
 
 # -- the child's side ----------------------------------------------------------

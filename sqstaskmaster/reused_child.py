@@ -118,14 +118,29 @@ def _read_exactly(fd: int, size: int) -> Optional[bytes]:
     return data
 
 
-def _has_child_processes() -> bool:
-    """Whether this process has a child (Linux's /proc; elsewhere assumed not)."""
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper(prctl: Any) -> bool:
+    """Linux: a process its task leaves orphaned becomes this child's own child.
+
+    Then every live process the task left (in the child's process group or
+    not) is, or descends from, a child of this one, and the children list
+    alone tells whether anything is left. False where that cannot be set.
+    """
+    if prctl is None:
+        return False
+    return int(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def _child_processes() -> Optional[List[int]]:
+    """This process's children (Linux's /proc), None where /proc cannot tell."""
     pid = os.getpid()
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as listing:
-            return bool(listing.read().strip())
+            return [int(child) for child in listing.read().split()]
     except OSError:
-        return False
+        return None
 
 
 def _group_members() -> Optional[List[int]]:
@@ -203,14 +218,17 @@ def _restore_signals(dispositions: Dict[int, Any]) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def _leftovers() -> List[str]:
+def _leftovers(subreaper: bool) -> List[str]:
     """What a task left running that would go on into the next task (none: reuse)."""
     found = []
     if threading.active_count() > 1:
         found.append(f"{threading.active_count() - 1} thread(s)")
-    if _has_child_processes():
-        found.append("child process(es)")
-    members = _group_members()
+    children = _child_processes()
+    if children:
+        found.append(f"child process(es) {children}")
+    if subreaper and children is not None:
+        return found  # orphans came here: no process of the group can hide elsewhere
+    members = _group_members()  # the orphans of a shell's `sleep 300 &`, say
     if members is None:
         found.append("process group members /proc cannot list")
     elif members:
@@ -250,6 +268,7 @@ def child_main(
     code = EXIT_REPORT_FAILED
     try:
         enter_task_child(parent_pid, prctl)
+        subreaper = _become_subreaper(prctl)
         dispositions = _dispositions()
         while True:
             header = _read_exactly(requests, HEADER.size)
@@ -273,7 +292,7 @@ def child_main(
             else:
                 report = result_report(result, True)
             if keep:
-                left = _leftovers()
+                left = _leftovers(subreaper)
                 if left:
                     keep = False
                     logger.warning(

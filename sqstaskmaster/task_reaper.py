@@ -75,8 +75,8 @@ def _after_fork_in_child() -> None:
         return
     try:
         os.close(reaper.writer)
-    except OSError:
-        pass
+    except OSError as error:
+        logger.debug("process %s: task reaper pipe already closed (%r)", os.getpid(), error)
 
 
 if ENABLED:
@@ -154,8 +154,8 @@ def _drop(reaper: _Reaper) -> None:
         _reaper = None
     try:
         os.close(reaper.writer)
-    except OSError:
-        pass
+    except OSError as error:
+        logger.debug("task reaper %s: pipe already closed (%r)", reaper.pid, error)
     end = time.monotonic() + _STOP_WAIT_S
     while True:
         try:
@@ -223,7 +223,7 @@ def _close_other_fds(keep: int) -> None:
             try:
                 os.close(fd)
             except OSError:
-                pass
+                pass  # the listing's own descriptor, closed already
 
 
 def _reaper_main(reader: int) -> None:  # pragma: no cover - runs in the reaper

@@ -405,9 +405,14 @@ def group_members(pgid: int) -> List[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("subreaper", [True, False], ids=["subreaper", "group-scan"])
 def test_a_task_that_leaves_a_process_in_its_group_retires_the_child_and_the_group_dies(
-    tmp_path: Path, worker_closing: List[Worker]
+    tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any, subreaper: bool
 ) -> None:
+    from sqstaskmaster import reused_child
+
+    if not subreaper:  # a child that cannot be a subreaper scans /proc for its group
+        monkeypatch.setattr(reused_child, "_become_subreaper", lambda prctl: False)
     worker = make_worker(10)
     worker_closing.append(worker)
     path = tmp_path / "pids"
