@@ -15,9 +15,10 @@ Per task the worker drives a :class:`ReusedTask`, which has what
 heartbeats, the hard deadline (SIGTERM to the child's process group,
 ``kill_grace_s``, SIGKILL) and the worker's stop work exactly as for a fresh
 child. A child is used again only after a task that ended cleanly: it
-returned or raised an ``Exception``, reported, and left no child process (and no
-other process in its process group) behind. A hard timeout, a stop, a death, ``sys.exit()`` or a
-``KeyboardInterrupt`` in a task retires it, and so do N tasks; the next task
+returned or raised an ``Exception``, reported, and left no process behind
+(no child process of the child, which is a subreaper on Linux, so orphans
+count; else no other process in its group). A hard timeout, a stop, a death,
+``sys.exit()`` or a ``KeyboardInterrupt`` in a task retires it, and so do N tasks; the next task
 gets a fresh child. Handlers whose class overrides ``__enter__`` (state the
 body may need is made there) keep a fresh fork per task.
 """
