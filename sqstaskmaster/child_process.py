@@ -32,6 +32,7 @@ import time
 import traceback
 from typing import Any, Callable, List, NoReturn, Optional
 
+from . import task_reaper
 from .child_error import (
     MAX_ERROR_TEXT,
     MAX_RESULT_BYTES,
@@ -100,6 +101,7 @@ class ForkedChild:
         parent_pid = os.getpid()
         # Unflushed output would otherwise be written twice, once by each process.
         _flush_std_streams()
+        task_reaper.before_task_fork()
         reader, writer = os.pipe()
         try:
             pid = os.fork()
@@ -107,6 +109,8 @@ class ForkedChild:
             os.close(reader)
             os.close(writer)
             raise
+        finally:
+            task_reaper.after_task_fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             _child_main(reader, writer, target, parent_pid, prctl, drop_unsendable_result)
         os.close(writer)
@@ -274,6 +278,7 @@ class ForkedChild:
                 self._wait_status = status
             except ChildProcessError:
                 logger.error("%s: child process %s was reaped elsewhere", self.label, self.pid)
+        task_reaper.forget_group(self.pid)
         self._reaped = True
         self._exited = True
         self._read_report()
@@ -376,6 +381,7 @@ def _kill_and_wait(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+    task_reaper.forget_group(pid)
 
 
 # -- the child's side ----------------------------------------------------------
@@ -425,6 +431,7 @@ def enter_task_child(parent_pid: int, prctl: Optional[Callable[..., int]]) -> No
         os.setpgid(0, 0)
     except OSError:
         pass
+    task_reaper.list_task_group()
     _die_with_parent(parent_pid, prctl)
     _reset_signals()
     gc.freeze()

@@ -40,6 +40,7 @@ RESTART_PAUSE_S = 0.5
 MAX_RESTART_PAUSE_S = 30.0
 # A worker that lived this long before dying restarts without delay growth.
 STABLE_AFTER_S = 30.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def resolve_processes(processes: Union[int, str]) -> int:
@@ -78,8 +79,10 @@ def _child_main(run_one: Callable[[Slot], int], slot: Slot) -> None:
     except OSError:
         pass
     # Drop the parent's handlers; a stop passed on before the worker installs
-    # its own is counted and honoured by it.
+    # its own is counted and honoured by it. Until now the stop signals were
+    # blocked (see Supervisor._start): one sent in between waited, pending.
     record_early_signals()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     metrics.in_forked_worker()
     sys.exit(run_one(slot))
 
@@ -134,7 +137,14 @@ class Supervisor:
             name=f"sqstaskmaster-worker-{slot}",
         )
         self._burst_flags[slot] = burst_ended
-        process.start()
+        # Blocked across the fork: the new worker would otherwise run the
+        # parent's handler, on its own copy, until it installs its own, and a
+        # stop passed on to it in that moment would be lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             if process.pid:
                 os.setpgid(process.pid, process.pid)

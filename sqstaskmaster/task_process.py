@@ -15,9 +15,10 @@ Per task the worker drives a :class:`ReusedTask`, which has what
 heartbeats, the hard deadline (SIGTERM to the child's process group,
 ``kill_grace_s``, SIGKILL) and the worker's stop work exactly as for a fresh
 child. A child is used again only after a task that ended cleanly: it
-returned or raised an ``Exception``, reported, and left no child process
-behind. A hard timeout, a stop, a death, ``sys.exit()`` or a
-``KeyboardInterrupt`` in a task retires it, and so do N tasks; the next task
+returned or raised an ``Exception``, reported, and left no process behind
+(no child process of the child, which is a subreaper on Linux, so orphans
+count; else no other process in its group). A hard timeout, a stop, a death,
+``sys.exit()`` or a ``KeyboardInterrupt`` in a task retires it, and so do N tasks; the next task
 gets a fresh child. Handlers whose class overrides ``__enter__`` (state the
 body may need is made there) keep a fresh fork per task.
 """
@@ -31,6 +32,7 @@ import signal
 import time
 from typing import Any, Callable, Dict, Optional, cast
 
+from . import task_reaper
 from .child_process import (
     _MAX_REPORT_BYTES,
     ForkedChild,
@@ -94,10 +96,11 @@ def reuse_child(worker: Any, handler: Any, task: str, kwargs: Dict[str, Any]) ->
 
 
 def close_children(worker: Any) -> None:
-    """Retire ``worker``'s reused child, if it has one (at the worker's exit)."""
+    """Retire ``worker``'s reused child, if it has one, and stop the task reaper (its exit)."""
     pool = worker.__dict__.get(_POOL_ATTRIBUTE)
     if pool is not None and pool.owner_pid == os.getpid() and pool.worker is worker:
         pool.close()
+    task_reaper.stop()
 
 
 class Reused(Forked):
@@ -198,6 +201,7 @@ class ChildPool:
         prctl = _lookup_prctl()
         parent_pid = os.getpid()
         _flush_std_streams()
+        task_reaper.before_task_fork()
         request_reader, request_writer = os.pipe()
         report_reader, report_writer = os.pipe()
         try:
@@ -206,6 +210,8 @@ class ChildPool:
             for fd in (request_reader, request_writer, report_reader, report_writer):
                 os.close(fd)
             raise
+        finally:
+            task_reaper.after_task_fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             os.close(request_writer)
             os.close(report_reader)
@@ -292,6 +298,8 @@ def _kill_group_and_reap(pid: int, label: str) -> Optional[int]:
     except ChildProcessError:
         logger.error("%s: child process %s was reaped elsewhere", label, pid)
         return None
+    finally:
+        task_reaper.forget_group(pid)
 
 
 class ReusedTask(ForkedChild):

@@ -9,6 +9,8 @@ from typing import Any, Iterator, List
 import boto3
 import pytest
 
+from sqstaskmaster import task_reaper
+
 
 @pytest.fixture
 def env(sqs_environment: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -28,11 +30,16 @@ _threads_at_fork: List[int] = []
 _counting: List[bool] = []
 
 
+_threads_at_reaper_fork: List[int] = []
+
+
 def _count_threads() -> None:
     if _counting:
         # pytest-timeout's thread (timeout_method = "thread") belongs to the test run.
         threads = [t for t in threading.enumerate() if not t.name.startswith("pytest_timeout")]
-        _threads_at_fork.append(len(threads))
+        # A worker process forks its task reaper once, before its first task child.
+        counted = _threads_at_reaper_fork if task_reaper.forking_reaper() else _threads_at_fork
+        counted.append(len(threads))
 
 
 if hasattr(os, "register_at_fork"):
@@ -43,6 +50,8 @@ if hasattr(os, "register_at_fork"):
 def count_threads_at_fork() -> Iterator[List[int]]:
     """The number of threads at each fork this process makes during the test."""
     _threads_at_fork.clear()
+    _threads_at_reaper_fork.clear()
     _counting.append(True)
     yield _threads_at_fork
     _counting.clear()
+    assert set(_threads_at_reaper_fork) <= {1}, "the task reaper forked beside a thread"

@@ -7,6 +7,7 @@ Tasks record their process id in a file, since a function task's result is dropp
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,57 @@ def throws_permanent(path: str) -> None:
 def leaves_a_process(path: str) -> None:
     record(path)
     subprocess.Popen(["sleep", "30"])
+
+
+def leaves_a_background_process(path: str) -> None:
+    """A shell starts ``sleep 300 &`` and ends: the sleep stays in the task's group, orphaned."""
+    record(path)
+    os.system("sleep 300 &")
+    with open(path + ".group", "w") as out:
+        out.write(str(os.getpgrp()))
+
+
+def spawns_and_sleeps(path: str) -> None:
+    """Starts ``sleep 300`` and sleeps; writes its process group once both run."""
+    record(path)
+    subprocess.Popen(["sleep", "300"])
+    with open(path + ".group.tmp", "w") as out:
+        out.write(str(os.getpgrp()))
+    os.replace(path + ".group.tmp", path + ".group")
+    time.sleep(300)
+
+
+def meddles_with_signals(path: str) -> None:
+    """Leaves what a careless task or a C extension leaves: ignored signals, timers, a mask."""
+    import ctypes
+
+    record(path)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_VIRTUAL, 1000)
+    signal.setitimer(signal.ITIMER_PROF, 1000)
+    signal.setitimer(signal.ITIMER_REAL, 1000)
+    # C code ignoring SIGUSR2: Python's own view of it does not change.
+    ctypes.CDLL(None).signal(int(signal.SIGUSR2), ctypes.c_void_p(1))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+
+def signal_state(path: str) -> None:
+    """What a task finds: the kernel's view of its signals, its timers, a subprocess's code."""
+    record(path)
+    status = dict(
+        line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines()
+    )
+    state = {
+        "kernel": [status[field].strip() for field in ("SigBlk", "SigIgn", "SigCgt")],
+        "sigchld": int(signal.getsignal(signal.SIGCHLD)),  # type: ignore[arg-type]
+        "timers": [
+            signal.getitimer(timer)
+            for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+        ],
+        "code": subprocess.run(["sh", "-c", "exit 3"]).returncode,
+    }
+    with open(path + ".state", "a") as out:
+        out.write(json.dumps(state) + "\n")
 
 
 def hangs_with_a_grandchild(path: str) -> None:
@@ -142,6 +194,7 @@ TASKS = {
     if name
     in (
         "record fail exits dies retries rejects leaves_a_process hangs_with_a_grandchild "
+        "leaves_a_background_process spawns_and_sleeps meddles_with_signals signal_state "
         "stops_the_worker_then_sleeps private_memory collects_then_measures"
     ).split()
 }
@@ -333,6 +386,61 @@ def test_an_idle_child_that_takes_no_task_is_replaced(
             os.kill(stuck, signal.SIGCONT)
     assert pids(path)[-1] != stuck
     assert reaped(stuck)
+
+
+def group_members(pgid: int) -> List[int]:
+    """Live processes of process group ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("subreaper", [True, False], ids=["subreaper", "group-scan"])
+def test_a_task_that_leaves_a_process_in_its_group_retires_the_child_and_the_group_dies(
+    tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any, subreaper: bool
+) -> None:
+    from sqstaskmaster import reused_child
+
+    if not subreaper:  # a child that cannot be a subreaper scans /proc for its group
+        monkeypatch.setattr(reused_child, "_become_subreaper", lambda prctl: False)
+    worker = make_worker(10)
+    worker_closing.append(worker)
+    path = tmp_path / "pids"
+    # The shell's sleep is no child of the task child: only its process group tells.
+    assert run(worker, "leaves_a_background_process", path).outcome == Outcome.DONE  # type: ignore
+    group = int(Path(str(path) + ".group").read_text())
+    assert group_members(group) == []  # killed with the child, before the next task
+    assert run(worker, "record", path).outcome == Outcome.DONE  # type: ignore[attr-defined]
+    first, second = pids(path)
+    assert first == group and first != second  # the next task ran in a new child
+    assert reaped(first)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_reused_child_starts_each_task_with_its_first_signal_state(
+    tmp_path: Path, worker_closing: List[Worker]
+) -> None:
+    worker = make_worker(10)
+    worker_closing.append(worker)
+    path = tmp_path / "pids"
+    for task in ("signal_state", "meddles_with_signals", "signal_state"):
+        assert run(worker, task, path).outcome == Outcome.DONE  # type: ignore[attr-defined]
+    assert len(set(pids(path))) == 1  # all three in one child
+    before, after = map(json.loads, Path(f"{path}.state").read_text().splitlines())
+    assert after == before
+    assert after["sigchld"] == int(signal.SIG_DFL)
+    assert after["timers"] == [[0.0, 0.0]] * 3
+    assert after["code"] == 3
 
 
 # -- stopping ---------------------------------------------------------------------------

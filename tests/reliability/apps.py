@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from typing import Any, Dict, Optional
 
@@ -45,6 +46,24 @@ def work(key: str, seconds: float = 0.0) -> None:
     """A well-behaved task: sleeps ``seconds``."""
     record("start", key)
     if seconds:
+        time.sleep(seconds)
+    record("done", key)
+
+
+def spawns(key: str, seconds: float = 300.0) -> None:
+    """On its first run starts ``sleep 300`` and sleeps ``seconds``; a later run completes.
+
+    Its start event holds its process group, its parent (the worker process)
+    and the sleep's pid. A marker file per key tells the first run.
+    """
+    marker = os.path.join(os.environ[DIRECTORY_VARIABLE], f"marker.{key}")
+    first = not os.path.exists(marker)
+    open(marker, "a").close()
+    facts: Dict[str, Any] = dict(group=os.getpgrp(), worker=os.getppid(), first=first)
+    if first:
+        facts["sleeper"] = subprocess.Popen(["sleep", "300"]).pid
+    record("start", key, **facts)
+    if first:
         time.sleep(seconds)
     record("done", key)
 
@@ -88,6 +107,9 @@ class PoisonHandler(MessageHandler):
         notify(exception, context)
 
 
-app = Worker({"work": work, "poison": poison, "takes_number": takes_number}, notify=notify)
+app = Worker(
+    {"work": work, "poison": poison, "takes_number": takes_number, "spawns": spawns},
+    notify=notify,
+)
 app.register("hang", hang, hard_timeout=1)
 app.register("poison_class", PoisonHandler)

@@ -66,6 +66,16 @@ class Events:
                 found.append(json.loads((self.directory / name).read_text())["time"])
         return sorted(found)
 
+    def data(self, kind: str) -> List[Dict[str, Any]]:
+        """What every ``kind`` event recorded, with its key, in the order written."""
+        found = []
+        for name in self.names(kind):
+            data = json.loads((self.directory / name).read_text())
+            data["key"] = name.split(".")[1]
+            data["order"] = int(name.split(".")[3])
+            found.append(data)
+        return sorted(found, key=lambda data: data["order"])
+
     def notified(self) -> List[Dict[str, Any]]:
         """Every notify call: its error type, text and message body."""
         found = []
@@ -115,6 +125,31 @@ def children_of(pid: int) -> List[int]:
         if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
             found.append(int(entry))
     return found
+
+
+def group_members(pgid: int) -> List[int]:
+    """Live processes of process group ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (not absent, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 class WorkerProcess(worker_process.WorkerProcess):
