@@ -14,6 +14,10 @@ from pathlib import Path
 SIZE = 1_000_000
 TRACKED = [[i] for i in range(SIZE)]
 
+_directory = os.environ.get("SQSTM_TEST_DIR")
+if _directory:  # which processes imported the app
+    Path(_directory, f"imported.{os.getpid()}").write_text("")
+
 
 def collect_and_measure(path: str) -> None:
     """A full collection in this process, then its pid, parent pid and private kB."""

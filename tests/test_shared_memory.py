@@ -56,6 +56,8 @@ def test_a_collection_in_a_supervised_worker_process_does_not_copy_the_app(
     assert parent == supervisor.pid and pid != supervisor.pid
     assert rss_kb * 1024 > STRUCTURE_BYTES
     assert private_kb * 1024 < STRUCTURE_BYTES / 4, supervisor.log[-2000:]
+    # and the app was imported once, by the supervisor, before it forked
+    assert [p.name for p in tmp_path.glob("imported.*")] == [f"imported.{supervisor.pid}"]
     assert supervisor.stop() == 0
 
 
