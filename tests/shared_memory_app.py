@@ -10,8 +10,8 @@ import gc
 import os
 from pathlib import Path
 
-# One million one-item lists (about 100 MB), each tracked by the garbage collector.
-SIZE = 1_000_000
+# A million and a half one-item lists (about 130 MB), each tracked by the garbage collector.
+SIZE = 1_500_000
 TRACKED = [[i] for i in range(SIZE)]
 
 _directory = os.environ.get("SQSTM_TEST_DIR")
