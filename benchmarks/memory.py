@@ -34,7 +34,10 @@ Celery's, and ``startup_s_4`` <= 1.3 x ``startup_s_1``.
 
 Usage: python benchmarks/memory.py [--objects N] [--import-s S] [--repeats R] [--venv DIR]
        [--skip-celery] [--keep]
-The last line printed is one JSON object. Linux only (reads /proc).
+The last line printed is one JSON object. Linux only (reads /proc). The
+workers run in this folder, so they import the sqstaskmaster of the Python
+that runs this script: to measure another version, run it with that
+version's interpreter.
 """
 
 from __future__ import annotations
