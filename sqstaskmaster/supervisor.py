@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from . import metrics
 from .ecs import ProtectionState, SharedProtection, SlotProtection
 from .exitcodes import RET_ERROR, RET_KILLED, RET_OK
+from .sharing import freeze_for_fork, thaw
 from .shutdown import record_early_signals, take_early_signals
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class Supervisor:
         for sig in previous:
             signal.signal(sig, self._on_signal)
         code = RET_OK
+        froze = False
         try:
             early = take_early_signals()
             if early:
@@ -179,6 +181,8 @@ class Supervisor:
                 return RET_OK
             if self.metrics_address is not None:
                 metrics.serve_multiprocess(*self.metrics_address)
+            # The app is imported: its objects are shared from here on (see sharing).
+            froze = freeze_for_fork()
             for slot in range(self.count):
                 self._start(slot)
             code = self._supervise()
@@ -189,6 +193,7 @@ class Supervisor:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             if self.protection is not None:
                 self.protection.close()
+            thaw(froze)
         logger.info("supervisor: all workers stopped (%d restarts), exit %d", self.restarts, code)
         return code
 
