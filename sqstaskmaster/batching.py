@@ -9,7 +9,8 @@
 - :class:`Waiting`: messages received by one poll (``prefetch``) that wait
   for their turn. They are kept invisible with ``ChangeMessageVisibilityBatch``
   on the heartbeat schedule, never past the 12-hour budget, and handed back
-  (visibility 0, one request) when the worker stops.
+  (visibility 0, one request) when the worker stops; those of a FIFO group
+  whose message did not succeed are handed back at once.
 - :class:`Chores`: both, as the execution strategies see them: ``due_at()``
   and ``run_due()``, called between tasks and while a task runs (from a
   forked task's wait loop, or a signal-mode task's timer).
@@ -21,6 +22,7 @@ again: the window is at most :data:`FLUSH_AFTER_S` plus one request.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -35,6 +37,7 @@ from .sqs import (
     capped_visibility,
     error_code,
     failure_context,
+    group_of,
     message_id_of,
     receive_count_of,
 )
@@ -262,7 +265,8 @@ class Waiting:
 
     A message whose visibility lapsed (a heartbeat SQS refused, its 12-hour
     budget used up, or a visibility that ran out) is never run or handed back
-    here: SQS delivers it again, perhaps to another worker.
+    here: SQS delivers it again, perhaps to another worker (and the messages
+    of its FIFO group waiting here are handed back, to run after it).
     """
 
     def __init__(
@@ -295,25 +299,35 @@ class Waiting:
         return len(self._held)
 
     def add(self, messages: Sequence[Any], received_at: float) -> None:
-        """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``."""
+        """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``.
+
+        A LocalMessage never lapses: a LocalQueue delivers nothing twice.
+        """
         with self._lock:
             for message in messages:
-                self._held.append(_Held(message, received_at + self.sqs_timeout, received_at))
+                until = received_at + self.sqs_timeout if _batchable(message) else math.inf
+                self._held.append(_Held(message, until, received_at))
             self._plan()
 
     def take(self) -> Optional[Tuple[Any, float]]:
         """The next message and until when it is invisible; None when none waits.
 
-        A message whose visibility lapsed is dropped (with a warning), not returned.
+        A message whose visibility lapsed is dropped (with a warning), not
+        returned; the waiting messages of its FIFO group are handed back.
         """
-        with self._lock:
-            while self._held:
+        while True:
+            with self._lock:
+                if not self._held:
+                    return None
                 held = self._held.popleft()
                 self._plan()
                 if not held.lapsed and held.visible_until > self._clock() + LAPSE_MARGIN_S:
                     return held.message, held.visible_until
-                _warn_lapsed(held, "not run here")
-        return None
+            _warn_lapsed(held, "not run here")
+            group = group_of(held.message)
+            if group is not None:
+                why = f"message {message_id_of(held.message)} of its FIFO group {group} lapsed"
+                self.hand_back_all(why, group=group)
 
     def due_at(self) -> Optional[float]:
         """When the waiting messages' next heartbeat is due, or None if none waits."""
@@ -351,14 +365,22 @@ class Waiting:
             self._plan()
             logger.debug("heartbeat for %d waiting messages", len(self._held))
 
-    def hand_back_all(self, why: str) -> List[Any]:
+    def hand_back_all(
+        self,
+        why: str,
+        give_back: Optional[Callable[[Any], None]] = None,
+        group: Optional[str] = None,
+    ) -> List[Any]:
         """Visibility 0 for every waiting message (one request per 10); returns them.
 
-        One whose visibility lapsed is left alone (it may be another worker's now).
+        With ``group``, only those of that FIFO group (after one of it did not
+        succeed, so that it runs 1, 1, 2, 3). One whose visibility lapsed is
+        left alone (it may be another worker's now). ``give_back`` hands back
+        a LocalMessage (by default its no-op ``change_visibility``).
         """
         with self._lock:
-            held_now = list(self._held)
-            self._held.clear()
+            held_now = [h for h in self._held if group in (None, group_of(h.message))]
+            self._held = deque(h for h in self._held if h not in held_now)
             self._plan()
         now = self._clock()
         ours = [h for h in held_now if not h.lapsed and h.visible_until > now]
@@ -368,7 +390,7 @@ class Waiting:
         local = [h.message for h in ours if not _batchable(h.message)]
         for message in local:
             try:
-                message.change_visibility(VisibilityTimeout=0)
+                (give_back or _no_visibility)(message)
             except Exception:
                 logger.exception("message %s: hand-back failed", message_id_of(message))
         batchable = [(h.message, None) for h in ours if _batchable(h.message)]
@@ -384,6 +406,10 @@ class Waiting:
                 why,
             )
         return [h.message for h in held_now]
+
+
+def _no_visibility(message: Any) -> None:
+    message.change_visibility(VisibilityTimeout=0)
 
 
 def _warn_lapsed(held: _Held, what: str) -> None:

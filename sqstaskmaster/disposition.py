@@ -4,8 +4,8 @@
 - retry later: its visibility is set to the retry backoff (``RetryPolicy``),
   so the queue's redrive policy dead-letters it after ``maxReceiveCount``;
 - retry at: the task asked for its next delivery (``Retry(delay_s)``);
-- hand back: visibility 0, at once (shutdown);
-- refuse: never run (unknown task, invalid body, no 12-hour budget left):
+- hand back: visibility 0, at once (shutdown; a wait that ate its receive's 12 hours);
+- refuse: never run (unknown task, invalid body, a hard timeout no receive's 12 hours can hold):
   notify, log, retry later;
 - dead-letter now: a permanent failure (``Reject``): a copy goes to the
   redrive policy's dead-letter queue, then the message is deleted.
