@@ -20,6 +20,7 @@ import pytest
 
 from sqstaskmaster.batching import Waiting
 from sqstaskmaster.errors import VisibilityBudgetError
+from sqstaskmaster.intake import Intake
 from sqstaskmaster.local import LocalQueue
 from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.sqs import (
@@ -228,6 +229,18 @@ def test_a_local_queue_with_prefetch_runs_every_message(prefetch: int) -> None:
     assert ran == ["1", "2", "3"]
     assert notify.errors == []
     assert LocalQueue(url).queue.qsize() == 0
+
+
+def test_a_local_message_still_waiting_at_a_stop_goes_back_in_its_queue() -> None:
+    # Given a worker's intake that polled a LocalQueue and still holds its message
+    url = f"local-{uuid.uuid4().hex}"
+    manager = TaskManager(url, queue_constructor=LocalQueue)
+    manager.submit("ok", key="1")
+    intake = Intake(manager, prefetch=10, sqs_timeout=30, heartbeat_s=10, notify=Recorder())
+    assert intake.poll(0) == 1
+    # When the worker stops before taking it, then it is back in the queue
+    intake.close("the worker is stopping")
+    assert LocalQueue(url).queue.qsize() == 1
 
 
 # -- item 7: FIFO order under prefetch -------------------------------------------------
