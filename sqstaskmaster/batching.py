@@ -238,13 +238,15 @@ class Waiting:
         why: str,
         give_back: Optional[Callable[[Any], None]] = None,
         group: Optional[str] = None,
+        visible_in_s: int = 0,
     ) -> List[Any]:
         """Visibility 0 for every waiting message (one request per 10); returns them.
 
         With ``group``, only those of that FIFO group (after one of it did not
-        succeed, so that it runs 1, 1, 2, 3). One whose visibility lapsed is
-        left alone (it may be another worker's now). ``give_back`` hands back
-        a LocalMessage (by default its no-op ``change_visibility``).
+        succeed, so that it runs 1, 1, 2, 3), visible again in ``visible_in_s``
+        (when that one is). One whose visibility lapsed is left alone (it may
+        be another worker's now). ``give_back`` hands back a LocalMessage (by
+        default its no-op ``change_visibility``).
         """
         with self._lock:
             held_now = [h for h in self._held if group in (None, group_of(h.message))]
@@ -263,15 +265,19 @@ class Waiting:
                 logger.exception("message %s: hand-back failed", message_id_of(message))
         entries = [(h.message, None) for h in ours if batchable(h.message)]
         done = local[:]
+        seconds = min(
+            [visible_in_s] + [capped_visibility(visible_in_s, budget_left_s(m)) for m, _ in entries]
+        )
         if entries:
             self.requests += -(-len(entries) // MAX_BATCH_ENTRIES)
-            done += [message for message, _ in self._hand_back(entries, VisibilityTimeout=0)]
+            done += [m for m, _ in self._hand_back(entries, VisibilityTimeout=seconds)]
         for message in done:
             logger.warning(
-                "task None message %s receive %d: %s; handed back (visibility 0)",
+                "task None message %s receive %d: %s; handed back (visibility %d)",
                 message_id_of(message),
                 receive_count_of(message),
                 why,
+                seconds,
             )
         return [h.message for h in held_now]
 

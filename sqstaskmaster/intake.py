@@ -96,14 +96,18 @@ class Intake:
             return None
         return self.waiting.take()
 
-    def after(self, message: Any, outcome: str) -> List[Any]:
+    def after(self, message: Any, outcome: str, visible_in_s: Optional[int]) -> List[Any]:
         """After ``message`` ended with ``outcome``: unless "done", the waiting messages
-        of its FIFO group are handed back (one request); returns them."""
+        of its FIFO group are handed back (one request); returns them.
+
+        They become visible when it does (``visible_in_s``, its retry delay;
+        None: at once), so that no server delivers them before it.
+        """
         group = group_of(message)
         if outcome == "done" or group is None or not len(self.waiting):
             return []
         why = f"message {message_id_of(message)} of its FIFO group {group} ended {outcome}"
-        return self.waiting.hand_back_all(why, group=group)
+        return self.waiting.hand_back_all(why, group=group, visible_in_s=visible_in_s or 0)
 
     def _local_queue(self) -> Optional[LocalQueue]:
         queue = getattr(self.task_manager, "queue", None)

@@ -293,7 +293,8 @@ class Worker(TaskRegistry, Configured):
         with task_context(message_id=message_id_of(message), receive_count=count):
             outcome = self._process(message, visible_until, count)
         if self._intake is not None:  # a FIFO group runs in order: 1, 1, 2, 3
-            for waiting in self._intake.after(message, str(outcome)):
+            given = self._disposition.visibility_given(message)
+            for waiting in self._intake.after(message, str(outcome), given):
                 with task_context(message_id=message_id_of(waiting)):
                     self._disposition.record(None, Outcome.HANDED_BACK)
         return outcome

@@ -292,7 +292,9 @@ def test_a_fifo_group_runs_in_order_after_a_failure_under_prefetch(
         prefetch=10,
         poll_wait_s=1,
         burst_idle_s=4,
-        retry=RetryPolicy(first_s=1, factor=1, max_s=1, jitter="none"),
+        # No retry delay: moto and LocalStack both keep a group's order only then
+        # (see test_a_fifo_groups_waiting_messages_come_back_when_the_failed_one_does).
+        retry=RetryPolicy(first_s=0, factor=1, max_s=0, jitter="none"),
     )
     worker.connect(queue.url, sqs=sqs_server.sqs)
     # When it runs until the queue is empty
@@ -303,6 +305,41 @@ def test_a_fifo_group_runs_in_order_after_a_failure_under_prefetch(
     assert [key for key in order if key.startswith("b")] == ["b1", "b2"], order
     assert len(notify.errors) == 1  # a1's failure, nothing else
     assert visible_within(sqs_server, queue, 2) == 0  # nothing lost, nothing left
+
+
+def test_a_fifo_groups_waiting_messages_come_back_when_the_failed_one_does(
+    sqs_server: Any, tmp_path: Path
+) -> None:
+    # Given a FIFO group a1 (fails), a2, a3, received by one poll, and a 7 s retry delay
+    queue = sqs_server.make_queue(fifo=True)
+    manager = sqs_server.task_manager(queue)
+    where = {"directory": str(tmp_path)}
+    submit_group(manager, "A", [("fail_first", {**where, "key": k}) for k in ("a1", "a2", "a3")])
+    for key in ("a2", "a3"):
+        (tmp_path / f"failed.{key}").touch()
+    sqs = sqs_server.session.resource("sqs", endpoint_url=sqs_server.endpoint_url)
+    sent: List[Dict[str, Any]] = []
+    sqs.meta.client.meta.events.register(
+        "before-parameter-build.sqs.ChangeMessageVisibilityBatch",
+        lambda params, **_: sent.append(params),
+    )
+    worker = Worker(
+        {"fail_first": fail_first},
+        notify=Recorder(),
+        isolate=False,
+        prefetch=10,
+        poll_wait_s=1,
+        burst_idle_s=2,
+        retry=RetryPolicy(first_s=7, factor=1, max_s=7, jitter="none"),
+    )
+    worker.connect(queue.url, sqs=sqs)
+    # When a1 fails, then a2 and a3 are handed back in one request, visible again
+    # when a1 is (7 s): SQS keeps the group blocked meanwhile, and an emulator
+    # that does not cannot deliver them before a1
+    assert worker.run_single() == 0
+    assert runs(tmp_path) == ["a1"]
+    [request] = sent
+    assert [entry["VisibilityTimeout"] for entry in request["Entries"]] == [7, 7]
 
 
 def test_a_lapsed_message_takes_its_fifo_group_back_with_it(sqs_server: Any) -> None:
