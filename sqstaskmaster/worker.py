@@ -329,10 +329,16 @@ class Worker(TaskRegistry, Configured):
         if not sqs.fits(handler.hard_timeout, left):
             if sqs.fits_a_fresh_receive(handler.hard_timeout):
                 # Its wait here ate this receive's 12 hours: the next receive has fresh ones.
+                first = sqs.first_receive_of(message)  # a fact for the log only
                 why = (
                     f"{max(int(left), 0)} s are left of this receive's 12-hour visibility "
                     f"budget, the task needs {sqs.needed_s(handler.hard_timeout):g} s; "
                     "its next receive has a fresh 12 hours"
+                    + (
+                        ""
+                        if first is None
+                        else f" (first received {time.time() - first:.0f} s ago)"
+                    )
                 )
                 self._disposition.record(task, Outcome.HANDED_BACK)
                 self._disposition.hand_back(message, task, why)
