@@ -9,7 +9,8 @@
 - :class:`Waiting`: messages received by one poll (``prefetch``) that wait
   for their turn. They are kept invisible with ``ChangeMessageVisibilityBatch``
   on the heartbeat schedule, never past the 12-hour budget, and handed back
-  (visibility 0, one request) when the worker stops.
+  (visibility 0, one request) when the worker stops; those of a FIFO group
+  whose message did not succeed are handed back at once.
 - :class:`Chores`: both, as the execution strategies see them: ``due_at()``
   and ``run_due()``, called between tasks and while a task runs (from a
   forked task's wait loop, or a signal-mode task's timer).
@@ -21,20 +22,18 @@ again: the window is at most :data:`FLUSH_AFTER_S` plus one request.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from botocore import xform_name
-
-from .errors import BatchEntryError, HardTimeoutError, TaskStuckError, WorkerShutdownError
+from .batch_call import BATCH_TRIES, PASS_THROUGH, BatchCall, Entry, batchable
 from .sqs import (
     MAX_BATCH_ENTRIES,
     budget_left_s,
     capped_visibility,
-    error_code,
-    failure_context,
+    group_of,
     message_id_of,
     receive_count_of,
 )
@@ -47,136 +46,8 @@ Notify = Callable[..., Any]
 FLUSH_AFTER_S = 0.05
 #: A waiting message is run only if it stays invisible this much longer (s).
 LAPSE_MARGIN_S = 1.0
-#: Tries of a batch entry SQS failed on its side (or a request that failed) before reporting.
-BATCH_TRIES = 3
-# Pause between two tries (s), times the try's number.
-_RETRY_PAUSE_S = 0.02
-# Entry codes that no retry can fix: the receipt handle is stale or the message is gone.
-_FINAL_CODES = frozenset(
-    {"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue", "InvalidIdFormat"}
-)
-# Raised by a hard deadline or a worker's stop into a signal-mode chore: never swallowed.
-_PASS_THROUGH = (HardTimeoutError, WorkerShutdownError, TaskStuckError)
 
-Entry = Tuple[Any, Optional[str]]  # (message, task name)
-
-
-def _ids(entries: Any) -> str:
-    """The entries' tasks and message ids, for a log line."""
-    return ", ".join(f"task {task} message {message_id_of(message)}" for message, task in entries)
-
-
-def _batchable(message: Any) -> bool:
-    """A boto3 Message (a client and a queue behind it); a LocalMessage is not."""
-    meta = getattr(message, "meta", None)
-    return (
-        meta is not None
-        and getattr(meta, "client", None) is not None
-        and getattr(message, "queue_url", None) is not None
-        and getattr(message, "receipt_handle", None) is not None
-    )
-
-
-class _BatchCall:
-    """One batch action (delete, or a visibility change) on a list of messages, with retries."""
-
-    def __init__(self, action: str, notify: Notify, what_then: str) -> None:
-        self.action = action  # the API's name, e.g. DeleteMessageBatch
-        # After a call: id(message) -> a code no retry can fix, for those that got one.
-        self.final_codes: Dict[int, str] = {}
-        self._notifiers: Dict[int, Notify] = {}
-        self._method = xform_name(action)
-        self.notify = notify
-        self.what_then = what_then
-
-    def __call__(
-        self,
-        entries: Sequence[Entry],
-        notifiers: Optional[Dict[int, Notify]] = None,
-        **extra: Any,
-    ) -> List[Entry]:
-        """Carry it out for ``entries``; returns those that succeeded (failures are reported).
-
-        ``notifiers`` maps ``id(message)`` to the notify a failure of it goes to
-        (its handler's); others go to this call's.
-        """
-        self.final_codes = {}
-        self._notifiers = notifiers or {}
-        done: List[Entry] = []
-        groups: Dict[Tuple[int, str], List[Entry]] = {}
-        for entry in entries:
-            message = entry[0]
-            key = (id(message.meta.client), message.queue_url)
-            groups.setdefault(key, []).append(entry)
-        for group in groups.values():
-            for start in range(0, len(group), MAX_BATCH_ENTRIES):
-                done.extend(self._chunk(group[start : start + MAX_BATCH_ENTRIES], extra))
-        return done
-
-    def _chunk(self, chunk: List[Entry], extra: Dict[str, Any]) -> List[Entry]:
-        message = chunk[0][0]
-        client, url = message.meta.client, message.queue_url
-        done: List[Entry] = []
-        pending = list(chunk)
-        failures: Dict[int, Tuple[str, str, Optional[BaseException]]] = {}
-        for attempt in range(1, BATCH_TRIES + 1):
-            requests = [
-                {"Id": str(index), "ReceiptHandle": entry[0].receipt_handle, **extra}
-                for index, entry in enumerate(pending)
-            ]
-            failures = {}
-            try:
-                response = getattr(client, self._method)(QueueUrl=url, Entries=requests)
-            except _PASS_THROUGH:
-                raise
-            except Exception as error:
-                code = error_code(error) or type(error).__name__
-                failures = {index: (code, str(error), error) for index in range(len(pending))}
-            else:
-                for failed in response.get("Failed", []):
-                    index = int(failed["Id"])
-                    failures[index] = (failed.get("Code", "?"), failed.get("Message", ""), None)
-            done.extend(entry for index, entry in enumerate(pending) if index not in failures)
-            again = [index for index, why in failures.items() if why[0] not in _FINAL_CODES]
-            if not again or attempt == BATCH_TRIES:
-                break
-            finals = {index: why for index, why in failures.items() if why[0] in _FINAL_CODES}
-            self._report([(pending[index], why) for index, why in finals.items()], attempt)
-            code, text, _ = failures[again[0]]
-            logger.warning(
-                "%s of %d messages (%s) failed on try %d of %d (%s %s); trying again",
-                *(self.action, len(again), _ids(pending[index] for index in again)),
-                *(attempt, BATCH_TRIES, code, text),
-            )
-            pending = [pending[index] for index in again]
-            time.sleep(_RETRY_PAUSE_S * attempt)
-        self._report([(pending[index], why) for index, why in failures.items()], attempt)
-        return done
-
-    def _report(self, failed: List[Tuple[Entry, Tuple[str, str, Any]]], tries: int) -> None:
-        for (message, task), (code, text, cause) in failed:
-            if code in _FINAL_CODES:
-                self.final_codes[id(message)] = code
-            message_id = message_id_of(message)
-            logger.error(
-                "task %s message %s: %s failed after %d %s (%s %s); %s",
-                task,
-                message_id,
-                self.action,
-                tries,
-                "try" if tries == 1 else "tries",
-                code,
-                text,
-                self.what_then,
-            )
-            error = BatchEntryError(self.action, message_id, task, code, text)
-            error.__cause__ = cause
-            try:
-                self._notifiers.get(id(message), self.notify)(
-                    error, context=failure_context(message)
-                )
-            except Exception:
-                logger.exception("notify raised while reporting %r", error)
+__all__ = ["BATCH_TRIES", "FLUSH_AFTER_S", "LAPSE_MARGIN_S", "Chores", "DeleteBatch", "Waiting"]
 
 
 class DeleteBatch:
@@ -195,7 +66,7 @@ class DeleteBatch:
         self._first_at = 0.0
         # A forked task's wait loop flushes from a helper thread.
         self._lock = threading.Lock()
-        self._delete = _BatchCall(
+        self._delete = BatchCall(
             "DeleteMessageBatch",
             notify,
             "the message comes back after its visibility timeout and its task runs again",
@@ -212,7 +83,7 @@ class DeleteBatch:
 
         A failure goes to ``notify`` (the task's handler's), else to the batch's.
         """
-        if not _batchable(message):
+        if not batchable(message):
             message.delete()
             return
         with self._lock:
@@ -262,7 +133,8 @@ class Waiting:
 
     A message whose visibility lapsed (a heartbeat SQS refused, its 12-hour
     budget used up, or a visibility that ran out) is never run or handed back
-    here: SQS delivers it again, perhaps to another worker.
+    here: SQS delivers it again, perhaps to another worker (and the messages
+    of its FIFO group waiting here are handed back, to run after it).
     """
 
     def __init__(
@@ -279,12 +151,12 @@ class Waiting:
         # When the next heartbeat is due (read without the lock, from a timer).
         self._next_beat: Optional[float] = None
         self._lock = threading.Lock()
-        self._extend = _BatchCall(
+        self._extend = BatchCall(
             "ChangeMessageVisibilityBatch",
             notify,
             "it may become visible before its turn: it is not run here",
         )
-        self._hand_back = _BatchCall(
+        self._hand_back = BatchCall(
             "ChangeMessageVisibilityBatch",
             notify,
             "it comes back when its visibility timeout ends",
@@ -295,25 +167,35 @@ class Waiting:
         return len(self._held)
 
     def add(self, messages: Sequence[Any], received_at: float) -> None:
-        """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``."""
+        """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``.
+
+        A LocalMessage never lapses: a LocalQueue delivers nothing twice.
+        """
         with self._lock:
             for message in messages:
-                self._held.append(_Held(message, received_at + self.sqs_timeout, received_at))
+                until = received_at + self.sqs_timeout if batchable(message) else math.inf
+                self._held.append(_Held(message, until, received_at))
             self._plan()
 
     def take(self) -> Optional[Tuple[Any, float]]:
         """The next message and until when it is invisible; None when none waits.
 
-        A message whose visibility lapsed is dropped (with a warning), not returned.
+        A message whose visibility lapsed is dropped (with a warning), not
+        returned; the waiting messages of its FIFO group are handed back.
         """
-        with self._lock:
-            while self._held:
+        while True:
+            with self._lock:
+                if not self._held:
+                    return None
                 held = self._held.popleft()
                 self._plan()
                 if not held.lapsed and held.visible_until > self._clock() + LAPSE_MARGIN_S:
                     return held.message, held.visible_until
-                _warn_lapsed(held, "not run here")
-        return None
+            _warn_lapsed(held, "not run here")
+            group = group_of(held.message)
+            if group is not None:
+                why = f"message {message_id_of(held.message)} of its FIFO group {group} lapsed"
+                self.hand_back_all(why, group=group)
 
     def due_at(self) -> Optional[float]:
         """When the waiting messages' next heartbeat is due, or None if none waits."""
@@ -331,7 +213,7 @@ class Waiting:
             by_seconds: Dict[int, List[_Held]] = {}
             for held in self._held:
                 held.beat_at = now
-                if held.lapsed or not _batchable(held.message):
+                if held.lapsed or not batchable(held.message):
                     continue  # a LocalMessage needs no heartbeat
                 seconds = capped_visibility(self.sqs_timeout, budget_left_s(held.message))
                 if seconds > 0:
@@ -351,39 +233,57 @@ class Waiting:
             self._plan()
             logger.debug("heartbeat for %d waiting messages", len(self._held))
 
-    def hand_back_all(self, why: str) -> List[Any]:
+    def hand_back_all(
+        self,
+        why: str,
+        give_back: Optional[Callable[[Any], None]] = None,
+        group: Optional[str] = None,
+        visible_in_s: int = 0,
+    ) -> List[Any]:
         """Visibility 0 for every waiting message (one request per 10); returns them.
 
-        One whose visibility lapsed is left alone (it may be another worker's now).
+        With ``group``, only those of that FIFO group (after one of it did not
+        succeed, so that it runs 1, 1, 2, 3), visible again in ``visible_in_s``
+        (when that one is). One whose visibility lapsed is left alone (it may
+        be another worker's now). ``give_back`` hands back a LocalMessage (by
+        default its no-op ``change_visibility``).
         """
         with self._lock:
-            held_now = list(self._held)
-            self._held.clear()
+            held_now = [h for h in self._held if group in (None, group_of(h.message))]
+            self._held = deque(h for h in self._held if h not in held_now)
             self._plan()
         now = self._clock()
         ours = [h for h in held_now if not h.lapsed and h.visible_until > now]
         for held in held_now:
             if held not in ours:
                 _warn_lapsed(held, "not handed back")
-        local = [h.message for h in ours if not _batchable(h.message)]
+        local = [h.message for h in ours if not batchable(h.message)]
         for message in local:
             try:
-                message.change_visibility(VisibilityTimeout=0)
+                (give_back or _no_visibility)(message)
             except Exception:
                 logger.exception("message %s: hand-back failed", message_id_of(message))
-        batchable = [(h.message, None) for h in ours if _batchable(h.message)]
+        entries = [(h.message, None) for h in ours if batchable(h.message)]
         done = local[:]
-        if batchable:
-            self.requests += -(-len(batchable) // MAX_BATCH_ENTRIES)
-            done += [message for message, _ in self._hand_back(batchable, VisibilityTimeout=0)]
+        seconds = min(
+            [visible_in_s] + [capped_visibility(visible_in_s, budget_left_s(m)) for m, _ in entries]
+        )
+        if entries:
+            self.requests += -(-len(entries) // MAX_BATCH_ENTRIES)
+            done += [m for m, _ in self._hand_back(entries, VisibilityTimeout=seconds)]
         for message in done:
             logger.warning(
-                "task None message %s receive %d: %s; handed back (visibility 0)",
+                "task None message %s receive %d: %s; handed back (visibility %d)",
                 message_id_of(message),
                 receive_count_of(message),
                 why,
+                seconds,
             )
         return [h.message for h in held_now]
+
+
+def _no_visibility(message: Any) -> None:
+    message.change_visibility(VisibilityTimeout=0)
 
 
 def _warn_lapsed(held: _Held, what: str) -> None:
@@ -430,7 +330,7 @@ class Chores:
     def _guarded(self, action: Callable[[], None], what: str) -> None:
         try:
             action()
-        except _PASS_THROUGH:
+        except PASS_THROUGH:
             raise
         except Exception as error:
             logger.exception("%s failed", what)

@@ -4,8 +4,8 @@
 - retry later: its visibility is set to the retry backoff (``RetryPolicy``),
   so the queue's redrive policy dead-letters it after ``maxReceiveCount``;
 - retry at: the task asked for its next delivery (``Retry(delay_s)``);
-- hand back: visibility 0, at once (shutdown);
-- refuse: never run (unknown task, invalid body, no 12-hour budget left):
+- hand back: visibility 0, at once (shutdown; a wait that ate its receive's 12 hours);
+- refuse: never run (unknown task, invalid body, a hard timeout no receive's 12 hours can hold):
   notify, log, retry later;
 - dead-letter now: a permanent failure (``Reject``): a copy goes to the
   redrive policy's dead-letter queue, then the message is deleted.
@@ -113,6 +113,8 @@ class Disposition:
         self.before_hand_back: Optional[Callable[[], None]] = None
         # Queue URL -> its dead-letter queue's URL (None: no redrive policy).
         self._dead_letter_urls: Dict[str, Optional[str]] = {}
+        # (id(message), seconds) of the last visibility change SQS accepted.
+        self._last_visibility: Optional[Tuple[int, int]] = None
 
     def settle(
         self,
@@ -190,7 +192,16 @@ class Disposition:
             )
             self.notify(error, context=failure_context(message))
             return False
+        self._last_visibility = (id(message), int(seconds))
         return True
+
+    def visibility_given(self, message: Any) -> Optional[int]:
+        """The visibility timeout last set on ``message`` here (its retry delay), if any.
+
+        Asked once, after the message's outcome: the record is cleared.
+        """
+        last, self._last_visibility = self._last_visibility, None
+        return last[1] if last is not None and last[0] == id(message) else None
 
     def retry_later(
         self, message: Any, task: Optional[str], count: int, why: str, policy: RetryPolicy

@@ -321,7 +321,7 @@ class VisibilityBudgetError(SQSTaskMasterError, TimeoutError):
             f"{needed:g} s of visibility (its hard timeout of {hard_timeout:g} s plus "
             f"{stop_margin_s:g} s to stop it and settle the message), but only "
             f"{max(int(left), 0)} s are left of SQS's 12-hour visibility budget, counted from "
-            "the message's first receive; past it another worker could receive the message "
+            "the receive that delivered the message; past it another worker could receive it "
             "while the task runs. Lower the task's hard timeout, or split the task; the "
             "message is left to the retry delay and the redrive policy."
         )
@@ -408,7 +408,7 @@ class TaskControl(SQSTaskMasterError):
 class Retry(TaskControl):
     """Run the task again after ``delay_s`` seconds; not reported to ``notify`` as an error.
 
-    The delay is capped by SQS (12 hours from the message's first receive).
+    The delay is capped by SQS (12 hours from the receive that delivered the message).
     """
 
     def __init__(self, delay_s: float = 0.0, reason: str = "") -> None:

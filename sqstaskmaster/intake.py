@@ -3,7 +3,13 @@
 The worker takes messages one at a time from :meth:`Intake.take`. Before each
 poll, and before it hands anything back, the finished tasks' deletes are
 flushed; when it stops, the messages still waiting are handed back in one
-request (:mod:`sqstaskmaster.batching`).
+request (:mod:`sqstaskmaster.batching`). After a message of a FIFO group did
+not succeed, the waiting messages of its group are handed back
+(:meth:`Intake.after`), so that the group runs in order.
+
+A LocalQueue has no visibility timeouts and delivers nothing twice: it is
+polled one message at a time, and a message still waiting when the worker
+stops is put back in it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, Callable, List, Optional, Tuple
 from . import metrics
 from .batching import Chores, DeleteBatch, Waiting
 from .errors import PollFailedError
+from .local import LocalQueue
+from .sqs import group_of, message_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ class Intake:
         """
         self.chores.flush()
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
+        if self._local_queue() is not None:
+            count = 1  # none waits behind a running task: nothing to keep invisible
         polled_at = time.monotonic()
         messages = self.task_manager.receive(
             wait_s, self.sqs_timeout, message_attributes=True, max_messages=count
@@ -86,6 +96,32 @@ class Intake:
             return None
         return self.waiting.take()
 
+    def after(self, message: Any, outcome: str, visible_in_s: Optional[int]) -> List[Any]:
+        """After ``message`` ended with ``outcome``: unless "done", the waiting messages
+        of its FIFO group are handed back (one request); returns them.
+
+        They become visible when it does (``visible_in_s``, its retry delay;
+        None: at once), so that no server delivers them before it.
+        """
+        group = group_of(message)
+        if outcome == "done" or group is None or not len(self.waiting):
+            return []
+        why = f"message {message_id_of(message)} of its FIFO group {group} ended {outcome}"
+        return self.waiting.hand_back_all(why, group=group, visible_in_s=visible_in_s or 0)
+
+    def _local_queue(self) -> Optional[LocalQueue]:
+        queue = getattr(self.task_manager, "queue", None)
+        return queue if isinstance(queue, LocalQueue) else None
+
+    def _put_back(self, message: Any) -> None:
+        """Hand back a LocalMessage: put it back in its LocalQueue (at the end)."""
+        queue = self._local_queue()
+        if queue is None:
+            message.change_visibility(VisibilityTimeout=0)
+            return
+        queue.queue.put_nowait(message)
+        logger.info("%r put back at the end of local queue %s", message, queue.url)
+
     def delete_later(
         self, task: Optional[str], notify: Optional[Notify] = None
     ) -> Callable[[Any], None]:
@@ -106,7 +142,7 @@ class Intake:
         """
         try:
             self.chores.flush()
-            return self.waiting.hand_back_all(why)
+            return self.waiting.hand_back_all(why, self._put_back)
         except Exception:
             logger.exception("closing the worker's intake failed")
             return []

@@ -43,7 +43,8 @@ from .timer import SignalTimer
 
 logger = logging.getLogger(__name__)
 
-# SQS never lets a message stay invisible longer than 12 hours after its first receive.
+# SQS never lets a message stay invisible longer than 12 hours after the receive that
+# delivered it.
 SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 # Entry skips its visibility change only if the message stays invisible this
 # many seconds past the first heartbeat.
@@ -164,11 +165,13 @@ class MessageHandler(abc.ABC, metaclass=dispatch.HandlerMeta):
             )
 
     def visibility_budget_left(self) -> float:
-        """Seconds of visibility SQS still grants this message (12 hours from first receive).
+        """Seconds of visibility SQS still grants this message (12 hours from its receive).
 
-        SQS refuses to extend a message's visibility past 12 hours after its
-        first receive; ``ApproximateFirstReceiveTimestamp`` (milliseconds)
-        dates it. Without that attribute the handler's construction is used.
+        SQS refuses to extend a message's visibility past 12 hours after the
+        receive that returned its receipt handle; a TaskManager keeps the
+        clock read just before that ReceiveMessage call with the message
+        (:func:`sqstaskmaster.sqs.mark_received`). For a message received
+        otherwise the handler's construction is used.
         """
         return visibility_budget_left(self._message, self._constructed_at)
 

@@ -4,23 +4,29 @@ Everything here is about SQS itself, not about this package's task format
 (:mod:`sqstaskmaster.wire`) or how tasks run; it imports no sibling module.
 
 The 12-hour budget: SQS keeps a message invisible at most 12 hours
-(:data:`MAX_VISIBILITY_S`) counted from its first receive
-(``ApproximateFirstReceiveTimestamp``), and refuses a visibility change that
-reaches past that. A task therefore needs its hard timeout plus
-:data:`STOP_MARGIN_S` (to stop it and settle its message) inside what is
-left; at start-up the worker also allows :data:`START_SLACK_S` between a
-message's first receive and its task's start.
+(:data:`MAX_VISIBILITY_S`) counted from the receive that returned its
+current receipt handle (a message received again gets a fresh 12 hours),
+and refuses a visibility change that reaches past that. The local clock is
+read just before each ReceiveMessage call and kept with every message it
+returns (:func:`mark_received`), so the budget is counted conservatively
+from the receive; ``ApproximateFirstReceiveTimestamp`` is only a fact for
+logs. A task needs its hard timeout plus :data:`STOP_MARGIN_S` (to stop it
+and settle its message) inside what is left; at start-up the worker also
+allows :data:`START_SLACK_S` between that clock reading and the task's start.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-#: SQS never keeps a message invisible longer than 12 hours after its first receive,
-#: and refuses a VisibilityTimeout above it (seconds).
+logger = logging.getLogger(__name__)
+
+#: SQS never keeps a message invisible longer than 12 hours after the receive that
+#: delivered it, and refuses a VisibilityTimeout above it (seconds).
 MAX_VISIBILITY_S = 12 * 60 * 60
 #: The longest long-poll wait SQS accepts (seconds).
 MAX_POLL_WAIT_S = 20
@@ -35,8 +41,12 @@ MAX_MESSAGE_ATTRIBUTES = 10
 #: Seconds kept past a hard timeout to stop the task (SIGTERM, kill grace,
 #: SIGKILL) and set its message's retry delay before SQS's limit.
 STOP_MARGIN_S = 30
-#: Seconds a first-received message may wait before its task starts.
+#: Seconds between the clock reading before a ReceiveMessage call and the start of
+#: a task it delivered: the long poll (up to MAX_POLL_WAIT_S), decoding, forking.
 START_SLACK_S = 30
+#: The attribute of a received message object that holds the ``time.time()`` read
+#: just before the ReceiveMessage call that returned it (see :func:`mark_received`).
+RECEIVED_AT_ATTRIBUTE = "sqstaskmaster_received_at"
 #: The longest hard timeout that fits a message its worker starts promptly.
 LONGEST_HARD_TIMEOUT_S = MAX_VISIBILITY_S - STOP_MARGIN_S - START_SLACK_S
 
@@ -64,7 +74,10 @@ def receive_count_of(message: Any) -> int:
 
 
 def first_receive_of(message: Any) -> Optional[float]:
-    """When SQS first delivered ``message`` (``time.time()`` seconds), if it says."""
+    """When SQS first delivered ``message`` (``time.time()`` seconds), if it says.
+
+    A fact for logs only: the 12-hour budget counts from each receive.
+    """
     attributes = getattr(message, "attributes", None)
     if not isinstance(attributes, Mapping):  # a LocalMessage, or a test's Mock
         return None
@@ -75,17 +88,39 @@ def first_receive_of(message: Any) -> Optional[float]:
         return None
 
 
+def mark_received(messages: Any, at: float) -> None:
+    """Keep ``at`` (``time.time()`` read just before the receive) with each received message.
+
+    ``messages`` is the list a ``receive_messages`` call returned (anything else is left alone).
+    """
+    if not isinstance(messages, (list, tuple)):
+        return
+    for message in messages:
+        try:
+            setattr(message, RECEIVED_AT_ATTRIBUTE, at)
+        except AttributeError:  # an object that takes no attributes: counted from later on
+            logger.debug("message %s cannot carry its receive time", message_id_of(message))
+
+
+def received_at_of(message: Any) -> Optional[float]:
+    """The clock reading :func:`mark_received` kept with ``message``, or None."""
+    value = getattr(message, RECEIVED_AT_ATTRIBUTE, None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None  # not received through a TaskManager (or a Mock's made-up attribute)
+
+
 def budget_left_s(message: Any, since: Optional[float] = None) -> Optional[float]:
     """Seconds of visibility SQS still grants ``message`` (may be negative).
 
-    Counted from its ``ApproximateFirstReceiveTimestamp`` (milliseconds since
-    the epoch); without that attribute from ``since`` (a ``time.time()``
-    value), and None when neither is known.
+    Counted from the receive that delivered this copy (:func:`mark_received`);
+    for a message received otherwise from ``since`` (a ``time.time()`` value),
+    and None when neither is known.
     """
-    first_receive = first_receive_of(message)
-    if first_receive is None:
-        first_receive = since
-    return None if first_receive is None else MAX_VISIBILITY_S - (time.time() - first_receive)
+    received_at = received_at_of(message)
+    if received_at is None:
+        received_at = since
+    return None if received_at is None else MAX_VISIBILITY_S - (time.time() - received_at)
 
 
 def capped_visibility(seconds: float, left: Optional[float]) -> int:
@@ -99,6 +134,11 @@ def capped_visibility(seconds: float, left: Optional[float]) -> int:
 def needed_s(hard_timeout: float) -> float:
     """Seconds of visibility a task with this hard timeout needs from its start."""
     return hard_timeout + STOP_MARGIN_S
+
+
+def fits_a_fresh_receive(hard_timeout: float) -> bool:
+    """Whether a task with this hard timeout fits a message its worker received just now."""
+    return hard_timeout <= LONGEST_HARD_TIMEOUT_S
 
 
 def fits(hard_timeout: float, left: float) -> bool:
@@ -115,7 +155,8 @@ def hard_timeout_problem(hard_timeout: float, setting: str, where: str) -> Optio
         return None
     return (
         f"{setting} of {hard_timeout} s can never fit in SQS's 12-hour visibility limit "
-        f"({MAX_VISIBILITY_S} s from a message's first receive): a task needs its hard timeout "
+        f"({MAX_VISIBILITY_S} s from the receive that delivered the message): a task needs its "
+        "hard timeout "
         f"plus {STOP_MARGIN_S} s to stop it and settle its message, and may start up to "
         f"{START_SLACK_S} s after the receive, so the longest hard timeout is "
         f"{LONGEST_HARD_TIMEOUT_S} s. Lower it ({where}) to at most {LONGEST_HARD_TIMEOUT_S} s, "
@@ -139,10 +180,19 @@ def hard_timeouts_problem(
 
 
 def visibility_budget_left(message: Any, fallback_start: float) -> float:
-    """:func:`budget_left_s`, counted from ``fallback_start`` when the message has no stamp."""
-    first_receive = first_receive_of(message)
-    start = fallback_start if first_receive is None else first_receive
+    """:func:`budget_left_s`, counted from ``fallback_start`` for a message not marked."""
+    received_at = received_at_of(message)
+    start = fallback_start if received_at is None else received_at
     return MAX_VISIBILITY_S - (time.time() - start)
+
+
+def group_of(message: Any) -> Optional[str]:
+    """The FIFO message group id of ``message`` (its ``MessageGroupId``), or None."""
+    attributes = getattr(message, "attributes", None)
+    if not isinstance(attributes, Mapping):
+        return None
+    group = attributes.get("MessageGroupId")
+    return group if isinstance(group, str) and group else None
 
 
 # -- sizes -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Encoding and decoding live in :mod:`sqstaskmaster.wire`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -30,7 +31,7 @@ import boto3
 
 from .errors import MalformedBodyError
 from .local import LocalQueue
-from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context
+from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context, mark_received
 from .wire import decode as decode_body
 from .wire import encode_body, service_name_attribute
 
@@ -164,15 +165,21 @@ class TaskManager:
         New in 0.1: ``message_attributes=True`` also asks for the messages'
         MessageAttributes (a worker copies them when it dead-letters a message),
         and ``max_messages`` (1 to 10) asks for more than one (a worker's prefetch).
+        Each message carries the clock read just before the call
+        (:func:`sqstaskmaster.sqs.mark_received`): SQS's 12 hours count from it.
+        ``AttributeNames=["All"]`` includes a FIFO message's ``MessageGroupId``.
         """
         extra = {"MessageAttributeNames": ["All"]} if message_attributes else {}
-        return self.queue.receive_messages(
+        received_at = time.time()  # the message's 12-hour budget counts from here
+        messages = self.queue.receive_messages(
             AttributeNames=["All"],
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_time,
             VisibilityTimeout=sqs_timeout,
             **extra,
         )
+        mark_received(messages, received_at)
+        return messages
 
     def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:
         """``(task, kwargs)`` of a message, or None after notifying and logging."""

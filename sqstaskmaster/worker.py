@@ -291,7 +291,13 @@ class Worker(TaskRegistry, Configured):
         """
         count = receive_count_of(message)
         with task_context(message_id=message_id_of(message), receive_count=count):
-            return self._process(message, visible_until, count)
+            outcome = self._process(message, visible_until, count)
+        if self._intake is not None:  # a FIFO group runs in order: 1, 1, 2, 3
+            given = self._disposition.visibility_given(message)
+            for waiting in self._intake.after(message, str(outcome), given):
+                with task_context(message_id=message_id_of(waiting)):
+                    self._disposition.record(None, Outcome.HANDED_BACK)
+        return outcome
 
     def _process(self, message: Any, visible_until: Optional[float], count: int) -> Outcome:
         message_id = message_id_of(message)
@@ -321,6 +327,22 @@ class Worker(TaskRegistry, Configured):
             return Outcome.FAILED
         left = handler.visibility_budget_left()
         if not sqs.fits(handler.hard_timeout, left):
+            if sqs.fits_a_fresh_receive(handler.hard_timeout):
+                # Its wait here ate this receive's 12 hours: the next receive has fresh ones.
+                first = sqs.first_receive_of(message)  # a fact for the log only
+                why = (
+                    f"{max(int(left), 0)} s are left of this receive's 12-hour visibility "
+                    f"budget, the task needs {sqs.needed_s(handler.hard_timeout):g} s; "
+                    "its next receive has a fresh 12 hours"
+                    + (
+                        ""
+                        if first is None
+                        else f" (first received {time.time() - first:.0f} s ago)"
+                    )
+                )
+                self._disposition.record(task, Outcome.HANDED_BACK)
+                self._disposition.hand_back(message, task, why)
+                return Outcome.HANDED_BACK
             refusal = VisibilityBudgetError(
                 message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
             )

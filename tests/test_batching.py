@@ -17,6 +17,7 @@ from botocore.stub import ANY, Stubber
 
 from sqstaskmaster.batching import FLUSH_AFTER_S, Chores, DeleteBatch, Waiting
 from sqstaskmaster.errors import BatchEntryError
+from sqstaskmaster.sqs import mark_received
 from sqstaskmaster.timer import SignalTimer
 
 
@@ -165,9 +166,8 @@ def test_a_delete_falls_due_within_the_flush_bound(sqs_server: Any) -> None:
 
 def test_waiting_heartbeats_never_ask_past_the_12_hour_budget(sqs_server: Any) -> None:
     messages = received(sqs_server, 2)
-    # The first was first received 12 hours minus 20 s ago: 20 s are left.
-    old_ms = int((time.time() - 12 * 3600 + 20) * 1000)
-    messages[0].meta.data["Attributes"]["ApproximateFirstReceiveTimestamp"] = str(old_ms)
+    # The first was received 12 hours minus 20 s ago: 20 s are left.
+    mark_received(messages[:1], time.time() - 12 * 3600 + 20)
     waiting = Waiting(30, 10, Recorder())
     waiting.add(messages, time.monotonic())
     asked: List[Dict[str, Any]] = []

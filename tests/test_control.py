@@ -16,6 +16,7 @@ import pytest
 from sqstaskmaster.disposition import Disposition, Outcome
 from sqstaskmaster.errors import Reject, Retry, TaskControl
 from sqstaskmaster.retry import RetryPolicy
+from sqstaskmaster.sqs import mark_received
 from sqstaskmaster.worker import Worker
 
 MODES = pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
@@ -111,10 +112,8 @@ def test_retry_sets_the_next_delivery_and_is_not_notified(
 def test_retry_delay_is_capped_by_the_12_hour_budget(sqs_server: Any, sqs_queue: Any) -> None:
     sqs_server.task_manager(sqs_queue).submit("retry", key="r2")
     [message] = poll(sqs_queue.queue)
-    # Given a message first received 11 hours ago (as SQS dates it)
-    message.attributes["ApproximateFirstReceiveTimestamp"] = str(
-        int((time.time() - 11 * 3600) * 1000)
-    )
+    # Given a message received 11 hours ago (the receive time kept with it)
+    mark_received([message], time.time() - 11 * 3600)
     # When its task asks for a day's delay, then it gets what the budget has left
     delay = Disposition(Recorder()).retry_at(message, "retry", 1, 24 * 3600)
     assert 3590 <= delay <= 3600

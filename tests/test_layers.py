@@ -81,9 +81,13 @@ def test_sqs_facts_and_message_helpers() -> None:
     assert sqs.MAX_VISIBILITY_S == 43200 and sqs.MAX_POLL_WAIT_S == 20
     assert sqs.receive_count_of(Message({"ApproximateReceiveCount": "3"})) == 3
     assert sqs.receive_count_of(Message({})) == 1
-    hour_ago = str(int((time.time() - 3600) * 1000))
-    left = sqs.visibility_budget_left(Message({"ApproximateFirstReceiveTimestamp": hour_ago}), 0)
+    # The 12 hours count from the receive (the clock kept with the message), not the first one
+    day_ago = str(int((time.time() - 24 * 3600) * 1000))
+    message = Message({"ApproximateFirstReceiveTimestamp": day_ago})
+    sqs.mark_received([message], time.time() - 3600)
+    left = sqs.visibility_budget_left(message, 0)
     assert 39590 <= left <= 39600
+    assert sqs.budget_left_s(Message({"ApproximateFirstReceiveTimestamp": day_ago})) is None
     assert sqs.capped_visibility(10**9, 50.5) == 50 and sqs.capped_visibility(-5, 100) == 0
     assert sqs.failure_context(Message({"x": "1"})) == {"body": "b", "x": "1"}
     assert sqs.message_size("é", {"n": {"DataType": "String", "StringValue": "v"}}) == 2 + 8

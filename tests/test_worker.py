@@ -25,8 +25,8 @@ from sqstaskmaster.errors import (
     DecodeError,
     InvalidTaskMessageError,
     UnknownTaskError,
-    VisibilityBudgetError,
 )
+from sqstaskmaster.sqs import mark_received
 from sqstaskmaster.supervisor import resolve_processes
 from sqstaskmaster.worker import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
 
@@ -297,29 +297,28 @@ def test_messages_that_must_not_run_are_notified_and_left(
 
 
 def age(message: Any, budget_left_s: float) -> Any:
-    """Make a received message look first received long ago: ``budget_left_s`` of 12 h left."""
-    first = time.time() - (MAX_VISIBILITY_S - budget_left_s)
-    message.attributes["ApproximateFirstReceiveTimestamp"] = str(int(first * 1000))
+    """Make a received message look received long ago: ``budget_left_s`` of 12 h left."""
+    mark_received([message], time.time() - (MAX_VISIBILITY_S - budget_left_s))
     return message
 
 
-def test_a_task_whose_hard_timeout_and_stop_margin_do_not_fit_is_refused(
-    sqs_server: Any, sqs_queue: Any, trace_dir: Path
+def test_a_task_whose_hard_timeout_and_stop_margin_do_not_fit_is_handed_back(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, caplog: Any
 ) -> None:
-    # Given a message with 615 s of its 12 hours left, for a task with a 600 s hard
-    # timeout: the task fits, but not the 30 s to stop it and settle its message
+    # Given a message with 615 s of its receive's 12 hours left, for a task with a 600 s
+    # hard timeout: the task fits, but not the 30 s to stop it and settle its message
     worker, notify = make_worker(sqs_server, sqs_queue, hard_timeout=600)
     sqs_server.task_manager(sqs_queue).submit("ok", key="late")
     message = age(receive_one(sqs_queue), 615)
     started = time.monotonic()
-    # When the worker gets it, then it refuses it before it starts, saying the figures
-    assert worker.process(message) == "refused"
-    assert [type(error) for error in notify.errors] == [VisibilityBudgetError]
-    text = str(notify.errors[0])
-    assert "needs 630 s" in text and "600 s" in text and "12-hour" in text
-    assert re.search(r"only 61[45] s are left", text), text
+    # When the worker gets it, then it hands it back before it starts (a fresh receive
+    # has a fresh 12 hours), saying the figures: no refusal, no notify
+    assert worker.process(message) == "handed_back"
+    assert notify.errors == []
+    assert re.search(r"61[45] s are left of this receive's 12-hour", caplog.text), caplog.text
+    assert "needs 630 s" in caplog.text
     assert list(trace_dir.glob("start.*")) == []
-    assert_back_after(sqs_queue, 1, 3, started)
+    assert_back_after(sqs_queue, 0, 3, started)
 
 
 def test_the_retry_delay_is_capped_by_the_budget_left(
@@ -328,11 +327,11 @@ def test_the_retry_delay_is_capped_by_the_budget_left(
     # Given a message with 3 s of its 12 hours left and a 60 s retry delay
     retry = RetryPolicy(first_s=60, factor=1, max_s=60, jitter="none")
     worker, _ = make_worker(sqs_server, sqs_queue, retry=retry, hard_timeout=5)
-    sqs_server.task_manager(sqs_queue).submit("ok", key="late")
+    sqs_server.task_manager(sqs_queue).submit("nope", key="late")
     message = age(receive_one(sqs_queue), 3)
     started = time.monotonic()
     # When it is refused, then it is visible again within the 3 s left, not after 60 s
-    assert worker.process(message) == "refused"
+    assert worker.process(message) == "unknown"
     assert_back_after(sqs_queue, 0, 4, started)
     assert "capped by the 12-hour budget" in caplog.text
 

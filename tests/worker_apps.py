@@ -13,7 +13,7 @@ import time
 from typing import Any, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.sqs import LONGEST_HARD_TIMEOUT_S
+from sqstaskmaster.sqs import MAX_VISIBILITY_S
 from sqstaskmaster.worker import Worker
 
 
@@ -117,23 +117,18 @@ impatient = Worker(dict(TASKS))
 impatient.max_poll_failures = 1
 
 
-class AgedTooLong(Worker):
-    """A worker that sees each "too_long" message as first received a minute ago.
+class TooLong(Echo):
+    """A handler that sets its own hard timeout longer than any receive's 12 hours.
 
-    Such a task, with the longest hard timeout a worker accepts at start-up,
-    no longer fits the 12-hour budget left, so the worker refuses it: the
-    "refused" outcome without waiting hours for a real message to age.
+    No receive can hold it, so the worker refuses it: the "refused" outcome.
     """
 
-    def process(self, message: Any, visible_until: Optional[float] = None) -> str:
-        if message.body.startswith('{"task": "too_long"'):
-            a_minute_ago = int((time.time() - 60) * 1000)
-            message.attributes["ApproximateFirstReceiveTimestamp"] = str(a_minute_ago)
-        return super().process(message, visible_until)
+    def __init__(self, message, sqs_timeout, alarm_timeout, hard_timeout=60, **kwargs):
+        super().__init__(message, sqs_timeout, alarm_timeout, MAX_VISIBILITY_S, **kwargs)
 
 
 # Every outcome the metrics and JSON-log tests need: "stuck" times out after
-# 1 s; "too_long" no longer fits the 12-hour budget left (refused).
-watched = AgedTooLong(dict(TASKS))
+# 1 s; "too_long" fits no receive's 12-hour budget (refused).
+watched = Worker(dict(TASKS))
 watched.register("stuck", sleep, hard_timeout=1)
-watched.register("too_long", ok, hard_timeout=LONGEST_HARD_TIMEOUT_S)
+watched.register("too_long", TooLong)

@@ -81,6 +81,16 @@ def hang(key: str) -> None:
         time.sleep(0.05)
 
 
+def flaky(key: str, fails: int = 0) -> None:
+    """Fails its first ``fails`` runs (counted from its own start events), then is done."""
+    record("start", key)
+    directory = os.environ.get(DIRECTORY_VARIABLE) or ""
+    runs = sum(1 for name in os.listdir(directory) if name.startswith(f"start.{key}."))
+    if runs <= fails:
+        raise RuntimeError(f"flaky task {key} fails run {runs} of its first {fails}")
+    record("done", key)
+
+
 def takes_number(key: str, number: int) -> None:
     """Fails unless ``number`` is an int (a message with wrongly typed kwargs)."""
     record("start", key)
@@ -108,7 +118,13 @@ class PoisonHandler(MessageHandler):
 
 
 app = Worker(
-    {"work": work, "poison": poison, "takes_number": takes_number, "spawns": spawns},
+    {
+        "work": work,
+        "poison": poison,
+        "takes_number": takes_number,
+        "spawns": spawns,
+        "flaky": flaky,
+    },
     notify=notify,
 )
 app.register("hang", hang, hard_timeout=1)
