@@ -307,19 +307,30 @@ class Chores:
         self.deletes = deletes
         self.waiting = waiting
         self.notify = notify
+        # ECS scale-in protection hooks (due_at(), run_due()): a failed enable tried again.
+        self.protection: Any = None
+
+    def _sources(self) -> List[Tuple[Optional[float], Callable[[], None], str]]:
+        sources = [
+            (self.deletes.due_at(), self.deletes.flush, "flush of finished tasks' deletes"),
+            (self.waiting.due_at(), self.waiting.extend, "heartbeat of waiting messages"),
+        ]
+        protection = self.protection
+        if protection is not None:
+            sources.append(
+                (protection.due_at(), protection.run_due, "ECS task scale-in protection retry")
+            )
+        return sources
 
     def due_at(self) -> Optional[float]:
         """The earliest time one of them is due (``time.monotonic()``), or None."""
-        times = [at for at in (self.deletes.due_at(), self.waiting.due_at()) if at is not None]
+        times = [at for at, _, _ in self._sources() if at is not None]
         return min(times) if times else None
 
     def run_due(self) -> None:
         """Do whatever is due now; errors are logged and notified."""
         now = time.monotonic()
-        for due, action, what in (
-            (self.deletes.due_at(), self.deletes.flush, "flush of finished tasks' deletes"),
-            (self.waiting.due_at(), self.waiting.extend, "heartbeat of waiting messages"),
-        ):
+        for due, action, what in self._sources():
             if due is not None and due <= now:
                 self._guarded(action, what)
 

@@ -22,7 +22,7 @@ from . import metrics
 from .batching import Chores, DeleteBatch, Waiting
 from .errors import PollFailedError
 from .local import LocalQueue
-from .sqs import group_of, message_id_of
+from .sqs import bind, group_of, message_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ class Intake:
 
     ``prefetch`` (1 to 10, checked by WorkerSettings) is the most messages one
     poll receives; those not yet running are kept invisible on the
-    ``heartbeat_s`` schedule.
+    ``heartbeat_s`` schedule. ``client``, if given, is the SQS client that
+    received messages use from then on (heartbeats, hand-backs, deletes).
     """
 
     def __init__(
@@ -45,8 +46,11 @@ class Intake:
         sqs_timeout: int,
         heartbeat_s: float,
         notify: Notify,
+        client: Any = None,
     ) -> None:
         self.task_manager = task_manager
+        # The short-bounded SQS client received messages are moved to (sqs.worker_clients).
+        self.client = client
         self.prefetch = prefetch
         self.sqs_timeout = sqs_timeout
         self.deletes = DeleteBatch(notify)
@@ -71,6 +75,7 @@ class Intake:
         # Received with VisibilityTimeout=sqs_timeout: invisible until at least
         # polled_at + sqs_timeout.
         self.failures = 0
+        bind(messages, self.client)
         self.waiting.add(messages, polled_at)
         return len(messages)
 

@@ -53,7 +53,7 @@ from .shutdown import record_early_signals as record_early_signals
 from .shutdown import take_early_signals as take_early_signals
 from .sqs import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
 from .sqs import MAX_VISIBILITY_S as MAX_VISIBILITY_S
-from .sqs import message_id_of, receive_count_of, sqs_resource
+from .sqs import message_id_of, receive_count_of, worker_clients
 from .supervisor import Slot
 from .task_process import close_children, reuse_child
 
@@ -97,6 +97,7 @@ class Worker(TaskRegistry, Configured):
             self.register(name, target)
         self._stop = StopController(self.shutdown_grace_s)
         self._task_manager: Any = None
+        self._client: Any = None  # the short-bounded SQS client of connect()
         self._disposition = Disposition(self.notify)
         self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ecs)
         self._intake: Optional[Intake] = None  # while run_single runs
@@ -139,8 +140,12 @@ class Worker(TaskRegistry, Configured):
         if not url:
             raise ValueError("No queue URL: pass queue_url to Worker or run(), or --queue-url")
         self.queue_url = url
+        self._client = None  # a resource given here is used as it is, for every call
         if sqs is None:
-            sqs = sqs_resource(self.session, self.endpoint_url)
+            # Bounded requests: a heartbeat on a dead connection fails within one period.
+            sqs, self._client = worker_clients(
+                self.session, self.endpoint_url, self.heartbeat_s, self.poll_wait_s
+            )
         self._task_manager = TaskManager(url, notify=self.notify, sqs=sqs)
         return self._task_manager
 
@@ -162,7 +167,9 @@ class Worker(TaskRegistry, Configured):
                 self.run_slot,
                 count,
                 self.shutdown_grace_s,
-                protection=make_state(agent_uri_for(self.ecs_protection), self.notify),
+                protection=make_state(
+                    agent_uri_for(self.ecs_protection), self.notify, self.heartbeat_s
+                ),
                 metrics_address=None if self.metrics_port is None else self.metrics_address(),
             )
         return self.run_single()
@@ -196,7 +203,7 @@ class Worker(TaskRegistry, Configured):
         if self._protection is None:
             from .ecs import inline_protection
 
-            self._protection = inline_protection(self.ecs_protection, self.notify)
+            self._protection = inline_protection(self.ecs_protection, self.notify, self.heartbeat_s)
         mode = "isolation" if self.isolate else "signal"
         logger.info(
             "worker %d consuming %s: tasks %s, %s mode, sqs_timeout %s s, hard_timeout %s s",
@@ -210,7 +217,10 @@ class Worker(TaskRegistry, Configured):
             sqs_timeout=self.sqs_timeout,
             heartbeat_s=self.heartbeat_s,
             notify=self.notify,
+            client=self._client,
         )
+        # A failed ECS protection enable is tried again among the chores, while the task runs.
+        intake.chores.protection = self._protection
         self._disposition.before_hand_back = intake.chores.flush
         try:
             with self._stop.handling_signals():

@@ -373,6 +373,34 @@ def test_an_agent_that_fails_or_hangs_changes_no_outcome(
     assert worker.log.count("reported once per kind of failure") == 1
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_failed_enable_is_tried_again_while_the_task_runs(
+    sqs_server: Any,
+    sqs_queue: Any,
+    tmp_path: Path,
+    agent: FakeAgent,
+    start_worker: Any,
+    processes: str,
+) -> None:
+    # Given an agent that refuses the enable made before a long task starts
+    agent.mode = "error"
+    sqs_server.task_manager(sqs_queue).submit("sleep", key="long", seconds=8)
+    worker = start_worker(
+        sqs_queue.url, "--processes", processes, "--sqs-timeout", "6", "--alarm-timeout", "1"
+    )
+    wait_for(lambda: traces(tmp_path, "start"), 30, step_s=0.05)
+    assert agent.calls and agent.enabled is False
+    # When the agent recovers while the task runs
+    agent.mode = "ok"
+    # Then the enable is made again (a heartbeat period later), before the task ends
+    wait_for(lambda: agent.enabled is True, 6, step_s=0.05)
+    assert not traces(tmp_path, "done")
+    # And once the worker is idle, it is released
+    wait_for(lambda: traces(tmp_path, "done"), 30, step_s=0.1)
+    wait_for(lambda: agent.enabled is False, POLL_S + 5)
+    assert worker.stop() == 0
+
+
 def test_a_warm_stop_mid_task_releases_the_protection(
     sqs_server: Any, sqs_queue: Any, tmp_path: Path, agent: FakeAgent, start_worker: Any
 ) -> None:

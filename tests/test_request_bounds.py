@@ -88,3 +88,39 @@ def test_a_heartbeat_on_a_dead_connection_fails_within_its_period(
     assert "timeout" in type(raised.value).__name__.lower() or "Read" in str(raised.value)
     assert elapsed <= 7 + 3.0, elapsed
     assert len(blackhole.accepted) >= 1
+
+
+def test_a_workers_messages_are_heartbeated_through_the_bounded_client(
+    sqs_server: Any, sqs_queue: Any
+) -> None:
+    # Given a worker connected as run_single connects it (no resource of the caller's)
+    from sqstaskmaster.intake import Intake
+    from sqstaskmaster.worker import Worker
+
+    worker = Worker(
+        {"noop": lambda: None},
+        session=sqs_server.session,
+        endpoint_url=sqs_server.endpoint_url,
+        sqs_timeout=30,
+        poll_wait_s=20,
+    )
+    tm = worker.connect(sqs_queue.url)
+    connect, read = request_timeouts(worker.heartbeat_s)
+    # Then its poll waits out the long poll, and nothing else waits longer than a try
+    assert tm.queue.meta.client.meta.config.read_timeout == read + 20
+    tm.submit("noop")
+    intake = Intake(
+        tm,
+        prefetch=1,
+        sqs_timeout=30,
+        heartbeat_s=worker.heartbeat_s,
+        notify=print,
+        client=worker._client,
+    )
+    assert intake.poll(1) == 1
+    item = intake.take()
+    assert item is not None
+    message = item[0]
+    config = message.meta.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (connect, read)
+    message.change_visibility(VisibilityTimeout=0)  # and it works against the server
