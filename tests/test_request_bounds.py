@@ -34,7 +34,22 @@ def test_the_polling_client_waits_out_the_long_poll() -> None:
     _, read = request_timeouts(10)
     config = client_config(10, poll_wait_s=20)
     assert config.read_timeout == read + 20
-    assert config.retries == {"mode": "standard", "total_max_attempts": REQUEST_TRIES}
+    assert config.retries == {"total_max_attempts": REQUEST_TRIES}
+
+
+def test_boto3s_configured_tries_are_kept_and_fitted(
+    sqs_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    session = boto3.session.Session(region_name="us-east-1")
+    resource, client = worker_clients(session, sqs_server.endpoint_url, 20, poll_wait_s=5)
+    assert client.meta.config.retries["total_max_attempts"] == 2
+    connect, read = request_timeouts(20, tries=2)
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (connect, read)
+    assert 2 * (connect + read) + RETRY_PAUSES_S <= 20
+    assert resource.meta.client.meta.config.read_timeout == read + 5
 
 
 class Blackhole:
