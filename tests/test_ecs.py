@@ -384,7 +384,7 @@ def test_a_failed_enable_is_tried_again_while_the_task_runs(
 ) -> None:
     # Given an agent that refuses the enable made before a long task starts
     agent.mode = "error"
-    sqs_server.task_manager(sqs_queue).submit("sleep", key="long", seconds=8)
+    sqs_server.task_manager(sqs_queue).submit("sleep", key="long", seconds=5)
     worker = start_worker(
         sqs_queue.url, "--processes", processes, "--sqs-timeout", "6", "--alarm-timeout", "1"
     )

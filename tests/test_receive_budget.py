@@ -201,25 +201,26 @@ def nap(key: str, seconds: float, ran: List[str]) -> None:
     ran.append(key)
 
 
-@pytest.mark.parametrize("prefetch", [3, 10])
-def test_a_local_queue_with_prefetch_runs_every_message(prefetch: int) -> None:
+def test_a_local_queue_with_prefetch_runs_every_message() -> None:
     # Given a LocalQueue holding 1, 2, 3, each a task longer than the visibility timeout
     url = f"local-{uuid.uuid4().hex}"
     producer = TaskManager(url, queue_constructor=LocalQueue)
     ran: List[str] = []
     for key in ("1", "2", "3"):
-        producer.submit("nap", key=key, seconds=3.5)
+        # Each waits 2.2 s or more behind the one before: past what is left of a
+        # 3 s visibility less the 1 s margin a waiting message must have to run.
+        producer.submit("nap", key=key, seconds=2.2)
     notify = Recorder()
     worker = Worker(
         {"nap": lambda key, seconds: nap(key, seconds, ran)},
         notify=notify,
         isolate=False,
-        prefetch=prefetch,
+        prefetch=10,
         sqs_timeout=3,
         alarm_timeout=1,
         hard_timeout=30,
         poll_wait_s=0,
-        burst_idle_s=2,
+        burst_idle_s=1,
         burst_tasks=3,
     )
     worker.queue_url = url

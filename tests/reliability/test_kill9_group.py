@@ -40,6 +40,8 @@ CLEAN_UP_WITHIN_S = 5.0
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("processes", [1, 2], ids=["single-process", "processes-2"])
+# Prefetch changes nothing here but the wait for the killed worker's other messages.
+@pytest.mark.parametrize("worker_args", [[]], ids=["prefetch-1"])
 def test_kill_9_of_a_worker_leaves_none_of_its_tasks_processes(
     sqs_server: Any, worker_args: List[str], tmp_path: Path, processes: int
 ) -> None:
