@@ -41,6 +41,7 @@ from .child_error import (
     result_report,
 )
 from .errors import ChildDiedError, TaskControl
+from .fork_state import reset_signals
 
 logger = logging.getLogger(__name__)
 
@@ -396,22 +397,6 @@ def _flush_std_streams() -> None:
             pass
 
 
-def _reset_signals() -> None:
-    """Python-level handlers (the parent's timers, a worker's shutdown flag) back to SIG_DFL."""
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    try:
-        signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
-    for signum in signal.valid_signals():
-        try:
-            if callable(signal.getsignal(signum)):
-                signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
 def open_pidfd(pid: int) -> Optional[int]:
     """A file descriptor that becomes readable when child ``pid`` exits (Linux), or None."""
     pidfd_open = getattr(os, "pidfd_open", None)
@@ -433,7 +418,7 @@ def enter_task_child(parent_pid: int, prctl: Optional[Callable[..., int]]) -> No
         pass
     task_reaper.list_task_group()
     _die_with_parent(parent_pid, prctl)
-    _reset_signals()
+    reset_signals()
     gc.freeze()
 
 

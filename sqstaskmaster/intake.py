@@ -22,7 +22,8 @@ from . import metrics
 from .batching import Chores, DeleteBatch, Waiting
 from .errors import PollFailedError
 from .local import LocalQueue
-from .sqs import bind, group_of, message_id_of
+from .sqs import group_of, message_id_of
+from .sqs_clients import bind
 
 logger = logging.getLogger(__name__)
 

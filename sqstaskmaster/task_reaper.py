@@ -36,6 +36,8 @@ import sys
 import time
 from typing import Optional, Set
 
+from .fork_state import reset_signals
+
 logger = logging.getLogger(__name__)
 
 _RECORD = struct.Struct(">ci")
@@ -230,20 +232,9 @@ def _reaper_main(reader: int) -> None:  # pragma: no cover - runs in the reaper
     code = 0
     try:
         os.setpgid(0, 0)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        try:
-            signal.set_wakeup_fd(-1)
-        except ValueError:
-            pass
-        for signum in signal.valid_signals():
-            try:
-                if callable(signal.getsignal(signum)):
-                    signal.signal(signum, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
+        reset_signals()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         gc.freeze()
         _close_other_fds(reader)
         worker_pid = os.getppid()

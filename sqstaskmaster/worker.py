@@ -53,7 +53,8 @@ from .shutdown import record_early_signals as record_early_signals
 from .shutdown import take_early_signals as take_early_signals
 from .sqs import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
 from .sqs import MAX_VISIBILITY_S as MAX_VISIBILITY_S
-from .sqs import message_id_of, receive_count_of, worker_clients
+from .sqs import message_id_of, receive_count_of
+from .sqs_clients import worker_clients
 from .supervisor import Slot
 from .task_process import close_children, reuse_child
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from sqstaskmaster.sqs import (
+from sqstaskmaster.sqs_clients import (
     REQUEST_TRIES,
     RETRY_PAUSES_S,
     bind,

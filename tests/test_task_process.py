@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+from reliability.harness import group_members
 
 from sqstaskmaster import cli, wire
 from sqstaskmaster.disposition import Outcome
@@ -388,24 +389,6 @@ def test_an_idle_child_that_takes_no_task_is_replaced(
     assert reaped(stuck)
 
 
-def group_members(pgid: int) -> List[int]:
-    """Live processes of process group ``pgid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("subreaper", [True, False], ids=["subreaper", "group-scan"])
 def test_a_task_that_leaves_a_process_in_its_group_retires_the_child_and_the_group_dies(
     tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any, subreaper: bool
 ) -> None:

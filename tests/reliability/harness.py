@@ -111,8 +111,8 @@ def drain_bodies(queue: Any, rounds: int = 5) -> List[str]:
     return bodies
 
 
-def children_of(pid: int) -> List[int]:
-    """Live child processes of ``pid`` (Linux /proc)."""
+def _live_processes_where(field: int, value: int) -> List[int]:
+    """Live processes whose /proc stat field ``field`` (after the name) is ``value``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -122,25 +122,19 @@ def children_of(pid: int) -> List[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+        if int(fields[field]) == value and fields[0] not in ("Z", "X"):
             found.append(int(entry))
     return found
+
+
+def children_of(pid: int) -> List[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    return _live_processes_where(1, pid)
 
 
 def group_members(pgid: int) -> List[int]:
     """Live processes of process group ``pgid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
+    return _live_processes_where(2, pgid)
 
 
 def running(pid: int) -> bool:
