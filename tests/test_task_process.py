@@ -389,6 +389,8 @@ def test_an_idle_child_that_takes_no_task_is_replaced(
     assert reaped(stuck)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("subreaper", [True, False], ids=["subreaper", "group-scan"])
 def test_a_task_that_leaves_a_process_in_its_group_retires_the_child_and_the_group_dies(
     tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any, subreaper: bool
 ) -> None:
