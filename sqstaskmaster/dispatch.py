@@ -10,8 +10,10 @@ whatever ``run`` resolves to on a handler class is a dispatcher:
   which looks the body up at each call (:func:`inherited`), so a later patch of
   the mixin's ``run`` is followed;
 - a ``run`` assigned to a handler class later (``H.run = f``,
-  ``patch.object(H, "run", ...)``) is wrapped as it is assigned
-  (:class:`HandlerMeta`); deleting one puts a dispatcher back where needed.
+  ``patch.object(H, "run", ...)``), or deleted, is covered when a handler of
+  that class is entered (:func:`ensure`), before its body can run. No
+  metaclass: a handler class still mixes with any base whose metaclass
+  derives from ``ABCMeta``, as with 0.0.11.
 
 A dispatcher hands the body to the entered strategy's runner
 (``handler._runner``); without one (signal mode, outside the ``with`` block,
@@ -22,7 +24,6 @@ attribute would be. Static and class methods and abstract methods are left alone
 
 from __future__ import annotations
 
-import abc
 import functools
 from typing import Any, Callable, Dict, Tuple
 
@@ -90,15 +91,16 @@ def cover(cls: type) -> None:
             return
 
 
-class HandlerMeta(abc.ABCMeta):
-    """MessageHandler's metaclass: a ``run`` assigned to a handler class is dispatched too."""
+def ensure(cls: type, root: type) -> None:
+    """At a handler's entry: a ``run`` set on ``cls`` or one of its bases since the
+    class was made (``H.run = f``, ``patch.object(H, "run", ...)``, a ``del``) is
+    made a dispatcher now, before the body can run.
 
-    def __setattr__(cls, name: str, value: Any) -> None:
-        if name == "run" and _is_body(value):
-            value = dispatching(value)
-        super().__setattr__(name, value)
-
-    def __delattr__(cls, name: str) -> None:
-        super().__delattr__(name)
-        if name == "run":
-            cover(cls)
+    ``root`` is the base handler class: a ``run`` found on a handler class is
+    wrapped there; one found on a mixin gets a dispatcher in ``cls``.
+    """
+    for klass in cls.__mro__:
+        if "run" in klass.__dict__:
+            if _is_body(klass.__dict__["run"]):
+                cover(klass if issubclass(klass, root) else cls)
+            return

@@ -51,7 +51,7 @@ SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 ENTRY_VISIBILITY_MARGIN_S = 1.0
 
 
-class MessageHandler(abc.ABC, metaclass=dispatch.HandlerMeta):
+class MessageHandler(abc.ABC):
     """Base class for the code that handles one message; see the module docstring.
 
     Subclasses implement :meth:`run`, :meth:`running` and :meth:`notify`.
@@ -341,6 +341,7 @@ class MessageHandler(abc.ABC, metaclass=dispatch.HandlerMeta):
 
     def __enter__(self) -> MessageHandler:
         self._heartbeats_stopped = False
+        dispatch.ensure(type(self), MessageHandler)  # a run set on the class later, too
         execution = self.execution_strategy()
         self._entered = execution
         try:

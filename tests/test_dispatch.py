@@ -132,3 +132,31 @@ def test_a_mock_patched_over_run_is_called_without_self_in_signal_mode() -> None
     with handler_of(Pid, InProcess()) as handler:
         unpatched = handler.run()
     assert (patched, unpatched) == (7, -1)  # the patch is undone
+
+
+def test_a_handler_still_mixes_with_a_base_of_another_abc_metaclass() -> None:
+    # 0.0.11's MessageHandler is a plain ABC: a class mixing it with a base whose
+    # metaclass derives from ABCMeta (a Protocol, a user's own) must still be made.
+    import abc
+    from typing import Protocol
+
+    from sqstaskmaster.message_handler import MessageHandler
+
+    class Meta(abc.ABCMeta):
+        pass
+
+    class Own(metaclass=Meta):
+        pass
+
+    class Runs(Protocol):
+        def run(self) -> None: ...
+
+    class WithOwn(MessageHandler, Own):
+        def run(self) -> None:
+            pass
+
+    class WithProtocol(MessageHandler, Runs):
+        def run(self) -> None:
+            pass
+
+    assert isinstance(WithOwn, Meta) and issubclass(WithProtocol, MessageHandler)
