@@ -319,6 +319,7 @@ def supervise(
     if next_heartbeat is None and heartbeat_s is not None:
         next_heartbeat = time.monotonic() + heartbeat_s
     beat: Optional[BackgroundCall] = None
+    beat_owed = False  # a heartbeat fell due while the previous one still ran
     fallback = InlineFallback(child.label)  # no thread to be had: the work is done inline
     runner = None if chores is None else ChoreRunner(chores, child.label, fallback=fallback)
     try:
@@ -327,6 +328,11 @@ def supervise(
             if beat is not None and beat.done:
                 _raise_unless_ended(child, beat.error)
                 beat = None
+                if beat_owed and on_heartbeat is not None:
+                    # One fell due while it ran: made now, not a period later,
+                    # so a slow or failed heartbeat leaves time for another try.
+                    beat_owed = False
+                    beat = BackgroundCall(on_heartbeat, child.label, fallback)
             chore_at = None if runner is None else runner.due_at()
             if runner is not None and chore_at is not None and now >= chore_at:
                 runner.start()
@@ -352,8 +358,10 @@ def supervise(
                 elif beat is None:
                     beat = BackgroundCall(on_heartbeat, child.label, fallback)
                 else:
+                    beat_owed = True
                     logger.warning(
-                        "%s: the previous heartbeat is still running; skipping this one",
+                        "%s: the previous heartbeat is still running; the next is made as "
+                        "soon as it ends",
                         child.label,
                     )
             if stop is not None:

@@ -664,6 +664,26 @@ def test_run_in_child_runs_a_function_with_kwargs_and_heartbeats() -> None:
     assert 2 <= len(beats) <= 4
 
 
+def test_a_heartbeat_due_while_a_slow_one_runs_is_made_as_soon_as_it_ends() -> None:
+    # Given a first heartbeat that takes 1.2 periods (a request that timed out and retried)
+    spans: List[Tuple[float, float]] = []
+
+    def heartbeat() -> None:
+        started = time.monotonic()
+        time.sleep(1.2 if not spans else 0.0)
+        spans.append((started, time.monotonic()))
+
+    run_in_child(
+        napping, {"seconds": 3.5}, hard_timeout_s=10, heartbeat_s=1.0, on_heartbeat=heartbeat
+    )
+    # Then the one that fell due meanwhile (at 2 s) was made right after it ended
+    # (about 2.2 s), not skipped until the one after (3 s): the visibility gets
+    # its next extension as early as it can
+    assert len(spans) >= 2
+    (_, first_end), (second_start, _) = spans[0], spans[1]
+    assert second_start - first_end < 0.4
+
+
 def test_run_in_child_raises_hard_timeout_error() -> None:
     started = time.monotonic()
     with pytest.raises(HardTimeoutError, match="Hit Hard Timeout") as caught:
