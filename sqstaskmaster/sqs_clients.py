@@ -20,11 +20,17 @@ logger = logging.getLogger(__name__)
 #: Tries of one SQS request a worker makes, unless boto3 is configured with its own
 #: (``AWS_MAX_ATTEMPTS``, or ``max_attempts`` in the profile); the first counts.
 REQUEST_TRIES = 3
-#: Seconds of one heartbeat period kept for botocore's pauses between those tries.
-RETRY_PAUSES_S = 1.0
+#: The longest pause botocore makes before a retry (seconds; its backoff doubles from 1 s).
+MAX_RETRY_PAUSE_S = 20.0
 #: The bounds of one try's connect and read timeouts (seconds).
 CONNECT_TIMEOUT_S = (1.0, 5.0)
 READ_TIMEOUT_S = (2.0, 20.0)
+
+
+def retry_pauses_s(tries: int) -> float:
+    """The longest botocore can pause between ``tries`` tries of one request, in all
+    (1 s, then 2 s, 4 s, ... before each retry, each at most :data:`MAX_RETRY_PAUSE_S`)."""
+    return sum(min(2.0**index, MAX_RETRY_PAUSE_S) for index in range(max(tries - 1, 0)))
 
 
 def request_timeouts(heartbeat_s: float, tries: int = REQUEST_TRIES) -> Tuple[float, float]:
@@ -33,10 +39,10 @@ def request_timeouts(heartbeat_s: float, tries: int = REQUEST_TRIES) -> Tuple[fl
 
     So a heartbeat stuck on a dead connection fails (and is logged) in time
     for the next one to be made before the visibility runs out. Each is kept
-    within its bounds: for short periods (under 10 s with three tries) the
+    within its bounds: for short periods (under 12 s with three tries) the
     lower bounds win over the fit.
     """
-    per_try = max(heartbeat_s - RETRY_PAUSES_S, 0.0) / max(tries, 1)
+    per_try = max(heartbeat_s - retry_pauses_s(tries), 0.0) / max(tries, 1)
     low, high = CONNECT_TIMEOUT_S
     connect = min(max(per_try / 3, low), high)
     low, high = READ_TIMEOUT_S

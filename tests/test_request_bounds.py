@@ -11,23 +11,24 @@ import pytest
 
 from sqstaskmaster.sqs_clients import (
     REQUEST_TRIES,
-    RETRY_PAUSES_S,
     bind,
     client_config,
     request_timeouts,
+    retry_pauses_s,
     worker_clients,
 )
 
 
-@pytest.mark.parametrize("heartbeat_s", [10, 20, 60, 600, 3600])
+@pytest.mark.parametrize("heartbeat_s", [12, 20, 60, 600, 3600])
 def test_the_tries_of_one_request_fit_in_a_heartbeat_period(heartbeat_s: int) -> None:
     connect, read = request_timeouts(heartbeat_s)
     assert 1.0 <= connect <= 5.0 and 2.0 <= read <= 20.0
-    assert REQUEST_TRIES * (connect + read) + RETRY_PAUSES_S <= heartbeat_s
+    assert REQUEST_TRIES * (connect + read) + retry_pauses_s(REQUEST_TRIES) <= heartbeat_s
 
 
 def test_short_heartbeats_keep_workable_lower_bounds() -> None:
     assert request_timeouts(1) == (1.0, 2.0)
+    assert retry_pauses_s(1) == 0 and retry_pauses_s(3) == 3.0 and retry_pauses_s(7) == 51.0
 
 
 def test_the_polling_client_waits_out_the_long_poll() -> None:
@@ -48,7 +49,7 @@ def test_boto3s_configured_tries_are_kept_and_fitted(
     assert client.meta.config.retries["total_max_attempts"] == 2
     connect, read = request_timeouts(20, tries=2)
     assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (connect, read)
-    assert 2 * (connect + read) + RETRY_PAUSES_S <= 20
+    assert 2 * (connect + read) + retry_pauses_s(2) <= 20
     assert resource.meta.client.meta.config.read_timeout == read + 5
 
 
