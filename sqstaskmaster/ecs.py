@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from multiprocessing.sharedctypes import RawArray
 from typing import Any, Callable, Optional, Sequence, Set
@@ -59,6 +60,9 @@ class ProtectionState:
         self.retry_at: Optional[float] = None  # when a failed call may be tried again
         self._release_failed = False
         self._failed_for: Set[float] = set()  # the busy deadlines the last failed enable was for
+        # A failed enable is tried again from the worker's chores thread while the
+        # main thread may release: one call at a time, on one state.
+        self._lock = threading.RLock()
 
     def cover(self, until: float) -> bool:
         """Make sure the task is protected until at least ``until`` (monotonic seconds).
@@ -66,49 +70,51 @@ class ProtectionState:
         True when it is; False when the agent call failed (logged by the
         client; tried again ``retry_after_s`` later by :meth:`run_due`).
         """
-        if self.protected_until is not None and self.protected_until >= until:
-            self.wanted_until = None
+        with self._lock:
+            if self.protected_until is not None and self.protected_until >= until:
+                self.wanted_until = None
+                return True
+            now = time.monotonic()
+            minutes = protection_minutes(until - now)
+            self.tried = True
+            if not self.client.put(True, minutes):
+                self.wanted_until = max(until, self.wanted_until or until)
+                self.retry_at = now + self.retry_after_s
+                logger.warning(
+                    "ECS task scale-in protection: the enable failed; trying again in %.0f s",
+                    self.retry_after_s,
+                )
+                return False
+            self.protected_until = now + 60.0 * minutes
+            self.wanted_until = self.retry_at = None
+            self._release_failed = False
             return True
-        now = time.monotonic()
-        minutes = protection_minutes(until - now)
-        self.tried = True
-        if not self.client.put(True, minutes):
-            self.wanted_until = max(until, self.wanted_until or until)
-            self.retry_at = now + self.retry_after_s
-            logger.warning(
-                "ECS task scale-in protection: the enable failed; trying again in %.0f s",
-                self.retry_after_s,
-            )
-            return False
-        self.protected_until = now + 60.0 * minutes
-        self.wanted_until = self.retry_at = None
-        self._release_failed = False
-        return True
 
     def release(self) -> None:
         """Release the protection, if an enable was tried (a timed-out one may have applied).
 
         A failed release is tried again by the next call made ``retry_after_s`` later or more.
         """
-        self._failed_for = set()
-        self.wanted_until = None
-        if not self.tried:
-            return
-        now = time.monotonic()
-        if self._release_failed and self.retry_at is not None and now < self.retry_at:
-            return
-        self.protected_until = None  # unknown until the agent says: a later task enables anew
-        if self.client.put(False):
-            self.tried = self._release_failed = False
-            self.retry_at = None
-            return
-        self._release_failed = True
-        self.retry_at = now + self.retry_after_s
-        logger.warning(
-            "ECS task scale-in protection: the release failed; trying again when idle "
-            "in %.0f s or more",
-            self.retry_after_s,
-        )
+        with self._lock:
+            self._failed_for = set()
+            self.wanted_until = None
+            if not self.tried:
+                return
+            now = time.monotonic()
+            if self._release_failed and self.retry_at is not None and now < self.retry_at:
+                return
+            self.protected_until = None  # unknown until the agent says: a later task enables anew
+            if self.client.put(False):
+                self.tried = self._release_failed = False
+                self.retry_at = None
+                return
+            self._release_failed = True
+            self.retry_at = now + self.retry_after_s
+            logger.warning(
+                "ECS task scale-in protection: the release failed; trying again when idle "
+                "in %.0f s or more",
+                self.retry_after_s,
+            )
 
     def due_at(self) -> Optional[float]:
         """When a failed enable is to be tried again (``time.monotonic()``), or None."""
@@ -116,13 +122,14 @@ class ProtectionState:
 
     def run_due(self) -> None:
         """Try a failed enable again, if one is due and its task still needs it."""
-        now = time.monotonic()
-        if self.wanted_until is None or self.retry_at is None or now < self.retry_at:
-            return
-        if self.wanted_until <= now:
-            self.wanted_until = None
-            return
-        self.cover(self.wanted_until)
+        with self._lock:
+            now = time.monotonic()
+            if self.wanted_until is None or self.retry_at is None or now < self.retry_at:
+                return
+            if self.wanted_until <= now:
+                self.wanted_until = None
+                return
+            self.cover(self.wanted_until)
 
     def update(self, deadlines: Sequence[float]) -> None:
         """Cover the latest of the busy deadlines (above 0), or release when there is none.
@@ -130,15 +137,16 @@ class ProtectionState:
         After a failed enable, the call is tried again at once for a deadline
         not seen then (a task that started since), else ``retry_after_s`` later.
         """
-        busy = {deadline for deadline in deadlines if deadline > 0}
-        if not busy:
-            self.release()
-        elif not busy <= self._failed_for:
-            self._failed_for = set() if self.cover(max(busy)) else busy
-        elif self.due_at() is not None:
-            self.run_due()
-            if self.wanted_until is None:
-                self._failed_for = set()
+        with self._lock:
+            busy = {deadline for deadline in deadlines if deadline > 0}
+            if not busy:
+                self.release()
+            elif not busy <= self._failed_for:
+                self._failed_for = set() if self.cover(max(busy)) else busy
+            elif self.due_at() is not None:
+                self.run_due()
+                if self.wanted_until is None:
+                    self._failed_for = set()
 
 
 def make_state(
