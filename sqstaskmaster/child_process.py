@@ -102,8 +102,8 @@ class ForkedChild:
         parent_pid = os.getpid()
         # Unflushed output would otherwise be written twice, once by each process.
         _flush_std_streams()
-        task_reaper.before_task_fork()
         reader, writer = os.pipe()
+        task_reaper.before_task_fork()
         try:
             pid = os.fork()
         except BaseException:

@@ -201,9 +201,9 @@ class ChildPool:
         prctl = _lookup_prctl()
         parent_pid = os.getpid()
         _flush_std_streams()
-        task_reaper.before_task_fork()
         request_reader, request_writer = os.pipe()
         report_reader, report_writer = os.pipe()
+        task_reaper.before_task_fork()
         try:
             pid = os.fork()
         except BaseException:
