@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import metrics
 from .batching import Chores, DeleteBatch, Waiting
@@ -28,6 +28,12 @@ from .sqs_clients import bind
 logger = logging.getLogger(__name__)
 
 Notify = Callable[..., Any]
+
+# Outcomes after which a message is gone from its queue (deleted, or moved to the
+# dead-letter queue by the worker): its FIFO group goes on without it.
+_GONE = frozenset({"done", "rejected"})
+# Seconds past a retried message's expected return during which its group is watched.
+_RETRY_WATCH_S = 60.0
 
 
 class Intake:
@@ -59,6 +65,9 @@ class Intake:
         self.chores = Chores(self.deletes, self.waiting, notify)
         self.notify = notify
         self.failures = 0  # failed polls in a row
+        # FIFO groups with a message to be retried -> until when (monotonic) that
+        # may take: meanwhile a poll takes one message (see after()).
+        self._retrying_groups: Dict[str, float] = {}
 
     def poll(self, wait_s: int, most: Optional[int] = None) -> int:
         """Flush the deletes, then receive up to ``prefetch`` (and ``most``); returns how many.
@@ -69,6 +78,8 @@ class Intake:
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
         if self._local_queue() is not None:
             count = 1  # none waits behind a running task: nothing to keep invisible
+        elif self._retrying():
+            count = 1  # a FIFO group's retry comes back alone (see after())
         polled_at = time.monotonic()
         messages = self.task_manager.receive(
             wait_s, self.sqs_timeout, message_attributes=True, max_messages=count
@@ -103,17 +114,41 @@ class Intake:
         return self.waiting.take()
 
     def after(self, message: Any, outcome: str, visible_in_s: Optional[int]) -> List[Any]:
-        """After ``message`` ended with ``outcome``: unless "done", the waiting messages
-        of its FIFO group are handed back (one request); returns them.
+        """After ``message`` ended with ``outcome``: unless it is gone (done, or
+        dead-lettered by the worker), the waiting messages of its FIFO group are
+        handed back (one request); returns them.
 
         They become visible when it does (``visible_in_s``, its retry delay;
-        None: at once), so that no server delivers them before it.
+        None: at once), so that no server delivers them before it. Until it is
+        gone (or ``sqs_timeout`` + 60 s past its retry delay), each poll takes
+        one message.
         """
         group = group_of(message)
-        if outcome == "done" or group is None or not len(self.waiting):
+        if group is None:
+            return []
+        if outcome in _GONE:
+            self._retrying_groups.pop(group, None)
+            return []
+        # Until the message is back and done, polls take one message each: its
+        # followers are then not received with each retry of it (each receive
+        # counts towards the redrive policy's maxReceiveCount, and they would
+        # reach it with the failing message without ever running).
+        self._retrying_groups[group] = (
+            time.monotonic() + (visible_in_s or 0) + self.sqs_timeout + _RETRY_WATCH_S
+        )
+        if not len(self.waiting):
             return []
         why = f"message {message_id_of(message)} of its FIFO group {group} ended {outcome}"
         return self.waiting.hand_back_all(why, group=group, visible_in_s=visible_in_s or 0)
+
+    def _retrying(self) -> bool:
+        """Whether a FIFO group of ours has a message to be retried (expired ones forgotten:
+        its message went to another worker, or to the dead-letter queue)."""
+        now = time.monotonic()
+        for group, until in list(self._retrying_groups.items()):
+            if until <= now:
+                del self._retrying_groups[group]
+        return bool(self._retrying_groups)
 
     def _local_queue(self) -> Optional[LocalQueue]:
         queue = getattr(self.task_manager, "queue", None)

@@ -10,6 +10,7 @@ kept with it, never by replacing our code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -306,6 +307,54 @@ def test_a_fifo_group_runs_in_order_after_a_failure_under_prefetch(
     assert [key for key in order if key.startswith("b")] == ["b1", "b2"], order
     assert len(notify.errors) == 1  # a1's failure, nothing else
     assert visible_within(sqs_server, queue, 2) == 0  # nothing lost, nothing left
+
+
+def fail_twice(directory: str, key: str) -> None:
+    """Fails on its first two runs (marker files count them)."""
+    trace(directory, key)
+    for number in (1, 2):
+        marker = Path(directory) / f"failed.{key}.{number}"
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"{key} fails run {number} on purpose")
+
+
+def test_a_retried_fifo_message_does_not_spend_its_followers_receives(
+    sqs_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a FIFO group a1 (fails twice), a2, a3, received by one poll with prefetch 10
+    queue = sqs_server.make_queue(fifo=True)
+    manager = sqs_server.task_manager(queue)
+    where = {"directory": str(tmp_path)}
+    submit_group(
+        manager,
+        "A",
+        [("fail_twice", {**where, "key": "a1"})]
+        + [("trace", {**where, "key": key}) for key in ("a2", "a3")],
+    )
+    worker = Worker(
+        {"fail_twice": fail_twice, "trace": trace},
+        notify=Recorder(),
+        isolate=False,
+        prefetch=10,
+        poll_wait_s=1,
+        burst_idle_s=3,
+        retry=RetryPolicy(first_s=0, factor=1, max_s=0, jitter="none"),
+    )
+    worker.connect(queue.url, sqs=sqs_server.sqs)
+    caplog.set_level(logging.INFO, logger="sqstaskmaster.attempt")
+    # When it runs until the queue is empty
+    assert worker.run_single() == 0
+    # Then the group ran in order, and a2 and a3 were received twice (with a1's
+    # first run, then after it), not once more with each retry of a1: a redrive
+    # policy counts every receive
+    assert runs(tmp_path) == ["a1", "a1", "a1", "a2", "a3"]
+    counts = [
+        record.args[2]
+        for record in caplog.records
+        if record.msg == "task %s message %s receive %d: started" and record.args[0] == "trace"
+    ]
+    assert counts == [2, 2], counts
 
 
 def test_a_fifo_groups_waiting_messages_come_back_when_the_failed_one_does(
