@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Optional, Protocol
+import time
+from typing import Callable, List, Optional, Protocol
 
 from .errors import HardTimeoutError, WorkerShutdownError
 
@@ -58,6 +59,42 @@ class InlineFallback:
             )
 
 
+# Helper threads started here that may still run (a fork must wait for them).
+_live: List[threading.Thread] = []
+_live_lock = threading.Lock()
+#: The longest a task fork waits for helper threads still on (seconds); their
+#: SQS requests are bounded (sqs_clients), so this is reached only by a hang elsewhere.
+FORK_WAIT_S = 120.0
+
+
+def wait_before_fork(label: str, limit_s: float = FORK_WAIT_S) -> None:
+    """Wait for every helper thread still on, so that a task child is forked from
+    one thread (a heartbeat or chores run given up on at a task's end may still be
+    in a request; a fork then could copy a lock it holds)."""
+    with _live_lock:
+        threads = [thread for thread in _live if thread.is_alive()]
+        _live[:] = threads
+    if not threads:
+        return
+    logger.warning(
+        "%s: waiting for %d helper thread(s) still on (%s) before forking the task",
+        label,
+        len(threads),
+        ", ".join(thread.name for thread in threads),
+    )
+    end = time.monotonic() + limit_s
+    for thread in threads:
+        thread.join(max(end - time.monotonic(), 0.0))
+    still = [thread.name for thread in threads if thread.is_alive()]
+    if still:
+        logger.error(
+            "%s: helper thread(s) %s still on after %.0f s; forking anyway",
+            label,
+            ", ".join(still),
+            limit_s,
+        )
+
+
 class BackgroundCall:
     """``work()`` in a helper thread, or inline when no thread can be started.
 
@@ -87,6 +124,10 @@ class BackgroundCall:
             self._thread = None
             fallback.note(what, error)
             self._inline(work)
+        else:
+            with _live_lock:
+                _live[:] = [thread for thread in _live if thread.is_alive()]
+                _live.append(self._thread)
 
     def _run(self, work: Callable[[], None]) -> None:
         try:

@@ -35,6 +35,7 @@ from .background import (
     ChoreRunner,
     ChoreSource,
     InlineFallback,
+    wait_before_fork,
 )
 from .child_error import REJECTED_MARK
 from .child_process import ForkedChild, fork_available
@@ -246,6 +247,7 @@ class Forked(Execution):
             raise RuntimeError(f"{handler.label}: isolated run() called outside its with block")
         if time.monotonic() >= handler.deadline:
             handler.on_deadline()
+        wait_before_fork(handler.label)  # no helper thread left where the child forks
         child = self.start_child(handler, body)
         state.child = child
         # A heartbeat that fell due between two run() calls is sent at once.

@@ -152,3 +152,45 @@ def test_a_chores_run_in_flight_sends_no_sigalrm_storm_into_a_signal_mode_task()
     # And the second run came soon after the first ended, not at the next heartbeat
     first_ended = chores.runs[0] + 2
     assert chores.runs[1] - first_ended < 2.0, chores.runs
+
+
+class HangingChores(Chores):
+    """Its first run hangs ``hang_s`` (a flush stuck in retries); then nothing is due."""
+
+    def __init__(self, hang_s: float) -> None:
+        super().__init__(every_s=0, first_s=0.0)
+        self.hang_s = hang_s
+
+    def run_due(self) -> None:
+        self.runs.append(time.monotonic())
+        self.due = None
+        time.sleep(self.hang_s)
+
+
+class Quick(Sleeps):
+    seconds = 0.1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="Forked needs fork")
+def test_a_task_child_is_never_forked_beside_a_chores_run_still_on(
+    count_threads_at_fork: List[int], caplog: Any
+) -> None:
+    # Given an isolated task whose chores run outlasts it and the 2 s the task's
+    # end waits for it (a flush stuck in retries)
+    caplog.set_level("WARNING")
+    chores = HangingChores(hang_s=3.5)
+    strategy = Forked(kill_grace_s=0.2).with_stop(None, chores)
+    first = Quick(LocalMessage("{}", {}, {}), 30, 10, 60)
+    first.execution = strategy
+    with first:
+        first.run()
+    assert any(t.name.startswith("chores") for t in threading.enumerate())
+    # When the next task forks its child
+    second = Quick(LocalMessage("{}", {}, {}), 30, 10, 60)
+    second.execution = Forked(kill_grace_s=0.2)
+    with second:
+        second.run()
+    # Then it waited for that run to end: the worker had one thread at each fork
+    assert first.error is None and second.error is None
+    assert count_threads_at_fork and set(count_threads_at_fork) == {1}, count_threads_at_fork
+    assert any("before forking the task" in r.getMessage() for r in caplog.records)
