@@ -58,20 +58,27 @@ class Blackhole:
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)  # so that close() ends the accepting thread
         self.port = self.server.getsockname()[1]
         self.accepted: List[socket.socket] = []
+        self.closing = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def _accept(self) -> None:
-        while True:
+        while not self.closing.is_set():
             try:
                 connection, _ = self.server.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
             self.accepted.append(connection)
 
     def close(self) -> None:
+        # Joined: a thread left in this process would be counted by the fork tests.
+        self.closing.set()
+        self.thread.join(5)
         self.server.close()
         for connection in self.accepted:
             connection.close()
