@@ -231,8 +231,12 @@ def test_two_processes_one_endpoint_counts_every_outcome(
     }
 
     def counted(want: Dict[Tuple[str, str], int]) -> Optional[Samples]:
+        # Counted, and every task's end recorded in full (a scrape may fall between
+        # the count and the duration or the in-progress gauge of one task's end).
         samples = scrape(port)
-        return samples if samples is not None and tasks_total(samples) == want else None
+        if samples is None or tasks_total(samples) != want or in_progress(samples) != 0:
+            return None
+        return samples
 
     last: List[Optional[Samples]] = [None]
 
