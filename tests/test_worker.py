@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import worker_apps as apps
-from worker_process import WorkerProcess, wait_for
+from worker_process import WorkerProcess, running, wait_for
 
 from sqstaskmaster.errors import (
     DecodeError,
@@ -483,14 +483,6 @@ def parent_of(pid: int) -> Optional[int]:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

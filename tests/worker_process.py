@@ -18,6 +18,15 @@ from typing import Any, Callable, Dict, Optional
 TESTS = Path(__file__).resolve().parent
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (not absent, not a zombie; Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 class WorkerProcess:
     """One worker against the test server; its output goes to ``log_path``.
 

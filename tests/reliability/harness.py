@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import worker_process
+from worker_process import running as running
 
 from .apps import DIRECTORY_VARIABLE
 
@@ -135,15 +136,6 @@ def children_of(pid: int) -> List[int]:
 def group_members(pgid: int) -> List[int]:
     """Live processes of process group ``pgid`` (Linux /proc)."""
     return _live_processes_where(2, pgid)
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs (not absent, not a zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 class WorkerProcess(worker_process.WorkerProcess):
