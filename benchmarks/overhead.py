@@ -42,7 +42,7 @@ import time
 from typing import Any, Callable, Dict, List
 
 from sqstaskmaster.testing import SQSServer, sqs_server
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.worker.loop import Worker
 
 SQS_TIMEOUT_S = 30
 POLL_WAIT_S = 1

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from sqstaskmaster.testing import SQSServer, sqs_server
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.worker.loop import Worker
 
 HERE = Path(__file__).resolve().parent
 

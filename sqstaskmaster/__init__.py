@@ -20,19 +20,19 @@ _LAZY = {
     "Provisioner": "queue_scale",
     "ServiceState": "queue_scale",
     # Timing
-    "SignalTimer": "timer",
+    "SignalTimer": "run.timer",
     # How a task runs: execution strategies, process isolation
-    "InProcess": "execution",
-    "Forked": "execution",
+    "InProcess": "run.strategies",
+    "Forked": "run.strategies",
     "IsolatedMessageHandler": "isolation",
     "run_in_child": "isolation",
     # Submitting many tasks
-    "TaskMessage": "producer",
+    "TaskMessage": "sqs.sending",
     # Running tasks
-    "Worker": "worker",
-    "WorkerSettings": "settings",
-    "RetryPolicy": "retry",
-    "Outcome": "disposition",
+    "Worker": "worker.loop",
+    "WorkerSettings": "worker.settings",
+    "RetryPolicy": "worker.retry",
+    "Outcome": "worker.settlement",
     # Steering a task's message from the task
     "Retry": "errors",
     "Reject": "errors",
@@ -77,7 +77,6 @@ def __dir__() -> list:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .disposition import Outcome
     from .errors import (
         AppImportError,
         BatchSendError,
@@ -103,14 +102,15 @@ if TYPE_CHECKING:  # pragma: no cover
         VisibilityBudgetError,
         WorkerShutdownError,
     )
-    from .execution import Forked, InProcess
     from .isolation import IsolatedMessageHandler, run_in_child
     from .local import LocalMessage, LocalQueue
     from .message_handler import MessageHandler
-    from .producer import TaskMessage
     from .queue_scale import Provisioner, ServiceState
-    from .retry import RetryPolicy
-    from .settings import WorkerSettings
+    from .run.strategies import Forked, InProcess
+    from .run.timer import SignalTimer
+    from .sqs.sending import TaskMessage
     from .task_manager import TaskManager
-    from .timer import SignalTimer
-    from .worker import Worker
+    from .worker.loop import Worker
+    from .worker.retry import RetryPolicy
+    from .worker.settings import WorkerSettings
+    from .worker.settlement import Outcome

@@ -48,7 +48,7 @@ class ChildTaskError(SQSTaskMasterError):
     """A task run in an isolated child process raised; carries the child's exception as text.
 
     Where the task's exception class is importable in the parent, the error
-    raised is also an instance of that class (see sqstaskmaster.child_error).
+    raised is also an instance of that class (see sqstaskmaster.run.child_error).
     """
 
     #: True when the task's ``throws`` listed the child's exception: a permanent failure.
@@ -225,7 +225,7 @@ class BatchEntryError(SQSTaskMasterError):
 
 
 class BodyError(SQSTaskMasterError, ValueError):
-    """A message body is not a task this package can run (see :mod:`sqstaskmaster.wire`)."""
+    """A message body is not a task this package can run (see :mod:`sqstaskmaster.sqs.wire`)."""
 
 
 class DecodeError(BodyError):

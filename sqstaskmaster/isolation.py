@@ -21,7 +21,7 @@ Opt in with the base class or one class attribute; user code is unchanged::
 The parent uses no signals (so isolated handlers also work outside the main
 thread). :func:`run_in_child` offers the same supervision for plain functions.
 ``isolate = True`` and this base class are spellings of the
-:class:`~sqstaskmaster.execution.Forked` strategy, where the mechanics live.
+:class:`~sqstaskmaster.run.strategies.Forked` strategy, where the mechanics live.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import sys
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from .child_process import MAX_RESULT_BYTES, ForkedChild, fork_available
 from .errors import HardTimeoutError, IsolationUnavailableError
-from .execution import (
+from .message_handler import MessageHandler
+from .run.child import MAX_RESULT_BYTES, ForkedChild, fork_available
+from .run.strategies import (
     _HEARTBEAT_JOIN_S,  # noqa: F401 - importable here as before
     DEFAULT_KILL_GRACE_S,
     Forked,
     supervise,
 )
-from .message_handler import MessageHandler
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_in_child(
     rest is as in :func:`supervise`. Raises :class:`HardTimeoutError`,
     :class:`~sqstaskmaster.errors.ChildTaskError` (the function raised; an
     instance of its exception's class too where that class is importable, see
-    :mod:`sqstaskmaster.child_error`) or
+    :mod:`sqstaskmaster.run.child_error`) or
     :class:`~sqstaskmaster.errors.ChildDiedError` (the child died without
     reporting). The return value must encode to at most ``MAX_RESULT_BYTES``
     of JSON, else ChildTaskError.

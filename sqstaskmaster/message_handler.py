@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import dispatch, metrics
 from .errors import (
     ChildTaskError,
     HardTimeoutError,
@@ -37,9 +36,11 @@ from .errors import (
     TaskStuckError,
     WorkerShutdownError,
 )
-from .execution import Execution, Forked, InProcess
-from .sqs import MAX_VISIBILITY_S, failure_context, message_id_of, visibility_budget_left
-from .timer import SignalTimer
+from .ops import metrics
+from .run import dispatch
+from .run.strategies import Execution, Forked, InProcess
+from .run.timer import SignalTimer
+from .sqs.facts import MAX_VISIBILITY_S, failure_context, message_id_of, visibility_budget_left
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class MessageHandler(abc.ABC):
 
     With ``isolate = True`` on a subclass, ``run()`` runs in a forked child
     process while this process heartbeats and enforces the hard timeout
-    without signals (see :mod:`sqstaskmaster.execution`); ``kill_grace_s`` is
+    without signals (see :mod:`sqstaskmaster.run.strategies`); ``kill_grace_s`` is
     the seconds between SIGTERM and SIGKILL when that child is stopped.
     ``execution`` sets the strategy directly.
     """
@@ -76,7 +77,7 @@ class MessageHandler(abc.ABC):
     _runner: Optional[Callable[[Callable[[], Any]], Any]] = None
     _entered: Optional[Execution] = None
     #: Set by a worker: takes the finished task's message and deletes it in a
-    #: batch, soon (sqstaskmaster.batching); None: ``message.delete()`` at once.
+    #: batch, soon (sqstaskmaster.worker.batching); None: ``message.delete()`` at once.
     deleter: Optional[Callable[[Any], None]] = None
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
@@ -170,7 +171,7 @@ class MessageHandler(abc.ABC):
         SQS refuses to extend a message's visibility past 12 hours after the
         receive that returned its receipt handle; a TaskManager keeps the
         clock read just before that ReceiveMessage call with the message
-        (:func:`sqstaskmaster.sqs.mark_received`). For a message received
+        (:func:`sqstaskmaster.sqs.facts.mark_received`). For a message received
         otherwise the handler's construction is used.
         """
         return visibility_budget_left(self._message, self._constructed_at)

@@ -4,7 +4,7 @@ Each rule names a queue URL, an ECS cluster and service, and the service's
 ``active_size``. On :meth:`Provisioner.run`, a service whose state is ACTIVE is
 set to ``active_size`` tasks when its queue holds any message (visible, in
 flight or delayed) and to 0 when it holds none. A rule with
-``tasks_per_worker`` scales in proportion instead (:mod:`sqstaskmaster.scale_rules`).
+``tasks_per_worker`` scales in proportion instead (:mod:`sqstaskmaster.ops.scale_rules`).
 ``dry_run=True`` logs each decision without calling ``update_service``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import boto3
 from botocore.exceptions import ClientError
 
-from .scale_rules import Proportional, ScaleInCooldown, proportional_of
+from .ops.scale_rules import Proportional, ScaleInCooldown, proportional_of
 
 logger = logging.getLogger(__name__)
 

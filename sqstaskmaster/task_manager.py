@@ -7,7 +7,7 @@ this package can share a queue in both directions::
                                                  # unknown types through str()
     MessageAttributes = {"service_name": {"StringValue": <sender>, "DataType": "String"}}
 
-Encoding and decoding live in :mod:`sqstaskmaster.wire`.
+Encoding and decoding live in :mod:`sqstaskmaster.sqs.wire`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ import boto3
 
 from .errors import MalformedBodyError
 from .local import LocalQueue
-from .sqs import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context, mark_received
-from .wire import decode as decode_body
-from .wire import encode_body, service_name_attribute
+from .sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context, mark_received
+from .sqs.wire import decode as decode_body
+from .sqs.wire import encode_body, service_name_attribute
 
 __all__ = ["TaskManager", "encode_body", "service_name_attribute"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .producer import QueueLimits, TaskItem
+    from .sqs.sending import QueueLimits, TaskItem
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class TaskManager:
         MessageAttributes (a worker copies them when it dead-letters a message),
         and ``max_messages`` (1 to 10) asks for more than one (a worker's prefetch).
         Each message carries the clock read just before the call
-        (:func:`sqstaskmaster.sqs.mark_received`): SQS's 12 hours count from it.
+        (:func:`sqstaskmaster.sqs.facts.mark_received`): SQS's 12 hours count from it.
         ``AttributeNames=["All"]`` includes a FIFO message's ``MessageGroupId``.
         """
         extra = {"MessageAttributeNames": ["All"]} if message_attributes else {}
@@ -229,7 +229,7 @@ class TaskManager:
                 )
                 yield task, kwargs, message
 
-    # New in 0.1: the producer side; the mechanics live in sqstaskmaster.producer.
+    # New in 0.1: the producer side; the mechanics live in sqstaskmaster.sqs.sending.
 
     def queue_limits(self, refresh: bool = False) -> QueueLimits:
         """The queue's MaximumMessageSize and FIFO settings, read once and then cached.
@@ -238,7 +238,7 @@ class TaskManager:
         sending. A LocalQueue has no such attributes: 1,048,576 bytes, not FIFO.
         ``refresh=True`` reads them again (after the queue's attributes changed).
         """
-        from .producer import QueueLimits
+        from .sqs.sending import QueueLimits
 
         limits: Optional[QueueLimits] = getattr(self, "_queue_limits", None)
         if limits is None or refresh:
@@ -274,7 +274,7 @@ class TaskManager:
         :class:`~sqstaskmaster.errors.MessageTooLargeError` for a message over
         the queue's MaximumMessageSize, and ``ValueError`` for invalid options.
         """
-        from .producer import TaskMessage, prepare
+        from .sqs.sending import TaskMessage, prepare
 
         message = TaskMessage(
             task, kwargs, delay_seconds, message_group_id, deduplication_id, message_attributes
@@ -297,7 +297,7 @@ class TaskManager:
         """Send many tasks with SendMessageBatch; returns their message ids in input order.
 
         ``tasks`` holds ``(task, kwargs)`` pairs and/or
-        :class:`~sqstaskmaster.producer.TaskMessage` objects (for per-message
+        :class:`~sqstaskmaster.sqs.sending.TaskMessage` objects (for per-message
         options); ``delay_seconds``, ``message_group_id`` and
         ``message_attributes`` are defaults for the messages that do not set
         their own. Every message is encoded and checked (as in
@@ -314,7 +314,7 @@ class TaskManager:
         (SQS does not keep it anyway). FIFO queues and LocalQueue always send
         one request at a time.
         """
-        from .producer import as_task_message, check_max_in_flight, prepare, send_batch
+        from .sqs.sending import as_task_message, check_max_in_flight, prepare, send_batch
 
         check_max_in_flight(max_in_flight)
 

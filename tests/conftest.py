@@ -9,7 +9,7 @@ from typing import Any, Iterator, List
 import boto3
 import pytest
 
-from sqstaskmaster import task_reaper
+from sqstaskmaster.run import reaper as task_reaper
 
 
 @pytest.fixture

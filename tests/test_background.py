@@ -16,10 +16,10 @@ from unittest.mock import patch
 
 import pytest
 
-from sqstaskmaster.execution import Execution, Forked, InProcess
 from sqstaskmaster.local import LocalMessage
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.timer import SignalTimer
+from sqstaskmaster.run.strategies import Execution, Forked, InProcess
+from sqstaskmaster.run.timer import SignalTimer
 
 FALLBACK_TEXT = "cannot start a helper thread"
 

@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional
 import pytest
 from botocore.stub import ANY, Stubber
 
-from sqstaskmaster.batching import FLUSH_AFTER_S, Chores, DeleteBatch, Waiting
 from sqstaskmaster.errors import BatchEntryError
-from sqstaskmaster.sqs import mark_received
-from sqstaskmaster.timer import SignalTimer
+from sqstaskmaster.run.timer import SignalTimer
+from sqstaskmaster.sqs.facts import mark_received
+from sqstaskmaster.worker.batching import FLUSH_AFTER_S, Chores, DeleteBatch, Waiting
 
 
 class Recorder:
@@ -302,9 +302,9 @@ def test_a_waiting_message_whose_visibility_ran_out_is_not_run(sqs_server: Any) 
 
 def test_a_slow_chore_never_delays_a_signal_mode_hard_timeout() -> None:
     from sqstaskmaster.errors import HardTimeoutError
-    from sqstaskmaster.execution import InProcess
     from sqstaskmaster.local import LocalMessage
     from sqstaskmaster.message_handler import MessageHandler
+    from sqstaskmaster.run.strategies import InProcess
 
     class SlowChores:
         def __init__(self) -> None:
@@ -356,7 +356,7 @@ def test_a_failed_delete_goes_to_the_handlers_notify(sqs_server: Any) -> None:
 
 
 def test_a_stop_seen_after_the_chores_starts_no_task(sqs_server: Any) -> None:
-    from sqstaskmaster.intake import Intake
+    from sqstaskmaster.worker.intake import Intake
 
     messages = received(sqs_server, 1)
     intake = Intake(None, prefetch=10, sqs_timeout=30, heartbeat_s=10, notify=Recorder())

@@ -17,7 +17,7 @@ from typing import Any, Deque, List, Tuple
 import pytest
 from botocore.exceptions import ClientError
 
-from sqstaskmaster import cli
+from sqstaskmaster.cli import commands as cli
 
 
 class Cli:
@@ -261,7 +261,7 @@ def test_an_invalid_parameter_refused_by_sqs_is_the_callers_fault(
     fifo = sqs_server.make_queue(fifo=True)
     with pytest.raises(ClientError) as raised:
         sqs_server.client.send_message(QueueUrl=fifo.url, MessageBody="{}")
-    with caplog.at_level(logging.ERROR, logger="sqstaskmaster.cli"):
+    with caplog.at_level(logging.ERROR, logger="sqstaskmaster.cli.commands"):
         assert cli.sqs_failure("send to the queue", raised.value) == cli.RET_USAGE
     assert "MessageGroupId" in caplog.text
 
@@ -367,7 +367,7 @@ def test_stats_watch_rejects_a_bad_interval(run_cli: Cli, sqs_queue: Any) -> Non
 
 
 def test_rates_per_minute_over_the_samples() -> None:
-    from sqstaskmaster.stats_watch import rates_per_minute
+    from sqstaskmaster.cli.stats_watch import rates_per_minute
 
     history: Deque = collections.deque([(0.0, {"visible": 10, "in_flight": 0})])
     assert rates_per_minute(history) == {}

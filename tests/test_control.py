@@ -13,11 +13,11 @@ from typing import Any, Callable, List, Optional
 
 import pytest
 
-from sqstaskmaster.disposition import Disposition, Outcome
 from sqstaskmaster.errors import Reject, Retry, TaskControl
-from sqstaskmaster.retry import RetryPolicy
-from sqstaskmaster.sqs import mark_received
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.sqs.facts import mark_received
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.retry import RetryPolicy
+from sqstaskmaster.worker.settlement import Disposition, Outcome
 
 MODES = pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
 

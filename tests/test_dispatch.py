@@ -15,10 +15,10 @@ from unittest.mock import patch
 
 import pytest
 
-from sqstaskmaster.execution import Forked, InProcess
 from sqstaskmaster.local import LocalMessage
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.run.strategies import Forked, InProcess
+from sqstaskmaster.worker.loop import Worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="Forked needs fork")
 

@@ -17,14 +17,14 @@ import pytest
 from ecs_agent import FakeAgent
 from worker_process import WorkerProcess, wait_for
 
-from sqstaskmaster import cli
-from sqstaskmaster.ecs import (
+from sqstaskmaster.cli import commands as cli
+from sqstaskmaster.errors import TaskProtectionError
+from sqstaskmaster.ops.ecs import (
     AgentClient,
     ProtectionState,
     agent_uri_for,
     protection_minutes,
 )
-from sqstaskmaster.errors import TaskProtectionError
 
 POLL_S = 1.0
 
@@ -123,7 +123,7 @@ def test_each_kind_of_failure_is_notified_and_logged_once(agent: FakeAgent, capl
     # Given a client with a short timeout, and an agent that refuses, errs, then hangs
     notify = Recorder()
     client = AgentClient(agent.uri, timeout_s=0.5, notify=notify)
-    caplog.set_level("DEBUG", logger="sqstaskmaster.ecs")
+    caplog.set_level("DEBUG", logger="sqstaskmaster.ops.ecs")
     results = []
     for mode in ["failure", "failure", "error", "error", "hang", "hang"]:
         agent.mode = mode
@@ -263,7 +263,7 @@ def test_a_trickling_agent_costs_one_bound_in_total(agent: FakeAgent, caplog: An
     agent.mode = "trickle"
     notify = Recorder()
     client = AgentClient(agent.uri, notify=notify)
-    caplog.set_level("DEBUG", logger="sqstaskmaster.ecs")
+    caplog.set_level("DEBUG", logger="sqstaskmaster.ops.ecs")
     for _ in range(2):
         started = time.monotonic()
         # When the client calls it, then the call fails within the 2 s bound (plus slack)

@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from sqstaskmaster.execution import Forked, InProcess, for_worker
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.shutdown import StopController
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.run.strategies import Forked, InProcess, for_worker
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.shutdown import StopController
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="Forked needs fork")
 

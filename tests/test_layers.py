@@ -14,8 +14,6 @@ from typing import Any, Dict, Set
 
 import pytest
 
-from sqstaskmaster import sqs, wire
-from sqstaskmaster.disposition import Outcome, classify
 from sqstaskmaster.errors import (
     BodyError,
     HardTimeoutError,
@@ -25,13 +23,17 @@ from sqstaskmaster.errors import (
     Retry,
     WorkerShutdownError,
 )
-from sqstaskmaster.exitcodes import RET_OK
-from sqstaskmaster.settings import WorkerSettings
-from sqstaskmaster.shutdown import StopController
-from sqstaskmaster.supervisor import supervise
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.sqs import facts as sqs
+from sqstaskmaster.sqs import wire
+from sqstaskmaster.worker.exitcodes import RET_OK
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.settings import WorkerSettings
+from sqstaskmaster.worker.settlement import Outcome, classify
+from sqstaskmaster.worker.shutdown import StopController
+from sqstaskmaster.worker.supervisor import supervise
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sqstaskmaster"
+ZERO_ZERO_ELEVEN = {"task_manager", "message_handler", "local", "queue_scale"}
 
 
 # -- wire -------------------------------------------------------------------------------
@@ -174,23 +176,51 @@ def test_outcomes_are_metric_labels_and_classify_errors() -> None:
 # -- layering ---------------------------------------------------------------------------
 
 
-def _imports(module: str) -> Set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+# What each layer may import (the package's own modules; see README, "How it is built").
+LAYERS = {
+    "sqs": {"errors", "sqs"},
+    "ops": {"errors", "sqs", "ops"},
+    "run": {"errors", "sqs", "ops", "run"},
+    "worker": {"errors", "sqs", "ops", "run", "worker", *ZERO_ZERO_ELEVEN, "isolation"},
+    "testing": {"errors", "sqs", "testing", "task_manager", "local"},
+}
+
+
+def _layer_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _imports(path: Path) -> Set[str]:
+    """The package's modules ``path`` imports, as dotted names under the package."""
+    own = path.relative_to(PACKAGE).with_suffix("").parts
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.add(node.module or "")
-            if not node.module:
-                found.update(alias.name for alias in node.names)
-    return found
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(own[:-1]) if own[-1] != "__init__" else list(own[:-1])
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+                found.add(module or ".".join(a.name for a in node.names[:1]))
+            elif (node.module or "").startswith("sqstaskmaster."):
+                found.add(node.module[len("sqstaskmaster.") :])  # type: ignore[index]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("sqstaskmaster."):
+                    found.add(alias.name[len("sqstaskmaster.") :])
+    return {name for name in found if name}
 
 
-def test_lower_modules_import_neither_worker_nor_cli() -> None:
-    for module in ("supervisor", "execution", "message_handler", "disposition", "shutdown"):
-        assert not _imports(module) & {"worker", "cli"}, module
-    assert "message_handler" not in _imports("execution")
-    assert "isolation" not in _imports("message_handler")
-    assert _imports("sqs") == set() and _imports("wire") == {"errors"}
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    for layer, allowed in LAYERS.items():
+        for path in sorted((PACKAGE / layer).glob("*.py")):
+            wrong = {m for m in _imports(path) if _layer_of(m) not in allowed}
+            assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+def test_nothing_but_the_command_line_imports_the_command_line() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name != "cli" and path.name != "__main__.py":
+            assert not {m for m in _imports(path) if _layer_of(m) == "cli"}, path
 
 
 def test_the_supervisor_runs_any_callable() -> None:

@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from sqstaskmaster import logformat
-from sqstaskmaster.worker import RetryPolicy
+from sqstaskmaster.ops import logformat
+from sqstaskmaster.worker.loop import RetryPolicy
 
 
 def record(message: str = "hello %s", *args: Any, **extra: Any) -> logging.LogRecord:

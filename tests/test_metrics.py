@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from worker_process import WorkerProcess, wait_for
 
-from sqstaskmaster import metrics
+from sqstaskmaster.ops import metrics
 from sqstaskmaster.testing import free_port
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
@@ -70,8 +70,8 @@ def task_pid(directory: Path, key: str) -> int:
 
 def test_metrics_off_imports_nothing_and_hooks_do_nothing() -> None:
     code = (
-        "import sys, sqstaskmaster.worker, sqstaskmaster.supervisor\n"
-        "from sqstaskmaster import metrics\n"
+        "import sys, sqstaskmaster.worker.loop, sqstaskmaster.worker.supervisor\n"
+        "from sqstaskmaster.ops import metrics\n"
         "metrics.task_started('t'); metrics.task_ended('t', 'done', 1.0, ran=True)\n"
         "metrics.heartbeat(False); metrics.hard_timeout_overshoot(1.0); metrics.poll_failed()\n"
         "metrics.worker_restarted()\n"

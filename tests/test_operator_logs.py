@@ -15,7 +15,7 @@ import pytest
 
 from sqstaskmaster.errors import WorkerShutdownError
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.worker.loop import Worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation needs fork")
 

@@ -20,8 +20,8 @@ from typing import Any, Dict, List
 import boto3
 import pytest
 
-from sqstaskmaster.settings import WorkerSettings
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.settings import WorkerSettings
 
 MODES = pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
 # Each way a task can run: a fresh fork, a reused child, in the worker (signal mode).
@@ -315,8 +315,8 @@ def test_prefetch_out_of_range_is_refused_naming_it(value: Any) -> None:
 def test_the_command_line_refuses_a_prefetch_sqs_cannot_give(
     sqs_server: Any, capsys: Any, caplog: Any
 ) -> None:
-    from sqstaskmaster import cli
-    from sqstaskmaster.exitcodes import RET_USAGE
+    from sqstaskmaster.cli import commands as cli
+    from sqstaskmaster.worker.exitcodes import RET_USAGE
 
     queue = sqs_server.make_queue()
     command = ["worker", "worker_apps:app", "--queue-url", queue.url, "--prefetch", "11"]

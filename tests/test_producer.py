@@ -22,10 +22,10 @@ from sqstaskmaster.errors import (
     MessageTooLargeError,
 )
 from sqstaskmaster.local import LocalQueue
-from sqstaskmaster.producer import TaskMessage, message_size, plan_batches
+from sqstaskmaster.sqs.sending import TaskMessage, message_size, plan_batches
+from sqstaskmaster.sqs.wire import MAX_KWARGS_DEPTH
 from sqstaskmaster.task_manager import TaskManager, encode_body, service_name_attribute
 from sqstaskmaster.testing import SQSServer, TestQueue
-from sqstaskmaster.wire import MAX_KWARGS_DEPTH
 
 SENDER = "producer-tests"
 
@@ -803,7 +803,7 @@ def test_more_in_flight_than_the_client_has_connections_is_warned(
 ) -> None:
     queue = sqs_server.make_queue()
     tm = sqs_server.task_manager(queue, sender_name=SENDER)
-    with caplog.at_level(logging.WARNING, logger="sqstaskmaster.producer"):
+    with caplog.at_level(logging.WARNING, logger="sqstaskmaster.sqs.sending"):
         ids = tm.submit_batch([("t", {"i": i}) for i in range(120)], max_in_flight=12)
     assert len(set(ids)) == 120
     assert "max_pool_connections" in caplog.text and "max_in_flight is 12" in caplog.text

@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 import pytest
 from test_queue_scale import Service, make_service, rule_for
 
-from sqstaskmaster import cli
+from sqstaskmaster.cli import commands as cli
 from sqstaskmaster.queue_scale import Provisioner
 
 LOGGER_NAME = "sqstaskmaster.queue_scale"

@@ -19,18 +19,18 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from sqstaskmaster.batching import Waiting
 from sqstaskmaster.errors import VisibilityBudgetError
-from sqstaskmaster.intake import Intake
 from sqstaskmaster.local import LocalQueue
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.sqs import (
+from sqstaskmaster.sqs.facts import (
     MAX_VISIBILITY_S,
     RECEIVED_AT_ATTRIBUTE,
     budget_left_s,
 )
 from sqstaskmaster.task_manager import TaskManager
-from sqstaskmaster.worker import RetryPolicy, Worker
+from sqstaskmaster.worker.batching import Waiting
+from sqstaskmaster.worker.intake import Intake
+from sqstaskmaster.worker.loop import RetryPolicy, Worker
 
 HOUR_S = 3600
 
@@ -342,7 +342,7 @@ def test_a_retried_fifo_message_does_not_spend_its_followers_receives(
         retry=RetryPolicy(first_s=0, factor=1, max_s=0, jitter="none"),
     )
     worker.connect(queue.url, sqs=sqs_server.sqs)
-    caplog.set_level(logging.INFO, logger="sqstaskmaster.attempt")
+    caplog.set_level(logging.INFO, logger="sqstaskmaster.worker.attempt")
     # When it runs until the queue is empty
     assert worker.run_single() == 0
     # Then the group ran in order, and a2 and a3 were received twice (with a1's

@@ -9,7 +9,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from sqstaskmaster.sqs_clients import (
+from sqstaskmaster.sqs.clients import (
     REQUEST_TRIES,
     bind,
     client_config,
@@ -117,8 +117,8 @@ def test_a_workers_messages_are_heartbeated_through_the_bounded_client(
     sqs_server: Any, sqs_queue: Any
 ) -> None:
     # Given a worker connected as run_single connects it (no resource of the caller's)
-    from sqstaskmaster.intake import Intake
-    from sqstaskmaster.worker import Worker
+    from sqstaskmaster.worker.intake import Intake
+    from sqstaskmaster.worker.loop import Worker
 
     worker = Worker(
         {"noop": lambda: None},

@@ -1,7 +1,7 @@
 """Many worker processes, one copy of the app (issue 23).
 
 The supervisor imports the app once and freezes its objects out of the
-garbage collector before it forks (:mod:`sqstaskmaster.sharing`), so a
+garbage collector before it forks (:mod:`sqstaskmaster.worker.sharing`), so a
 collection in a worker process does not copy them. The task children's own
 freeze is tested in test_task_process.
 """
@@ -16,7 +16,7 @@ from typing import Any, List
 import pytest
 from worker_process import WorkerProcess, wait_for
 
-from sqstaskmaster.sharing import freeze_for_fork, thaw
+from sqstaskmaster.worker.sharing import freeze_for_fork, thaw
 
 # What 1.5 million one-item lists take at the least (list, item array, int).
 STRUCTURE_BYTES = 1_500_000 * 80

@@ -19,7 +19,7 @@ from sqstaskmaster.errors import HardTimeoutError
 from sqstaskmaster.local import LocalMessage, LocalQueue
 from sqstaskmaster.message_handler import SQS_VISIBILITY_BUDGET_S, MessageHandler
 from sqstaskmaster.queue_scale import Provisioner
-from sqstaskmaster.sqs import mark_received
+from sqstaskmaster.sqs.facts import mark_received
 from sqstaskmaster.task_manager import TaskManager
 
 # Generous bound for tests; the precise overshoot is measured in benchmarks/.

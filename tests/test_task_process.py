@@ -19,13 +19,14 @@ from typing import Any, Dict, List, Optional
 import pytest
 from reliability.harness import group_members
 
-from sqstaskmaster import cli, wire
-from sqstaskmaster.disposition import Outcome
+from sqstaskmaster.cli import commands as cli
 from sqstaskmaster.errors import Reject, Retry
 from sqstaskmaster.local import LocalMessage
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.settings import WorkerSettings
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.sqs import wire
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.settings import WorkerSettings
+from sqstaskmaster.worker.settlement import Outcome
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="isolation needs fork")
 
@@ -255,7 +256,7 @@ def reaped(pid: int) -> bool:
 
 @pytest.fixture
 def worker_closing() -> Any:
-    from sqstaskmaster.task_process import close_children
+    from sqstaskmaster.run.pool import close_children
 
     made: List[Worker] = []
     yield made
@@ -365,7 +366,7 @@ def test_a_handler_with_its_own_enter_keeps_a_fresh_fork_per_task(
 def test_an_idle_child_that_takes_no_task_is_replaced(
     tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any
 ) -> None:
-    from sqstaskmaster import task_process
+    from sqstaskmaster.run import pool as task_process
 
     monkeypatch.setattr(task_process, "_SEND_TIMEOUT_S", 0.5)
     worker = make_worker(10)
@@ -394,7 +395,7 @@ def test_an_idle_child_that_takes_no_task_is_replaced(
 def test_a_task_that_leaves_a_process_in_its_group_retires_the_child_and_the_group_dies(
     tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any, subreaper: bool
 ) -> None:
-    from sqstaskmaster import reused_child
+    from sqstaskmaster.run import child_main as reused_child
 
     if not subreaper:  # a child that cannot be a subreaper scans /proc for its group
         monkeypatch.setattr(reused_child, "_become_subreaper", lambda prctl: False)
@@ -561,7 +562,7 @@ def test_the_cli_flag_makes_the_worker_reuse_its_child(
 
 
 def test_task_facts_cross_as_json_binary_attributes_included() -> None:
-    from sqstaskmaster.reused_child import TaskFacts
+    from sqstaskmaster.run.child_main import TaskFacts
 
     facts = TaskFacts(
         "resize",

@@ -19,7 +19,7 @@ from typing import Any, List
 import pytest
 from reliability.harness import WorkerProcess, event_directory, group_members, running, wait_for
 
-from sqstaskmaster.exitcodes import RET_KILLED
+from sqstaskmaster.worker.exitcodes import RET_KILLED
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -118,8 +118,8 @@ import logging
 import sys
 import time
 
-from sqstaskmaster import supervisor
-from sqstaskmaster.shutdown import StopController
+from sqstaskmaster.worker import supervisor
+from sqstaskmaster.worker.shutdown import StopController
 
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 original = supervisor.record_early_signals

@@ -26,9 +26,9 @@ from sqstaskmaster.errors import (
     InvalidTaskMessageError,
     UnknownTaskError,
 )
-from sqstaskmaster.sqs import mark_received
-from sqstaskmaster.supervisor import resolve_processes
-from sqstaskmaster.worker import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
+from sqstaskmaster.sqs.facts import mark_received
+from sqstaskmaster.worker.loop import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
+from sqstaskmaster.worker.supervisor import resolve_processes
 
 # -- helpers ------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ def test_a_result_json_cannot_carry_does_not_fail_the_task(
     # Given a 0.0.11 handler whose run() returns a set, under the default isolation
     worker, notify = make_worker(sqs_server, sqs_queue)
     sqs_server.task_manager(sqs_queue).submit("returns_set", key="s1")
-    caplog.set_level("WARNING", logger="sqstaskmaster.child_process")
+    caplog.set_level("WARNING", logger="sqstaskmaster.run.child")
     # Then its work counts: done once, no error, the message deleted, one warning
     assert worker.process(receive_one(sqs_queue)) == "done"
     assert len(traces(trace_dir, "done", "s1")) == 1
@@ -265,7 +265,7 @@ def test_failure_sets_the_backoff_and_logs_the_receive_count(
         sqs_server, sqs_queue, retry=RetryPolicy(first_s=2, factor=1, max_s=2, jitter="none")
     )
     sqs_server.task_manager(sqs_queue).submit("fail", key="f1")
-    caplog.set_level("INFO", logger="sqstaskmaster.worker")
+    caplog.set_level("INFO", logger="sqstaskmaster.worker.loop")
     assert worker.process(receive_one(sqs_queue)) == "failed"
     again = assert_back_after(sqs_queue, 2, 4, time.monotonic())
     assert receive_count_of(again) == 2

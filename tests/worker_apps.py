@@ -13,8 +13,8 @@ import time
 from typing import Any, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.sqs import MAX_VISIBILITY_S
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.sqs.facts import MAX_VISIBILITY_S
+from sqstaskmaster.worker.loop import Worker
 
 
 def _trace(kind: str, key: str, **data: Any) -> None:

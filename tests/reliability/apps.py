@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.worker.loop import Worker
 
 DIRECTORY_VARIABLE = "SQSTM_RELIABILITY_DIR"
 

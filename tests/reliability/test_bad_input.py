@@ -19,7 +19,7 @@ import pytest
 
 from sqstaskmaster.errors import EncodeError, InvalidTaskNameError, MessageTooLargeError
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.worker import Worker
+from sqstaskmaster.worker.loop import Worker
 
 from .apps import work
 from .harness import WorkerProcess, drain_bodies, event_directory, queue_depth, report

@@ -1,0 +1,96 @@
+"""One attempt at a message's task: enter its handler, run it, then settle the message.
+
+The worker builds the handler (:mod:`sqstaskmaster.worker.loop`); this module runs
+it and turns how it ended into an :class:`~sqstaskmaster.worker.settlement.Outcome`
+that :class:`~sqstaskmaster.worker.settlement.Disposition` carries out. What a task
+raises never ends the worker, save a KeyboardInterrupt (its message is handed
+back first); ``sys.exit()`` in a task fails that task, as it does in isolation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+from ..errors import WorkerShutdownError
+from ..ops import metrics
+from ..sqs.facts import failure_context, message_id_of
+from ..worker.retry import RetryPolicy
+from ..worker.settlement import Disposition, Outcome, classify
+
+logger = logging.getLogger(__name__)
+
+
+def run_attempt(
+    handler: Any,
+    message: Any,
+    task: str,
+    count: int,
+    *,
+    disposition: Disposition,
+    retry: RetryPolicy,
+    protection: Any = None,
+    shutdown_grace_s: float = 0.0,
+) -> Outcome:
+    """Run ``handler`` (built for ``message``, receive number ``count``); returns the outcome.
+
+    ``protection`` (ECS scale-in protection hooks, or None) is asked to cover
+    the hard timeout plus ``shutdown_grace_s`` before the task starts; when a
+    stop arrives meanwhile, the task does not start and its message is handed
+    back (visibility 0).
+    """
+    message_id = message_id_of(message)
+    logger.info("task %s message %s receive %d: started", task, message_id, count)
+    started = time.monotonic()
+    interrupted: Optional[BaseException] = None
+    if protection is not None:  # protected (or tried, within ~2 s) before it starts
+        protection.busy(handler.hard_timeout + shutdown_grace_s, task, message_id)
+        if _stopping(handler):  # a stop came while the agent was asked: do not start
+            disposition.record(task, Outcome.HANDED_BACK)
+            disposition.hand_back(message, task, "a stop came before the task started")
+            return Outcome.HANDED_BACK
+    metrics.task_started(task)
+    try:
+        with handler:
+            handler.run()
+    except WorkerShutdownError as stop:
+        # Raised outside the body (in the handler's entry or exit path).
+        interrupted = stop
+    except Exception as entry_error:
+        # The handler could not be entered (its first visibility change
+        # failed past botocore's retries): the body never ran. One
+        # transient SQS error must not end the worker: retry it later.
+        logger.exception(
+            "task %s message %s receive %d: could not start the task", task, message_id, count
+        )
+        disposition.notify(entry_error, context=failure_context(message))
+        interrupted = entry_error
+    except SystemExit as exit_request:
+        # sys.exit() in a task (signal mode) fails that task, as in isolation:
+        # ending the worker would hand its message to the next worker to end.
+        logger.error(
+            "task %s message %s receive %d: the task called sys.exit(%r); "
+            "counted as a failure, the worker goes on",
+            task,
+            message_id,
+            count,
+            exit_request.code,
+        )
+        interrupted = exit_request
+    except BaseException as fatal:
+        # KeyboardInterrupt from the task: hand back, then stop.
+        disposition.record(task, Outcome.HANDED_BACK, time.monotonic() - started)
+        disposition.hand_back(message, task, f"{type(fatal).__name__} while running")
+        raise
+    error = handler.error if handler.finished else interrupted
+    outcome = classify(error, handler.throws)
+    duration_s = time.monotonic() - started
+    disposition.settle(message, task, count, outcome, error, retry, duration_s)
+    return outcome
+
+
+def _stopping(handler: Any) -> bool:
+    """Whether the worker is stopping: its stop controller reaches the task via the strategy."""
+    stop = getattr(handler.execution, "stop", None)
+    return stop is not None and stop.stopping

@@ -1,0 +1,384 @@
+"""Worker: consume one SQS queue with a registry of tasks, no loop of your own.
+
+::
+
+    from sqstaskmaster.worker.loop import Worker
+
+    worker = Worker({"MyTask": MyHandler})      # 0.0.11 handler classes, or functions
+
+    @worker.task(hard_timeout=600)
+    def resize(path, width):                    # called as resize(**kwargs)
+        ...
+
+    worker.run(queue_url)                       # or: sqstaskmaster worker app:worker --queue-url …
+
+Each task runs in a MessageHandler (heartbeat, hard timeout), forked by default
+or under SIGALRM with ``isolate=False`` (:mod:`sqstaskmaster.run.strategies`);
+:mod:`.attempt` runs it, :mod:`.disposition` settles its message.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+from ..errors import (
+    InvalidTaskMessageError,
+    MalformedBodyError,
+    PollFailedError,
+    UnknownTaskError,
+    VisibilityBudgetError,
+)
+from ..ops import metrics
+from ..ops.logformat import add_to_context, task_context
+from ..run.pool import close_children, reuse_child
+from ..run.strategies import for_worker
+from ..sqs import facts as sqs
+from ..sqs import wire
+from ..sqs.clients import worker_clients
+from ..sqs.facts import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
+from ..sqs.facts import MAX_VISIBILITY_S as MAX_VISIBILITY_S
+from ..sqs.facts import message_id_of, receive_count_of
+from ..worker.attempt import run_attempt
+from ..worker.exitcodes import RET_CONNECT
+from ..worker.intake import Intake
+from ..worker.registry import Registry, TaskRegistry, build_handler
+from ..worker.registry import TaskSpec as TaskSpec
+from ..worker.retry import RetryPolicy as RetryPolicy
+from ..worker.settings import DEFAULT_HARD_TIMEOUT_S as DEFAULT_HARD_TIMEOUT_S
+from ..worker.settings import DEFAULT_POLL_WAIT_S as DEFAULT_POLL_WAIT_S
+from ..worker.settings import DEFAULT_SHUTDOWN_GRACE_S as DEFAULT_SHUTDOWN_GRACE_S
+from ..worker.settings import DEFAULT_SQS_TIMEOUT_S as DEFAULT_SQS_TIMEOUT_S
+from ..worker.settings import Configured, WorkerSettings
+from ..worker.settlement import Disposition, Outcome
+from ..worker.shutdown import StopController
+from ..worker.shutdown import record_early_signals as record_early_signals
+from ..worker.shutdown import take_early_signals as take_early_signals
+from ..worker.supervisor import Slot
+
+logger = logging.getLogger(__name__)
+
+# Consecutive failed polls before the worker gives up (its supervisor restarts it).
+MAX_POLL_FAILURES = 5
+
+Notify = Callable[..., Any]
+
+
+class Worker(TaskRegistry, Configured):
+    """A task registry and the loop that runs it on one queue; see the module docstring.
+
+    ``tasks`` maps task names to MessageHandler subclasses (built as 0.0.11
+    users build them: ``cls(message, sqs_timeout=…, alarm_timeout=…,
+    hard_timeout=…, **kwargs)``) or to functions (called as ``f(**kwargs)``).
+    ``notify(exception, context=...)`` receives errors not tied to a handler
+    (undecodable messages, unknown tasks, refusals) and function tasks' errors.
+    ``session`` is a boto3 Session (each worker process makes its own
+    resource from it). The other keywords are settings, checked at once and
+    readable as attributes (:class:`~sqstaskmaster.worker.settings.WorkerSettings`).
+    """
+
+    max_poll_failures = MAX_POLL_FAILURES  # then run_single raises PollFailedError
+
+    def __init__(
+        self,
+        tasks: Optional[Registry] = None,
+        *,
+        notify: Optional[Notify] = None,
+        session: Any = None,
+        **settings: Any,
+    ) -> None:
+        self.settings = WorkerSettings().replace(**settings)
+        self.notify_callable = notify
+        self.session = session
+        self.registry: Dict[str, TaskSpec] = {}
+        self._classes: Dict[str, type] = {}
+        for name, target in (tasks or {}).items():
+            self.register(name, target)
+        self._stop = StopController(self.shutdown_grace_s)
+        self._task_manager: Any = None
+        self._client: Any = None  # the short-bounded SQS client of connect()
+        self._disposition = Disposition(self.notify)
+        self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ops.ecs)
+        self._intake: Optional[Intake] = None  # while run_single runs
+        self.tasks_run = 0
+        # Set when burst mode ended the loop (a supervisor then does not restart it).
+        self.burst_ended = False
+
+    def replace(self, **settings: Any) -> Worker:
+        """A copy of this worker (same registry) with ``settings`` changed; None keeps a value."""
+        clone = copy.copy(self)
+        clone.registry = dict(self.registry)
+        clone._classes = {}
+        extra = {
+            name: settings.pop(name) for name in ("notify_callable", "session") if name in settings
+        }
+        clone.settings = self.settings.replace(**settings)
+        for name, value in extra.items():
+            if value is not None:
+                setattr(clone, name, value)
+        clone._stop = StopController(clone.shutdown_grace_s)
+        clone._disposition = Disposition(clone.notify)
+        return clone
+
+    def check(self) -> None:
+        """Raise ValueError, naming the value, for settings SQS or the handler would refuse."""
+        self.settings.check()
+        tasks = {name: spec.hard_timeout for name, spec in self.registry.items()}
+        problem = sqs.hard_timeouts_problem(self.hard_timeout, tasks)
+        if problem is not None:
+            raise ValueError(problem)
+        from ..ops.ecs import agent_uri_for
+
+        agent_uri_for(self.ecs_protection)
+
+    def connect(self, queue_url: Optional[str] = None, sqs: Any = None) -> Any:
+        """Make this process's TaskManager (after forking: ``sqs``, a resource, must not cross)."""
+        from ..task_manager import TaskManager
+
+        url = queue_url or self.queue_url
+        if not url:
+            raise ValueError("No queue URL: pass queue_url to Worker or run(), or --queue-url")
+        self.queue_url = url
+        self._client = None  # a resource given here is used as it is, for every call
+        if sqs is None:
+            # Bounded requests: a heartbeat on a dead connection fails within one period.
+            sqs, self._client = worker_clients(
+                self.session, self.endpoint_url, self.heartbeat_s, self.poll_wait_s
+            )
+        self._task_manager = TaskManager(url, notify=self.notify, sqs=sqs)
+        return self._task_manager
+
+    def run(self, queue_url: Optional[str] = None) -> int:
+        """Run until shutdown (or burst end); returns an exit code (0 when all went well).
+
+        Supervised with ``processes`` > 1, or metrics and isolation (no thread where tasks fork).
+        """
+        if queue_url:
+            self.queue_url = queue_url
+        self.check()
+        from ..worker.supervisor import resolve_processes, supervise
+
+        count = resolve_processes(self.processes)
+        if count > 1 or (self.metrics_port is not None and self.isolate):
+            from ..ops.ecs import agent_uri_for, make_state
+
+            return supervise(
+                self.run_slot,
+                count,
+                self.shutdown_grace_s,
+                protection=make_state(
+                    agent_uri_for(self.ecs_protection), self.notify, self.heartbeat_s
+                ),
+                metrics_address=None if self.metrics_port is None else self.metrics_address(),
+            )
+        return self.run_single()
+
+    def metrics_address(self) -> Any:
+        """``(metrics_port, metrics_host)``."""
+        return (self.metrics_port, self.metrics_host)
+
+    def run_slot(self, slot: Slot) -> int:
+        """One supervised worker process (see :mod:`.supervisor`); its exit code."""
+        self._protection = slot.protection
+        try:
+            code = self.run_single()
+        except PollFailedError as error:
+            logger.error("worker %d: %s", os.getpid(), error)
+            return RET_CONNECT
+        if self.burst_ended:
+            slot.report_burst_ended()
+        return code
+
+    def run_single(self) -> int:
+        """Run this process's poll loop in the main thread; returns 0 after a clean stop."""
+        self.check()
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "Worker.run must be called from the main thread: it handles SIGTERM/SIGINT "
+                "for graceful shutdown. Start one process per worker instead of threads."
+            )
+        tm = self._task_manager or self.connect()
+        self._stop.grace_s = self.shutdown_grace_s
+        if self._protection is None:
+            from ..ops.ecs import inline_protection
+
+            self._protection = inline_protection(self.ecs_protection, self.notify, self.heartbeat_s)
+        mode = "isolation" if self.isolate else "signal"
+        logger.info(
+            "worker %d consuming %s: tasks %s, %s mode, sqs_timeout %s s, hard_timeout %s s",
+            *(os.getpid(), self.queue_url, sorted(self.registry), mode),
+            *(self.sqs_timeout, self.hard_timeout),
+        )
+        serving = metrics.serve_unless_supervised(self.metrics_port, self.metrics_host)
+        intake = self._intake = Intake(
+            tm,
+            prefetch=self.prefetch,
+            sqs_timeout=self.sqs_timeout,
+            heartbeat_s=self.heartbeat_s,
+            notify=self.notify,
+            client=self._client,
+        )
+        # A failed ECS protection enable is tried again among the chores, while the task runs.
+        intake.chores.protection = self._protection
+        self._disposition.before_hand_back = intake.chores.flush
+        try:
+            with self._stop.handling_signals():
+                self._loop(intake)
+        finally:
+            self._stop.announce()
+            for message in intake.close("the worker is stopping"):
+                with task_context(message_id=message_id_of(message)):
+                    self._disposition.record(None, Outcome.HANDED_BACK)
+            self._intake = None
+            close_children(self)
+            self._idle()
+            if serving:
+                metrics.stop()
+        logger.info("worker %d stopped after %d tasks", os.getpid(), self.tasks_run)
+        return 0
+
+    @property
+    def stopping(self) -> bool:
+        """True once a shutdown signal arrived (or :meth:`request_stop` was called)."""
+        return self._stop.stopping
+
+    def request_stop(self, cold: bool = False) -> None:
+        """Begin a warm stop (or a cold one) as if SIGTERM arrived (twice)."""
+        self._stop.request(cold)
+
+    def _loop(self, intake: Intake) -> None:
+        idle_since = time.monotonic()
+        while not self.stopping and not self._burst_done(idle_since):
+            try:
+                left = None if self.burst_tasks is None else self.burst_tasks - self.tasks_run
+                received = intake.poll(self.poll_wait_s, left)
+            except Exception as error:
+                self._idle()  # PollFailedError after max_poll_failures in a row
+                self._sleep(intake.poll_failed(error, self.queue_url, self.max_poll_failures))
+                continue
+            if not received:
+                logger.debug("Waiting for work from SQS!")
+                self._idle()
+                continue
+            while not self.stopping and not self._burst_done():
+                item = intake.take(self._stop)
+                if item is None:
+                    break
+                self.process(*item)
+            idle_since = time.monotonic()
+
+    def _burst_done(self, idle_since: Optional[float] = None) -> bool:
+        idle_s = self.burst_idle_s
+        idle_for = None if idle_since is None else time.monotonic() - idle_since
+        if idle_s is not None and idle_for is not None and idle_for >= idle_s:
+            logger.info("burst mode: idle for %.1f s, stopping", idle_s)
+        elif self.burst_tasks is None or self.tasks_run < self.burst_tasks:
+            return False
+        elif not self.burst_ended:
+            logger.info("burst mode: %d tasks run, stopping", self.tasks_run)
+        self.burst_ended = True
+        return True
+
+    def _idle(self) -> None:
+        # ECS scale-in protection is released once a poll finds no work.
+        if self._protection is not None:
+            self._protection.idle()
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
+
+    # -- one message ---------------------------------------------------------
+
+    def process(self, message: Any, visible_until: Optional[float] = None) -> Outcome:
+        """Run one received message's task; returns its outcome (see module docstring).
+
+        ``visible_until`` (a ``time.monotonic()`` value) is when the message's
+        current visibility timeout ends, if known; it spares the handler's
+        entry a visibility change while the first heartbeat comes in time.
+        """
+        count = receive_count_of(message)
+        with task_context(message_id=message_id_of(message), receive_count=count):
+            outcome = self._process(message, visible_until, count)
+        if self._intake is not None:  # a FIFO group runs in order: 1, 1, 2, 3
+            given = self._disposition.visibility_given(message)
+            for waiting in self._intake.after(message, str(outcome), given):
+                with task_context(message_id=message_id_of(waiting)):
+                    self._disposition.record(None, Outcome.HANDED_BACK)
+        return outcome
+
+    def _process(self, message: Any, visible_until: Optional[float], count: int) -> Outcome:
+        message_id = message_id_of(message)
+        try:
+            task, kwargs = wire.decode_task(message.body, message_id)
+        except MalformedBodyError as malformed:
+            self._disposition.malformed(message, malformed, count, self.retry)
+            return Outcome.INVALID
+        except InvalidTaskMessageError as invalid:
+            self._disposition.refuse(message, invalid, None, count, self.retry, Outcome.INVALID)
+            return Outcome.INVALID
+        label = wire.task_label(task)
+        add_to_context(task=label)
+        if task not in self.registry:
+            unknown = UnknownTaskError(message_id, task, self.registry)
+            self._disposition.refuse(message, unknown, label, count, self.retry, Outcome.UNKNOWN)
+            return Outcome.UNKNOWN
+        spec = self.registry[task]
+        hard_timeout = spec.hard_timeout or self.hard_timeout
+        try:
+            cls = self._handler_type(task)
+            handler = build_handler(
+                spec, cls, message, self.sqs_timeout, self.heartbeat_s, hard_timeout, kwargs
+            )
+        except Exception as error:
+            self._disposition.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
+            return Outcome.FAILED
+        left = handler.visibility_budget_left()
+        if not sqs.fits(handler.hard_timeout, left):
+            if sqs.fits_a_fresh_receive(handler.hard_timeout):
+                # Its wait here ate this receive's 12 hours: the next receive has fresh ones.
+                first = sqs.first_receive_of(message)  # a fact for the log only
+                why = (
+                    f"{max(int(left), 0)} s are left of this receive's 12-hour visibility "
+                    f"budget, the task needs {sqs.needed_s(handler.hard_timeout):g} s; "
+                    "its next receive has a fresh 12 hours"
+                    + (
+                        ""
+                        if first is None
+                        else f" (first received {time.time() - first:.0f} s ago)"
+                    )
+                )
+                self._disposition.record(task, Outcome.HANDED_BACK)
+                self._disposition.hand_back(message, task, why)
+                return Outcome.HANDED_BACK
+            refusal = VisibilityBudgetError(
+                message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
+            )
+            self._disposition.refuse(message, refusal, task, count, self.retry, Outcome.REFUSED)
+            return Outcome.REFUSED
+        handler.visible_until = visible_until
+        handler.throws = tuple(spec.throws) + tuple(handler.throws)
+        chores = None if self._intake is None else self._intake.chores
+        if self._intake is not None:  # deleted in a batch; chores done while it runs
+            handler.deleter = self._intake.delete_later(task, handler._safe_notify)
+        handler.execution = for_worker(handler, self.isolate, self._stop, chores)
+        handler.execution = reuse_child(self, handler, task, kwargs)
+        self.tasks_run += 1
+        return run_attempt(
+            handler,
+            message,
+            task,
+            count,
+            disposition=self._disposition,
+            retry=self.retry,
+            protection=self._protection,
+            shutdown_grace_s=self.shutdown_grace_s,
+        )
+
+    def _hand_back(self, message: Any, task: Optional[str], why: str) -> None:
+        self._disposition.hand_back(message, task, why)

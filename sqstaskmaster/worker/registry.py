@@ -1,0 +1,178 @@
+"""The task registry: what a worker can run, by task name.
+
+A task is a MessageHandler subclass (built as 0.0.11 users build them) or a
+function, called as ``f(**kwargs)`` inside a generated handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ..message_handler import MessageHandler
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[..., Any]
+
+
+def function_handler_class(name: str, function: Callable[..., Any], notify: Notify) -> type:
+    """A MessageHandler subclass that calls ``function(**kwargs)``."""
+
+    class FunctionHandler(MessageHandler):
+        def __init__(
+            self,
+            message: Any,
+            sqs_timeout: int,
+            alarm_timeout: int,
+            hard_timeout: int,
+            task_kwargs: Dict[str, Any],
+        ) -> None:
+            # The task's kwargs come as one dict: a task may well have a kwarg
+            # named message or hard_timeout.
+            super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
+            self.kwargs = task_kwargs
+
+        def run(self) -> None:
+            # The return value is dropped: a function task's result has nowhere
+            # to go, and in isolation a non-JSON result would fail a task that
+            # did its work.
+            function(**self.kwargs)
+
+        def running(self) -> bool:
+            return True
+
+        def notify(
+            self, exception: BaseException, context: Optional[Dict[str, Any]] = None
+        ) -> None:
+            notify(exception, context=context)
+
+    FunctionHandler.__name__ = FunctionHandler.__qualname__ = f"{name}_task"
+    return FunctionHandler
+
+
+@dataclass
+class TaskSpec:
+    """One registry entry: a handler class or function, and its own hard timeout (seconds).
+
+    ``throws`` lists exception types that mark a permanent failure of this
+    task, as :class:`~sqstaskmaster.errors.Reject` does.
+    """
+
+    name: str
+    target: Any
+    hard_timeout: Optional[int] = None
+    throws: Tuple[type, ...] = ()
+
+    @property
+    def is_handler(self) -> bool:
+        return isinstance(self.target, type) and issubclass(self.target, MessageHandler)
+
+
+Registry = Mapping[str, Any]
+
+
+def make_spec(
+    name: Any, target: Any, hard_timeout: Optional[int] = None, throws: Any = ()
+) -> TaskSpec:
+    """A checked registry entry; raises TypeError or ValueError naming the bad value."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"Task names must be non-empty strings, got {name!r}")
+    if not callable(target):
+        raise TypeError(
+            f"Task {name!r}: expected a MessageHandler subclass or a function, got {target!r}"
+        )
+    if hard_timeout is not None and hard_timeout <= 0:
+        raise ValueError(f"Task {name!r}: hard_timeout must be > 0, got {hard_timeout!r}")
+    kinds = tuple(throws) if isinstance(throws, (tuple, list)) else (throws,)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise TypeError(f"Task {name!r}: throws must hold exception types, got {kind!r}")
+    return TaskSpec(name, target, hard_timeout, kinds)
+
+
+class TaskRegistry:
+    """The registry half of a Worker: ``register``, the ``task`` decorator, handler classes."""
+
+    registry: Dict[str, TaskSpec]
+    _classes: Dict[str, type]
+    isolate: bool
+    notify_callable: Optional[Notify] = None
+
+    def notify(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+        """Pass an error to the ``notify`` callable, if any; its own errors are logged."""
+        if self.notify_callable is None:
+            return
+        try:
+            self.notify_callable(exception, context=context)
+        except Exception:
+            logger.exception("notify raised while reporting %r", exception)
+
+    def register(
+        self, name: str, target: Any, *, hard_timeout: Optional[int] = None, throws: Any = ()
+    ) -> None:
+        """Add task ``name``: a MessageHandler subclass or a function; ``hard_timeout`` seconds.
+
+        ``throws``: exception types that mark a permanent failure (as ``Reject``).
+        """
+        self.registry[name] = make_spec(name, target, hard_timeout, throws)
+        self._classes.pop(name, None)
+
+    def task(
+        self,
+        function: Any = None,
+        *,
+        name: Optional[str] = None,
+        hard_timeout: Any = None,
+        throws: Any = (),
+    ) -> Any:
+        """Decorator registering a function (or handler class) under its name or ``name``."""
+
+        def decorate(target: Any) -> Any:
+            self.register(name or target.__name__, target, hard_timeout=hard_timeout, throws=throws)
+            return target
+
+        return decorate(function) if function is not None else decorate
+
+    def _handler_type(self, name: str) -> type:
+        """The MessageHandler subclass that runs task ``name`` (functions get one made)."""
+        cls = self._classes.get(name)
+        if cls is None:
+            spec = self.registry[name]
+            cls = (
+                spec.target
+                if spec.is_handler
+                else function_handler_class(name, spec.target, self.notify)
+            )
+            self._classes[name] = cls
+        return cls
+
+    def handler_class(self, name: str) -> type:
+        """Task ``name``'s handler class as run here (``isolate=True`` set in isolation mode)."""
+        base = self._handler_type(name)
+        if self.isolate and not getattr(base, "isolate", False):
+            return type(base.__name__, (base,), {"isolate": True, "__module__": base.__module__})
+        return base
+
+
+def build_handler(
+    spec: TaskSpec,
+    cls: type,
+    message: Any,
+    sqs_timeout: int,
+    heartbeat_s: int,
+    hard_timeout: int,
+    kwargs: Dict[str, Any],
+) -> Any:
+    """The handler that runs one message of task ``spec``; raises what its constructor raises."""
+    if spec.is_handler:
+        # As 0.0.11 users build their handlers.
+        return cls(
+            message,
+            sqs_timeout=sqs_timeout,
+            alarm_timeout=heartbeat_s,
+            hard_timeout=hard_timeout,
+            **kwargs,
+        )
+    return cls(message, sqs_timeout, heartbeat_s, hard_timeout, kwargs)

@@ -1,0 +1,353 @@
+"""What becomes of a message once its task ran (or could not run): one place, one enum.
+
+- delete: the handler deletes a message whose task succeeded;
+- retry later: its visibility is set to the retry backoff (``RetryPolicy``),
+  so the queue's redrive policy dead-letters it after ``maxReceiveCount``;
+- retry at: the task asked for its next delivery (``Retry(delay_s)``);
+- hand back: visibility 0, at once (shutdown; a wait that ate its receive's 12 hours);
+- refuse: never run (unknown task, invalid body, a hard timeout no receive's 12 hours can hold):
+  notify, log, retry later;
+- dead-letter now: a permanent failure (``Reject``): a copy goes to the
+  redrive policy's dead-letter queue, then the message is deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ..errors import (
+    HARD_TIMEOUT_TEXT,
+    ChildTaskError,
+    HardTimeoutError,
+    MalformedBodyError,
+    Reject,
+    Retry,
+    WorkerShutdownError,
+)
+from ..ops import metrics
+from ..sqs.facts import (
+    budget_left_s,
+    capped_visibility,
+    failure_context,
+    message_id_of,
+    queue_url_of_arn,
+    receive_count_of,
+    visibility_budget_left,
+)
+from ..worker.retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[..., Any]
+
+
+class Outcome(str, enum.Enum):
+    """How one message ended; the values suit metric labels."""
+
+    DONE = "done"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"
+    INVALID = "invalid"
+    HANDED_BACK = "handed_back"
+    REJECTED = "rejected"
+    RETRIED_BY_TASK = "retried_by_task"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def phrase(self) -> str:
+        """The words the worker's log line uses for this outcome."""
+        return _PHRASES.get(self, self.value)
+
+
+_PHRASES = {
+    Outcome.TIMED_OUT: "timed out",
+    Outcome.HANDED_BACK: "interrupted by shutdown",
+    Outcome.RETRIED_BY_TASK: "retry asked by the task",
+}
+
+
+def classify(error: Optional[BaseException], throws: Tuple[type, ...] = ()) -> Outcome:
+    """The outcome of a task that ran and ended with ``error`` (None: success)."""
+    if error is None:
+        return Outcome.DONE
+    if isinstance(error, WorkerShutdownError):
+        return Outcome.HANDED_BACK
+    if isinstance(error, Retry):
+        return Outcome.RETRIED_BY_TASK
+    if isinstance(error, Reject) or getattr(error, "rejected", False) is True:
+        return Outcome.REJECTED
+    if throws and isinstance(error, throws):
+        return Outcome.REJECTED
+    if isinstance(error, HardTimeoutError) or _is_0_0_11_hard_timeout(error):
+        return Outcome.TIMED_OUT
+    return Outcome.FAILED
+
+
+def _is_0_0_11_hard_timeout(error: BaseException) -> bool:
+    """A plain TimeoutError with 0.0.11's text: a subclass's own ``_handle_alarm`` raised it.
+
+    Any other TimeoutError (a socket's, a future's, an isolated task's own) is
+    the task's failure, not its hard timeout.
+    """
+    return (
+        isinstance(error, TimeoutError)
+        and not isinstance(error, ChildTaskError)
+        and str(error) == HARD_TIMEOUT_TEXT
+    )
+
+
+class Disposition:
+    """Carries out what becomes of a message; SQS errors are logged and notified, never raised."""
+
+    def __init__(self, notify: Notify) -> None:
+        self.notify = notify
+        # Called before a hand-back (a worker flushes its batched deletes).
+        self.before_hand_back: Optional[Callable[[], None]] = None
+        # Queue URL -> its dead-letter queue's URL (None: no redrive policy).
+        self._dead_letter_urls: Dict[str, Optional[str]] = {}
+        # (id(message), seconds) of the last visibility change SQS accepted.
+        self._last_visibility: Optional[Tuple[int, int]] = None
+
+    def settle(
+        self,
+        message: Any,
+        task: str,
+        count: int,
+        outcome: Outcome,
+        error: Optional[BaseException],
+        policy: RetryPolicy,
+        duration_s: float,
+    ) -> None:
+        """Log how a task ended, and dispose of its message (its handler deleted a done one)."""
+        self.record(task, outcome, duration_s)
+        logger.info(
+            "task %s message %s receive %d: %s in %.3f s%s",
+            task,
+            message_id_of(message),
+            count,
+            outcome.phrase,
+            duration_s,
+            "" if error is None else f" ({type(error).__name__}: {error})",
+        )
+        if outcome is Outcome.HANDED_BACK:
+            self.hand_back(message, task, "stopped by shutdown")
+        elif outcome is Outcome.RETRIED_BY_TASK and isinstance(error, Retry):
+            self.retry_at(message, task, count, error.delay_s)
+        elif outcome is Outcome.REJECTED:
+            self.dead_letter(message, task, count, f"{type(error).__name__}: {error}", policy)
+        elif outcome is not Outcome.DONE:
+            self.retry_later(message, task, count, outcome.phrase, policy)
+
+    @staticmethod
+    def record(task: Optional[str], outcome: Outcome, duration_s: Optional[float] = None) -> None:
+        """Count the outcome (metrics) and put it in the log fields; ``duration_s`` if it ran."""
+        metrics.record_outcome(task, outcome.value, duration_s)
+
+    def malformed(
+        self, message: Any, malformed: MalformedBodyError, count: int, policy: RetryPolicy
+    ) -> None:
+        """A body no task can be read from: notify, one log line (an excerpt), retry later."""
+        self.record(None, Outcome.INVALID)
+        self.notify(malformed.reported(), context=failure_context(message))
+        logger.error("message %s receive %d: refused: %s", message_id_of(message), count, malformed)
+        self.retry_later(message, None, count, "undecodable", policy)
+
+    def unbuilt(
+        self,
+        message: Any,
+        task: str,
+        count: int,
+        kwargs: Any,
+        error: Exception,
+        policy: RetryPolicy,
+    ) -> None:
+        """The task's handler could not be built (its constructor raised): a failure, retried."""
+        logger.error(
+            "task %s message %s receive %d: cannot build its handler with kwargs %s",
+            task,
+            message_id_of(message),
+            count,
+            kwargs,
+            exc_info=error,
+        )
+        self.notify(error, context=failure_context(message))
+        self.record(task, Outcome.FAILED)
+        self.retry_later(message, task, count, "handler construction failed", policy)
+
+    def set_visibility(self, message: Any, seconds: int) -> bool:
+        """Change the message's visibility; False (after logging and notify) if SQS refused."""
+        try:
+            message.change_visibility(VisibilityTimeout=int(seconds))
+        except Exception as error:
+            logger.exception(
+                "failed to set visibility of message %s to %s s", message_id_of(message), seconds
+            )
+            self.notify(error, context=failure_context(message))
+            return False
+        self._last_visibility = (id(message), int(seconds))
+        return True
+
+    def visibility_given(self, message: Any) -> Optional[int]:
+        """The visibility timeout last set on ``message`` here (its retry delay), if any.
+
+        Asked once, after the message's outcome: the record is cleared.
+        """
+        last, self._last_visibility = self._last_visibility, None
+        return last[1] if last is not None and last[0] == id(message) else None
+
+    def retry_later(
+        self, message: Any, task: Optional[str], count: int, why: str, policy: RetryPolicy
+    ) -> None:
+        """Visible again after the retry backoff for receive number ``count``.
+
+        Never past the message's 12-hour budget: SQS would refuse the change.
+        """
+        wanted = policy.delay(count)
+        delay = capped_visibility(wanted, budget_left_s(message))
+        self.set_visibility(message, delay)
+        logger.warning(
+            "task %s message %s receive %d: %s; visible again in %d s (retry backoff%s)",
+            task,
+            message_id_of(message),
+            count,
+            why,
+            delay,
+            "" if delay >= wanted else f" of {wanted} s, capped by the 12-hour budget",
+        )
+
+    def retry_at(self, message: Any, task: Optional[str], count: int, delay_s: float) -> int:
+        """Visible again after ``delay_s`` (the task's ``Retry``), capped by SQS; returns it."""
+        budget = visibility_budget_left(message, fallback_start=time.time())
+        delay = capped_visibility(delay_s, budget)
+        self.set_visibility(message, delay)
+        logger.info(
+            "task %s message %s receive %d: the task asked to retry; visible again in %d s "
+            "(asked %.1f s)",
+            task,
+            message_id_of(message),
+            count,
+            delay,
+            delay_s,
+        )
+        return delay
+
+    def hand_back(self, message: Any, task: Optional[str], why: str) -> None:
+        """Visible again at once (visibility 0)."""
+        if self.before_hand_back is not None:
+            self.before_hand_back()
+        self.set_visibility(message, 0)
+        logger.warning(
+            "task %s message %s receive %d: %s; handed back (visibility 0)",
+            task,
+            message_id_of(message),
+            receive_count_of(message),
+            why,
+        )
+
+    def refuse(
+        self,
+        message: Any,
+        error: Exception,
+        task: Optional[str],
+        count: int,
+        policy: RetryPolicy,
+        outcome: Outcome = Outcome.REFUSED,
+    ) -> None:
+        """Never run: notify, log, and leave the message to the backoff and redrive policy."""
+        self.record(task, outcome)
+        self.notify(error, context=failure_context(message))
+        logger.error(
+            "task %s message %s receive %d: refused: %s", task, message_id_of(message), count, error
+        )
+        self.retry_later(message, task, count, type(error).__name__, policy)
+
+    def dead_letter(
+        self, message: Any, task: Optional[str], count: int, why: str, policy: RetryPolicy
+    ) -> bool:
+        """Move the message to its queue's dead-letter queue now; True if it was moved.
+
+        Without a redrive policy (or when the move fails) the message takes the
+        normal retry path, with a warning.
+        """
+        message_id = message_id_of(message)
+        try:
+            target = self.dead_letter_url(message)
+        except Exception as error:
+            logger.exception(
+                "task %s message %s: cannot read the queue's redrive policy", task, message_id
+            )
+            self.notify(error, context=failure_context(message))
+            target = None
+        if target is None:
+            logger.warning(
+                "task %s message %s receive %d: rejected (%s), but the queue has no "
+                "dead-letter queue (redrive policy); retrying it as a failure instead. Give "
+                "the queue a redrive policy to dead-letter rejected tasks at once.",
+                task,
+                message_id,
+                count,
+                why,
+            )
+            self.retry_later(message, task, count, why, policy)
+            return False
+        try:
+            message.meta.client.send_message(
+                QueueUrl=target,
+                MessageBody=message.body,
+                MessageAttributes=getattr(message, "message_attributes", None) or {},
+            )
+        except Exception as error:
+            logger.exception(
+                "task %s message %s: copy to dead-letter queue %s failed", task, message_id, target
+            )
+            self.notify(error, context=failure_context(message))
+            self.retry_later(message, task, count, why, policy)
+            return False
+        try:
+            message.delete()
+        except Exception as error:
+            # The copy is in the dead-letter queue; the original comes back and
+            # is rejected again: a duplicate there, never a loss.
+            logger.exception(
+                "task %s message %s: copied to dead-letter queue %s, but the delete failed",
+                task,
+                message_id,
+                target,
+            )
+            self.notify(error, context=failure_context(message))
+            return False
+        logger.warning(
+            "task %s message %s receive %d: rejected (%s); moved to dead-letter queue %s",
+            task,
+            message_id,
+            count,
+            why,
+            target,
+        )
+        return True
+
+    def dead_letter_url(self, message: Any) -> Optional[str]:
+        """The URL of the message's queue's dead-letter queue (read once per queue), or None."""
+        url = getattr(message, "queue_url", None)
+        meta = getattr(message, "meta", None)
+        if url is None or meta is None:  # a LocalMessage: no SQS queue behind it
+            return None
+        if url not in self._dead_letter_urls:
+            client = meta.client
+            attributes = client.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["RedrivePolicy"]
+            ).get("Attributes", {})
+            policy = attributes.get("RedrivePolicy")
+            target = None
+            if policy:
+                target = queue_url_of_arn(client, json.loads(policy)["deadLetterTargetArn"])
+            self._dead_letter_urls[url] = target
+        return self._dead_letter_urls[url]
