@@ -122,8 +122,17 @@ class ForkedChild:
         return self._ended
 
     def alive(self) -> bool:
-        """Whether the task is still running."""
-        return not self.exited()
+        """Whether the task is still running.
+
+        Reads no pipe (a handler's ``running()`` asks from a helper thread,
+        while the wait loop reads): a report already read ends a reused child's task.
+        """
+        if self._ended:
+            return False
+        reports = self.process.reports
+        if self._keep is not None and (reports.frame is not None or reports.overflow):
+            return False
+        return not self.process.exited()
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` seconds for the task to end; returns whether it has."""
