@@ -33,7 +33,8 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from .errors import HardTimeoutError, IsolationUnavailableError
 from .message_handler import MessageHandler
-from .run.child import MAX_RESULT_BYTES, ForkedChild, fork_available
+from .run.child_error import MAX_RESULT_BYTES
+from .run.fork import fork_available, fork_task
 from .run.strategies import (
     _HEARTBEAT_JOIN_S,  # noqa: F401 - importable here as before
     DEFAULT_KILL_GRACE_S,
@@ -106,7 +107,7 @@ def run_in_child(
             "Hit Hard Timeout for message handler", hard_timeout_s, time.monotonic() - started
         )
 
-    child = ForkedChild(lambda: func(**arguments), label=name)
+    child = fork_task(lambda: func(**arguments), label=name)
     return supervise(
         child,
         deadline=started + hard_timeout_s,

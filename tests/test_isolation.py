@@ -563,7 +563,7 @@ def test_a_result_that_cannot_cross_is_dropped_and_the_task_is_done(
     receive: Any, caplog: Any, result: Any, expected: str
 ) -> None:
     message = receive()
-    caplog.set_level("WARNING", logger="sqstaskmaster.run.child")
+    caplog.set_level("WARNING", logger="sqstaskmaster.run.fork")
     with Handler(message, lambda handler: result) as handler:
         returned = handler.run()
     assert returned is None

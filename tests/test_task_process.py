@@ -256,12 +256,10 @@ def reaped(pid: int) -> bool:
 
 @pytest.fixture
 def worker_closing() -> Any:
-    from sqstaskmaster.run.pool import close_children
-
     made: List[Worker] = []
     yield made
     for worker in made:
-        close_children(worker)
+        worker.child_pool.close()
 
 
 # -- reuse ------------------------------------------------------------------------------
@@ -366,7 +364,7 @@ def test_a_handler_with_its_own_enter_keeps_a_fresh_fork_per_task(
 def test_an_idle_child_that_takes_no_task_is_replaced(
     tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any
 ) -> None:
-    from sqstaskmaster.run import pool as task_process
+    from sqstaskmaster.run import reuse_parent as task_process
 
     monkeypatch.setattr(task_process, "_SEND_TIMEOUT_S", 0.5)
     worker = make_worker(10)
@@ -395,7 +393,7 @@ def test_an_idle_child_that_takes_no_task_is_replaced(
 def test_a_task_that_leaves_a_process_in_its_group_retires_the_child_and_the_group_dies(
     tmp_path: Path, worker_closing: List[Worker], monkeypatch: Any, subreaper: bool
 ) -> None:
-    from sqstaskmaster.run import child_main as reused_child
+    from sqstaskmaster.run import reuse_child as reused_child
 
     if not subreaper:  # a child that cannot be a subreaper scans /proc for its group
         monkeypatch.setattr(reused_child, "_become_subreaper", lambda prctl: False)
@@ -562,7 +560,7 @@ def test_the_cli_flag_makes_the_worker_reuse_its_child(
 
 
 def test_task_facts_cross_as_json_binary_attributes_included() -> None:
-    from sqstaskmaster.run.child_main import TaskFacts
+    from sqstaskmaster.run.pipes import TaskFacts
 
     facts = TaskFacts(
         "resize",

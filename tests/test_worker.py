@@ -248,7 +248,7 @@ def test_a_result_json_cannot_carry_does_not_fail_the_task(
     # Given a 0.0.11 handler whose run() returns a set, under the default isolation
     worker, notify = make_worker(sqs_server, sqs_queue)
     sqs_server.task_manager(sqs_queue).submit("returns_set", key="s1")
-    caplog.set_level("WARNING", logger="sqstaskmaster.run.child")
+    caplog.set_level("WARNING", logger="sqstaskmaster.run.fork")
     # Then its work counts: done once, no error, the message deleted, one warning
     assert worker.process(receive_one(sqs_queue)) == "done"
     assert len(traces(trace_dir, "done", "s1")) == 1

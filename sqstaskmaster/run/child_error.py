@@ -45,7 +45,7 @@ MAX_ERROR_TEXT = 64 * 1024
 # Frames of these files are left out of a task's traceback.
 _PLUMBING_FILES = frozenset(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    for name in ("child_process.py", "execution.py", "isolation.py")
+    for name in ("child_process.py", "fork.py", "strategies.py", "reuse_child.py")
 )
 
 # Task exception class -> its class derived with ChildTaskError (None: cannot be derived).

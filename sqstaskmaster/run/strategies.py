@@ -38,8 +38,8 @@ from ..run.background import (
     InlineFallback,
     wait_before_fork,
 )
-from ..run.child import ForkedChild, fork_available
 from ..run.child_error import REJECTED_MARK
+from ..run.fork import ForkedChild, fork_available, fork_task
 from ..run.timer import SignalTimer
 
 logger = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class Forked(Execution):
 
         # A task's return value never decides its outcome: one JSON cannot carry
         # is dropped with a warning, and the task still counts as done.
-        return ForkedChild(in_child, label=handler.label, drop_unsendable_result=True)
+        return fork_task(in_child, label=handler.label, drop_unsendable_result=True)
 
 
 def supervise(

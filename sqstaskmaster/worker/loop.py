@@ -33,9 +33,10 @@ from ..errors import (
     UnknownTaskError,
     VisibilityBudgetError,
 )
+from ..message_handler import MessageHandler
 from ..ops import metrics
 from ..ops.logformat import add_to_context, task_context
-from ..run.pool import close_children, reuse_child
+from ..run.reuse_parent import ChildPool
 from ..run.strategies import for_worker
 from ..sqs import facts as sqs
 from ..sqs import wire
@@ -104,6 +105,8 @@ class Worker(TaskRegistry, Configured):
         self._disposition = Disposition(self.notify)
         self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ops.ecs)
         self._intake: Optional[Intake] = None  # while run_single runs
+        # Its reused task child (max_tasks_per_child > 1) rebuilds handlers with self.build.
+        self.child_pool = ChildPool(self.build)
         self.tasks_run = 0
         # Set when burst mode ended the loop (a supervisor then does not restart it).
         self.burst_ended = False
@@ -122,6 +125,7 @@ class Worker(TaskRegistry, Configured):
                 setattr(clone, name, value)
         clone._stop = StopController(clone.shutdown_grace_s)
         clone._disposition = Disposition(clone.notify)
+        clone.child_pool = ChildPool(clone.build)
         return clone
 
     def check(self) -> None:
@@ -234,7 +238,7 @@ class Worker(TaskRegistry, Configured):
                 with task_context(message_id=message_id_of(message)):
                     self._disposition.record(None, Outcome.HANDED_BACK)
             self._intake = None
-            close_children(self)
+            self.child_pool.close()  # and the task reaper
             self._idle()
             if serving:
                 metrics.stop()
@@ -367,7 +371,14 @@ class Worker(TaskRegistry, Configured):
         if self._intake is not None:  # deleted in a batch; chores done while it runs
             handler.deleter = self._intake.delete_later(task, handler._safe_notify)
         handler.execution = for_worker(handler, self.isolate, self._stop, chores)
-        handler.execution = reuse_child(self, handler, task, kwargs)
+        handler.execution = self.child_pool.execution_for(
+            handler,
+            message,
+            task,
+            kwargs,
+            self.max_tasks_per_child,
+            plain_entry=type(handler).__enter__ is MessageHandler.__enter__,
+        )
         self.tasks_run += 1
         return run_attempt(
             handler,

@@ -148,6 +148,25 @@ class TaskRegistry:
             self._classes[name] = cls
         return cls
 
+    def build(
+        self,
+        task: str,
+        message: Any,
+        kwargs: Dict[str, Any],
+        sqs_timeout: int,
+        heartbeat_s: int,
+        hard_timeout: int,
+    ) -> Any:
+        """Task ``task``'s handler around ``message``, its ``throws`` joined by the task's own.
+
+        Raises KeyError for an unknown task, and what the handler's constructor raises.
+        """
+        spec = self.registry[task]
+        cls = self._handler_type(task)
+        handler = build_handler(spec, cls, message, sqs_timeout, heartbeat_s, hard_timeout, kwargs)
+        handler.throws = tuple(spec.throws) + tuple(handler.throws)
+        return handler
+
     def handler_class(self, name: str) -> type:
         """Task ``name``'s handler class as run here (``isolate=True`` set in isolation mode)."""
         base = self._handler_type(name)

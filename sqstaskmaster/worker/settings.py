@@ -43,7 +43,7 @@ class WorkerSettings:
     ``prefetch`` (1 to 10): messages one poll receives; those waiting their
     turn are kept invisible by batched heartbeats (:mod:`sqstaskmaster.worker.intake`).
     ``max_tasks_per_child``: isolated tasks one forked child runs in a row
-    (:mod:`sqstaskmaster.run.pool`); 1 forks afresh for each task.
+    (:mod:`sqstaskmaster.run.reuse_parent`); 1 forks afresh for each task.
     """
 
     queue_url: Optional[str] = None

@@ -15,7 +15,7 @@ workers, their task children and restarted workers all share the app's pages;
 gone. Nothing is collected first: a collection would leave holes in the app's
 pages that the workers' own allocations would then fill, copying those pages.
 
-Task children freeze again at their start (:func:`sqstaskmaster.run.child.enter_task_child`),
+Task children freeze again at their start (:func:`sqstaskmaster.run.child_process.fork_child`),
 which also covers what a worker process built after its fork.
 """
 

@@ -1,84 +1,36 @@
-"""The reused task child's own side: rebuild a task's handler from its facts, run, report.
+"""The reused task child's own side: rebuild each task's handler from its facts, run, report.
 
-Runs in the child :mod:`sqstaskmaster.run.pool` forks: it reads each
-task's :class:`TaskFacts` from a pipe, builds the handler from the registry it
-inherited by fork around a :class:`StandInMessage` (never an SQS client),
-runs the handler's body and writes its report (one frame: a keep/retire byte,
-then :mod:`sqstaskmaster.run.child_error`'s JSON report).
+Runs in the child that the worker's :class:`~sqstaskmaster.run.reuse_parent.ChildPool`
+forks: :func:`serve_tasks` reads each task's
+:class:`~sqstaskmaster.run.pipes.TaskFacts` from the request pipe, builds the
+handler with the worker's builder (inherited by fork) around a
+:class:`StandInMessage` (never an SQS client), runs the handler's body and
+writes its report: one frame, a keep/retire byte, then
+:mod:`sqstaskmaster.run.child_error`'s JSON report. Before keeping on, it puts
+back the signal state it started with and checks that the task left nothing
+running.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import json
 import logging
 import os
 import signal
-import struct
 import threading
-import traceback
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from ..ops.logformat import add_to_context, task_context
-from ..run.child import (
-    EXIT_OK,
-    EXIT_REPORT_FAILED,
-    _flush_std_streams,
-    _write_all,
-    enter_task_child,
-)
 from ..run.child_error import REJECTED_MARK, error_report, result_report
+from ..run.child_process import EXIT_OK, flush_std_streams, lookup_prctl
+from ..run.pipes import KEEP, RETIRE, TaskFacts, read_frame, write_frame
 from ..sqs import wire
-from ..worker.registry import build_handler
 
 logger = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">I")
-# Report frames start with one of these: the child stays for the next task, or leaves.
-KEEP = b"k"
-RETIRE = b"r"
 
-
-@dataclass
-class TaskFacts:
-    """What a reused child needs to rebuild a task's handler: no live SQS object."""
-
-    task: str
-    kwargs: Dict[str, Any]
-    body: str
-    message_id: Optional[str]
-    attributes: Dict[str, Any]
-    message_attributes: Dict[str, Any]
-    receive_count: int
-    sqs_timeout: int
-    heartbeat_s: int
-    hard_timeout: int
-
-    def encode(self) -> bytes:
-        """These facts as JSON (a message attribute's BinaryValue as base64)."""
-        return json.dumps(dataclasses.asdict(self), default=_bytes_to_json).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> TaskFacts:
-        """The facts :meth:`encode` wrote."""
-        return cls(**json.loads(data, object_hook=_json_to_bytes))
-
-
-_BYTES_KEY = "__sqstaskmaster_bytes__"
-
-
-def _bytes_to_json(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return {_BYTES_KEY: base64.b64encode(value).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} cannot cross to a reused task child")
-
-
-def _json_to_bytes(value: Dict[str, Any]) -> Any:
-    if len(value) == 1 and _BYTES_KEY in value:
-        return base64.b64decode(value[_BYTES_KEY])
-    return value
+#: Builds a task's handler as the worker would (its ``throws`` joined by the
+#: task's own): ``build(task, message, kwargs, sqs_timeout, heartbeat_s, hard_timeout)``.
+HandlerBuilder = Callable[[str, Any, Dict[str, Any], int, int, int], Any]
 
 
 class StandInMessage:
@@ -106,16 +58,6 @@ class StandInMessage:
 
     def __repr__(self) -> str:
         return f"StandInMessage(message_id={self.message_id!r}, body={self.body!r})"
-
-
-def _read_exactly(fd: int, size: int) -> Optional[bytes]:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -236,20 +178,17 @@ def _leftovers(subreaper: bool) -> List[str]:
     return found
 
 
-def run_facts(worker: Any, facts: TaskFacts) -> Any:
-    """Rebuild task ``facts.task``'s handler from the inherited registry and run its body."""
-    spec = worker.registry[facts.task]
-    cls = worker._handler_type(facts.task)
-    handler = build_handler(
-        spec,
-        cls,
+def run_facts(build: HandlerBuilder, facts: TaskFacts) -> Any:
+    """Rebuild task ``facts.task``'s handler with ``build`` and run its body."""
+    handler = build(
+        facts.task,
         StandInMessage(facts),
+        facts.kwargs,
         facts.sqs_timeout,
         facts.heartbeat_s,
         facts.hard_timeout,
-        facts.kwargs,
     )
-    throws: Tuple[Type[BaseException], ...] = tuple(spec.throws) + tuple(handler.throws)
+    throws: Tuple[Type[BaseException], ...] = tuple(handler.throws)
     try:
         # Not entered: _runner is None, so run() runs its body here.
         return handler.run()
@@ -258,62 +197,43 @@ def run_facts(worker: Any, facts: TaskFacts) -> Any:
         raise
 
 
-def child_main(
-    worker: Any,
-    requests: int,
-    reports: int,
-    parent_pid: int,
-    prctl: Any,
-) -> None:  # pragma: no cover - runs in the child, which ends with os._exit
-    code = EXIT_REPORT_FAILED
-    try:
-        enter_task_child(parent_pid, prctl)
-        subreaper = _become_subreaper(prctl)
-        dispositions = _dispositions()
-        while True:
-            header = _read_exactly(requests, HEADER.size)
-            if header is None:  # the worker retired this child
-                code = EXIT_OK
-                break
-            body = _read_exactly(requests, HEADER.unpack(header)[0])
-            if body is None:
-                break
-            keep = True
-            try:
-                facts = TaskFacts.decode(body)
-                _restore_signals(dispositions)  # nothing a previous task set carries over
-                with task_context(message_id=facts.message_id, receive_count=facts.receive_count):
-                    add_to_context(task=wire.task_label(facts.task))
-                    result = run_facts(worker, facts)
-            except Exception as error:
-                report = error_report(error)
-            except BaseException as error:  # sys.exit, KeyboardInterrupt: not a clean end
-                report, keep = error_report(error), False
-            else:
-                report = result_report(result, True)
-            if keep:
-                left = _leftovers(subreaper)
-                if left:
-                    keep = False
-                    logger.warning(
-                        "%s message %s: the task left %s running; reused child process %s "
-                        "is retired and its process group killed",
-                        wire.task_label(facts.task),
-                        facts.message_id,
-                        ", ".join(left),
-                        os.getpid(),
-                    )
-            frame = (KEEP if keep else RETIRE) + report
-            _flush_std_streams()
-            _write_all(reports, HEADER.pack(len(frame)) + frame)
-            if not keep:
-                code = EXIT_OK
-                break
-    except BaseException:
+def serve_tasks(
+    build: HandlerBuilder, requests: Optional[int], reports: int
+) -> int:  # pragma: no cover - runs in the child
+    """The reused child's loop: one task per request until retired; its exit code."""
+    assert requests is not None
+    subreaper = _become_subreaper(lookup_prctl())
+    dispositions = _dispositions()
+    while True:
+        body = read_frame(requests)
+        if body is None:  # the worker retired this child
+            return EXIT_OK
+        keep = True
         try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-    finally:
-        _flush_std_streams()
-        os._exit(code)
+            facts = TaskFacts.decode(body)
+            _restore_signals(dispositions)  # nothing a previous task set carries over
+            with task_context(message_id=facts.message_id, receive_count=facts.receive_count):
+                add_to_context(task=wire.task_label(facts.task))
+                result = run_facts(build, facts)
+        except Exception as error:
+            report = error_report(error)
+        except BaseException as error:  # sys.exit, KeyboardInterrupt: not a clean end
+            report, keep = error_report(error), False
+        else:
+            report = result_report(result, True)
+        if keep:
+            left = _leftovers(subreaper)
+            if left:
+                keep = False
+                logger.warning(
+                    "%s message %s: the task left %s running; reused child process %s "
+                    "is retired and its process group killed",
+                    wire.task_label(facts.task),
+                    facts.message_id,
+                    ", ".join(left),
+                    os.getpid(),
+                )
+        flush_std_streams()
+        write_frame(reports, (KEEP if keep else RETIRE) + report)
+        if not keep:
+            return EXIT_OK
