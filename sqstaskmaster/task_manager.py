@@ -161,7 +161,7 @@ class TaskManager:
         """
         if isinstance(self.queue, LocalQueue):
             return self.queue
-        return BotoQueue(self.queue, client)
+        return BotoQueue.of_resource(self.queue, client)
 
     def receive(
         self,

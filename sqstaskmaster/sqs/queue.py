@@ -128,21 +128,29 @@ def settle_each(entries: Sequence[BatchEntry], settle: Callable[[Any], Any]) -> 
 
 
 class BotoQueue:
-    """A queue over boto3: ``resource`` (a Queue resource) receives, ``client`` does the rest.
+    """The queue at ``url`` over a boto3 SQS ``client``; ``receiver``, a boto3 Queue
+    resource of it, receives (its ``Message`` objects settle themselves too).
 
-    ``client`` is by default the resource's; a worker gives its short-bounded
-    one (:func:`sqstaskmaster.sqs.clients.worker_clients`), so that heartbeats,
-    hand-backs and deletes fail within one heartbeat period.
+    A worker gives its short-bounded client
+    (:func:`sqstaskmaster.sqs.clients.worker_clients`), so that heartbeats,
+    hand-backs and deletes fail within one heartbeat period. A queue found
+    from a received message (:meth:`of_message`) has no receiver.
     """
 
     max_receive = MAX_BATCH_ENTRIES
     redelivers = True
     parallel_sends = True  # boto3 clients are thread-safe
 
-    def __init__(self, resource: Any, client: Any = None) -> None:
-        self.resource = resource
-        self.url: str = resource.url
-        self.client = client if client is not None else resource.meta.client
+    def __init__(self, client: Any, url: str, receiver: Any = None) -> None:
+        self.client = client
+        self.url = url
+        self.receiver = receiver
+
+    @classmethod
+    def of_resource(cls, queue: Any, client: Any = None) -> BotoQueue:
+        """The queue of a boto3 Queue resource; ``client`` (None: the resource's) for all
+        but receives."""
+        return cls(queue.meta.client if client is None else client, queue.url, queue)
 
     @classmethod
     def of_message(cls, message: Any) -> Optional[BotoQueue]:
@@ -151,7 +159,7 @@ class BotoQueue:
         url = getattr(message, "queue_url", None)
         if client is None or url is None or getattr(message, "receipt_handle", None) is None:
             return None
-        return cls(_UrlOnly(url, client), client)
+        return cls(client, url)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BotoQueue) and self._key() == other._key()
@@ -171,7 +179,9 @@ class BotoQueue:
         return size if isinstance(size, int) else None
 
     def receive(self, request: Receive) -> List[Any]:
-        return request.through(self.resource.receive_messages)
+        if self.receiver is None:
+            raise TypeError(f"{self!r} was found from a message: it has no receiver")
+        return request.through(self.receiver.receive_messages)
 
     def change_visibility(self, message: Any, seconds: int) -> None:
         self.client.change_message_visibility(
@@ -205,17 +215,6 @@ class BotoQueue:
         answer = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=list(names))
         attributes: Dict[str, Any] = answer.get("Attributes", {})
         return attributes
-
-
-class _UrlOnly:
-    """A stand-in resource for a queue known by URL and client only (it never receives)."""
-
-    def __init__(self, url: str, client: Any) -> None:
-        self.url = url
-        self.client = client
-
-    def receive_messages(self, **parameters: Any) -> List[Any]:
-        raise TypeError(f"queue {self.url} was found from a message: it cannot receive")
 
 
 class SelfSettling:
