@@ -5,6 +5,12 @@ content, TaskManager's serialization, MessageHandler's execution), not SQS
 behaviour: there are no visibility timeouts, retries or dead-letter queues.
 For those, use :mod:`sqstaskmaster.testing`, which runs a real
 SQS-compatible server on 127.0.0.1.
+
+A LocalQueue also implements the package's queue interface
+(:class:`sqstaskmaster.sqs.queue.Queue`), so that a worker and a producer use
+it as they use an SQS queue: one receive takes one message (none waits
+behind a running task), nothing lapses, and a message handed back is put
+back at the end of the queue.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import logging
 import time
 import uuid
 from queue import Empty, SimpleQueue
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
+
+from .sqs.facts import MAX_MESSAGE_BYTES
+from .sqs.queue import BatchEntry, BatchResponse, Receive, settle_each
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,12 @@ class LocalQueue:
     """An in-memory FIFO queue; every LocalQueue of one URL shares one queue."""
 
     local_queues: ClassVar[Dict[str, SimpleQueue[LocalMessage]]] = {}
+
+    # The queue interface's facts (sqstaskmaster.sqs.queue.Queue).
+    max_receive: ClassVar[int] = 1
+    redelivers: ClassVar[bool] = False
+    parallel_sends: ClassVar[bool] = False
+    connections: ClassVar[Optional[int]] = None
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -146,3 +161,46 @@ class LocalQueue:
             except Empty:
                 break
         return received
+
+    # -- the queue interface (sqstaskmaster.sqs.queue.Queue) -----------------------
+
+    def receive(self, request: Receive) -> List[LocalMessage]:
+        """:meth:`receive_messages` as ``request`` asks, each message marked with the clock."""
+        return request.through(self.receive_messages)
+
+    def change_visibility(self, message: Any, seconds: int) -> None:
+        """Hand ``message`` back: put it back at the end of the queue.
+
+        A local message never lapses, so it is never extended: a visibility
+        change asked of its queue is a hand-back.
+        """
+        self.queue.put_nowait(message)
+        logger.info("%r put back at the end of local queue %s", message, self.url)
+
+    def change_visibility_batch(self, entries: Sequence[BatchEntry], seconds: int) -> BatchResponse:
+        """Hand every entry's message back, in order (see :meth:`change_visibility`)."""
+        return settle_each(entries, lambda message: self.change_visibility(message, seconds))
+
+    def delete_batch(self, entries: Sequence[BatchEntry]) -> BatchResponse:
+        """Each message's own ``delete()``: a received local message is already gone."""
+        return settle_each(entries, lambda message: message.delete())
+
+    def send_batch(self, entries: List[Dict[str, Any]]) -> BatchResponse:
+        """:meth:`send_messages`."""
+        return self.send_messages(Entries=entries)
+
+    def queue_attributes(self, names: Sequence[str]) -> Dict[str, Any]:
+        """Those of ``names`` it has, as SQS answers them for a standard queue.
+
+        Unlike :attr:`attributes` (0.0.11's), this says no FIFO queue: a
+        LocalQueue checks no FIFO rules, so a producer needs no group ids.
+        """
+        known = {
+            "QueueArn": "LocalQueue replacing: " + self.url,
+            "ApproximateNumberOfMessages": str(self.queue.qsize()),
+            "ApproximateNumberOfMessagesNotVisible": "0",
+            "ApproximateNumberOfMessagesDelayed": "0",
+            "MaximumMessageSize": str(MAX_MESSAGE_BYTES),
+        }
+        every = "All" in names
+        return {name: value for name, value in known.items() if every or name in names}

@@ -40,7 +40,7 @@ from .ops import metrics
 from .run import dispatch
 from .run.strategies import Execution, Forked, InProcess
 from .run.timer import SignalTimer
-from .sqs.facts import MAX_VISIBILITY_S, failure_context, message_id_of, visibility_budget_left
+from .sqs.facts import MAX_VISIBILITY_S, budget_left_s, failure_context, message_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class MessageHandler(abc.ABC):
 
     @property
     def message_id(self) -> Optional[str]:
-        """The id of the message being handled (None for a LocalMessage)."""
+        """The id of the message being handled (None for a message without one)."""
         return message_id_of(self._message)
 
     @property
@@ -174,7 +174,7 @@ class MessageHandler(abc.ABC):
         (:func:`sqstaskmaster.sqs.facts.mark_received`). For a message received
         otherwise the handler's construction is used.
         """
-        return visibility_budget_left(self._message, self._constructed_at)
+        return budget_left_s(self._message, self._constructed_at)
 
     def _extend_timeout(self, seconds: int) -> None:
         """``self._message.change_visibility(VisibilityTimeout=seconds)`` (0.0.11's name).

@@ -13,7 +13,6 @@ Encoding and decoding live in :mod:`sqstaskmaster.sqs.wire`.
 from __future__ import annotations
 
 import logging
-import time
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -31,14 +30,15 @@ import boto3
 
 from .errors import MalformedBodyError
 from .local import LocalQueue
-from .sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context, mark_received
+from .sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context
+from .sqs.queue import BotoQueue, Queue, Receive
 from .sqs.wire import decode as decode_body
 from .sqs.wire import encode_body, service_name_attribute
 
 __all__ = ["TaskManager", "encode_body", "service_name_attribute"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .sqs.sending import QueueLimits, TaskItem
+    from .sqs.preparing import QueueLimits, TaskItem
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,17 @@ class TaskManager:
             )
         return self._generate(wait_time, sqs_timeout)
 
+    def sqs_queue(self, client: Any = None) -> Queue:
+        """This queue behind the package's queue interface (:class:`sqstaskmaster.sqs.queue.Queue`).
+
+        A LocalQueue is one itself; an SQS queue is reached through its boto3
+        resource, and through ``client`` (None: the resource's) for every call
+        but a receive.
+        """
+        if isinstance(self.queue, LocalQueue):
+            return self.queue
+        return BotoQueue.of_resource(self.queue, client)
+
     def receive(
         self,
         wait_time: int,
@@ -169,17 +180,10 @@ class TaskManager:
         (:func:`sqstaskmaster.sqs.facts.mark_received`): SQS's 12 hours count from it.
         ``AttributeNames=["All"]`` includes a FIFO message's ``MessageGroupId``.
         """
-        extra = {"MessageAttributeNames": ["All"]} if message_attributes else {}
-        received_at = time.time()  # the message's 12-hour budget counts from here
-        messages = self.queue.receive_messages(
-            AttributeNames=["All"],
-            MaxNumberOfMessages=max_messages,
-            WaitTimeSeconds=wait_time,
-            VisibilityTimeout=sqs_timeout,
-            **extra,
+        every = ("All",) if message_attributes else ()
+        return self.sqs_queue().receive(
+            Receive(max_messages, wait_time, sqs_timeout, ("All",), every)
         )
-        mark_received(messages, received_at)
-        return messages
 
     def decode(self, message: Any) -> Optional[Tuple[Any, Any]]:
         """``(task, kwargs)`` of a message, or None after notifying and logging."""
@@ -238,14 +242,12 @@ class TaskManager:
         sending. A LocalQueue has no such attributes: 1,048,576 bytes, not FIFO.
         ``refresh=True`` reads them again (after the queue's attributes changed).
         """
-        from .sqs.sending import QueueLimits
+        from .sqs.preparing import LIMIT_ATTRIBUTES, QueueLimits
 
         limits: Optional[QueueLimits] = getattr(self, "_queue_limits", None)
         if limits is None or refresh:
-            if isinstance(self.queue, LocalQueue):
-                limits = QueueLimits()
-            else:
-                limits = QueueLimits.from_attributes(self.attributes())
+            attributes = self.sqs_queue().queue_attributes(LIMIT_ATTRIBUTES)
+            limits = QueueLimits.from_attributes(attributes)
             self._queue_limits = limits
         return limits
 
@@ -274,7 +276,7 @@ class TaskManager:
         :class:`~sqstaskmaster.errors.MessageTooLargeError` for a message over
         the queue's MaximumMessageSize, and ``ValueError`` for invalid options.
         """
-        from .sqs.sending import TaskMessage, prepare
+        from .sqs.preparing import TaskMessage, prepare
 
         message = TaskMessage(
             task, kwargs, delay_seconds, message_group_id, deduplication_id, message_attributes
@@ -314,7 +316,8 @@ class TaskManager:
         (SQS does not keep it anyway). FIFO queues and LocalQueue always send
         one request at a time.
         """
-        from .sqs.sending import as_task_message, check_max_in_flight, prepare, send_batch
+        from .sqs.preparing import as_task_message, prepare
+        from .sqs.sending import check_max_in_flight, send_batch
 
         check_max_in_flight(max_in_flight)
 
@@ -337,7 +340,7 @@ class TaskManager:
             for index, message in enumerate(messages)
         ]
         return send_batch(
-            self.queue,
+            self.sqs_queue(),
             prepared,
             max_bytes=limits.max_message_size,
             max_attempts=max_attempts,

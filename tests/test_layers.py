@@ -87,7 +87,7 @@ def test_sqs_facts_and_message_helpers() -> None:
     day_ago = str(int((time.time() - 24 * 3600) * 1000))
     message = Message({"ApproximateFirstReceiveTimestamp": day_ago})
     sqs.mark_received([message], time.time() - 3600)
-    left = sqs.visibility_budget_left(message, 0)
+    left = sqs.budget_left_s(message, 0)
     assert 39590 <= left <= 39600
     assert sqs.budget_left_s(Message({"ApproximateFirstReceiveTimestamp": day_ago})) is None
     assert sqs.capped_visibility(10**9, 50.5) == 50 and sqs.capped_visibility(-5, 100) == 0

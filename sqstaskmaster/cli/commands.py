@@ -195,9 +195,9 @@ def _task_manager(args: argparse.Namespace, url: str) -> Any:
 
 
 def _connection_errors() -> tuple:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from ..sqs.queue import SQS_ERRORS
 
-    return (BotoCoreError, ClientError)
+    return SQS_ERRORS
 
 
 def sqs_failure(doing: str, error: BaseException) -> int:

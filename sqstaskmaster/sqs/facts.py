@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, overload
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ LONGEST_HARD_TIMEOUT_S = MAX_VISIBILITY_S - STOP_MARGIN_S - START_SLACK_S
 
 
 def message_id_of(message: Any) -> Optional[str]:
-    """The SQS message id, or None for messages without one (LocalMessage)."""
+    """The SQS message id, or None for messages without one (an in-memory queue's)."""
     return getattr(message, "message_id", None)
 
 
@@ -79,7 +79,7 @@ def first_receive_of(message: Any) -> Optional[float]:
     A fact for logs only: the 12-hour budget counts from each receive.
     """
     attributes = getattr(message, "attributes", None)
-    if not isinstance(attributes, Mapping):  # a LocalMessage, or a test's Mock
+    if not isinstance(attributes, Mapping):  # a message without them, or a test's Mock
         return None
     stamp: Any = attributes.get("ApproximateFirstReceiveTimestamp")
     try:
@@ -110,8 +110,17 @@ def received_at_of(message: Any) -> Optional[float]:
     return None  # not received through a TaskManager (or a Mock's made-up attribute)
 
 
+@overload
+def budget_left_s(message: Any, since: None = None) -> Optional[float]: ...
+
+
+@overload
+def budget_left_s(message: Any, since: float) -> float: ...
+
+
 def budget_left_s(message: Any, since: Optional[float] = None) -> Optional[float]:
-    """Seconds of visibility SQS still grants ``message`` (may be negative).
+    """Seconds of visibility SQS still grants ``message`` (may be negative): the one
+    12-hour budget function.
 
     Counted from the receive that delivered this copy (:func:`mark_received`);
     for a message received otherwise from ``since`` (a ``time.time()`` value),
@@ -131,6 +140,11 @@ def capped_visibility(seconds: float, left: Optional[float]) -> int:
     return max(min(wanted, int(left)), 0)
 
 
+def visibility_for(message: Any, seconds: float) -> int:
+    """``seconds`` as a visibility timeout SQS accepts for ``message``, given its budget."""
+    return capped_visibility(seconds, budget_left_s(message))
+
+
 def needed_s(hard_timeout: float) -> float:
     """Seconds of visibility a task with this hard timeout needs from its start."""
     return hard_timeout + STOP_MARGIN_S
@@ -146,8 +160,8 @@ def fits(hard_timeout: float, left: float) -> bool:
     return needed_s(hard_timeout) <= left
 
 
-def hard_timeout_problem(hard_timeout: float, setting: str, where: str) -> Optional[str]:
-    """Why ``hard_timeout`` can never fit; None if it can.
+def single_hard_timeout_problem(hard_timeout: float, setting: str, where: str) -> Optional[str]:
+    """Why one ``hard_timeout`` can never fit; None if it can.
 
     ``setting`` names it in the text, ``where`` says where it is set.
     """
@@ -164,26 +178,20 @@ def hard_timeout_problem(hard_timeout: float, setting: str, where: str) -> Optio
     )
 
 
-def hard_timeouts_problem(
+def worker_hard_timeouts_problem(
     default_s: float, per_task_s: Mapping[str, Optional[float]]
 ) -> Optional[str]:
-    """The first problem of a worker's default hard timeout and its tasks' own ones, if any."""
-    problem = hard_timeout_problem(
+    """The first problem of a worker's default hard timeout and its tasks' own ones, if any
+    (each checked by :func:`single_hard_timeout_problem`)."""
+    problem = single_hard_timeout_problem(
         default_s, "the worker's hard_timeout", "--hard-timeout, or Worker(hard_timeout=...)"
     )
     for name, seconds in per_task_s.items():
         if problem is None and seconds is not None:
-            problem = hard_timeout_problem(
+            problem = single_hard_timeout_problem(
                 seconds, f"task {name!r}'s hard_timeout", "where the task is registered"
             )
     return problem
-
-
-def visibility_budget_left(message: Any, fallback_start: float) -> float:
-    """:func:`budget_left_s`, counted from ``fallback_start`` for a message not marked."""
-    received_at = received_at_of(message)
-    start = fallback_start if received_at is None else received_at
-    return MAX_VISIBILITY_S - (time.time() - start)
 
 
 def group_of(message: Any) -> Optional[str]:
@@ -322,9 +330,6 @@ CALLER_FAULT_CODES = frozenset(
         "UnsupportedOperation",
         "ValidationError",
     }
-)
-QUEUE_MISSING_CODES = frozenset(
-    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
 )
 PURGE_IN_PROGRESS_CODES = frozenset(
     {"PurgeQueueInProgress", "AWS.SimpleQueueService.PurgeQueueInProgress"}

@@ -10,7 +10,12 @@
   for their turn. They are kept invisible with ``ChangeMessageVisibilityBatch``
   on the heartbeat schedule, never past the 12-hour budget, and handed back
   (visibility 0, one request) when the worker stops; those of a FIFO group
-  whose message did not succeed are handed back at once.
+  whose message did not succeed are handed back at once. A queue whose
+  messages never lapse (``redelivers`` false) needs no heartbeats.
+
+Each message goes through the queue it was received from
+(:class:`sqstaskmaster.sqs.queue.Queue`), given with it, or else found from
+the message itself (:func:`sqstaskmaster.sqs.queue.queue_of`).
 - :class:`Chores`: both, as the execution strategies see them: ``due_at()``
   and ``run_due()``, called between tasks and while a task runs (from a
   forked task's wait loop, or a signal-mode task's timer).
@@ -28,15 +33,9 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from ..sqs.batch import BATCH_TRIES, PASS_THROUGH, BatchCall, Entry, batchable
-from ..sqs.facts import (
-    MAX_BATCH_ENTRIES,
-    budget_left_s,
-    capped_visibility,
-    group_of,
-    message_id_of,
-    receive_count_of,
-)
+from ..sqs.batch import BATCH_TRIES, PASS_THROUGH, BatchCall, Entry
+from ..sqs.facts import MAX_BATCH_ENTRIES, group_of, message_id_of, receive_count_of, visibility_for
+from ..sqs.queue import Queue, queue_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +51,9 @@ __all__ = ["BATCH_TRIES", "FLUSH_AFTER_S", "LAPSE_MARGIN_S", "Chores", "DeleteBa
 
 class DeleteBatch:
     """Finished tasks' messages, deleted in batches of up to 10 (see the module docstring)."""
+
+    #: The queue the messages came from (None: each one's own, see queue_of).
+    queue: Optional[Queue] = None
 
     def __init__(
         self,
@@ -79,17 +81,14 @@ class DeleteBatch:
     def add(
         self, message: Any, task: Optional[str] = None, notify: Optional[Notify] = None
     ) -> None:
-        """Delete ``message`` soon (a LocalMessage, which has no SQS behind it, at once).
+        """Delete ``message`` soon, through :attr:`queue` (None: the message's own).
 
         A failure goes to ``notify`` (the task's handler's), else to the batch's.
         """
-        if not batchable(message):
-            message.delete()
-            return
         with self._lock:
             if not self._pending:
                 self._first_at = self._clock()
-            self._pending.append((message, task))
+            self._pending.append((self.queue or queue_of(message), message, task))
             if notify is not None:
                 self._notifiers[id(message)] = notify
 
@@ -110,18 +109,20 @@ class DeleteBatch:
                 self._delete(chunk, self._notifiers)
                 # Removed only once carried out or reported.
                 del self._pending[: len(chunk)]
-                for message, _ in chunk:
+                for _, message, _ in chunk:
                     self._notifiers.pop(id(message), None)
                 if self._pending:
                     self._first_at = self._clock()
 
 
 class _Held:
-    """One waiting message: until when it is invisible, its last heartbeat, whether it lapsed."""
+    """One waiting message: its queue, until when it is invisible, its last heartbeat,
+    whether it lapsed."""
 
-    __slots__ = ("message", "visible_until", "beat_at", "lapsed")
+    __slots__ = ("queue", "message", "visible_until", "beat_at", "lapsed")
 
-    def __init__(self, message: Any, visible_until: float, beat_at: float) -> None:
+    def __init__(self, queue: Queue, message: Any, visible_until: float, beat_at: float) -> None:
+        self.queue = queue
         self.message = message
         self.visible_until = visible_until
         self.beat_at = beat_at
@@ -136,6 +137,9 @@ class Waiting:
     here: SQS delivers it again, perhaps to another worker (and the messages
     of its FIFO group waiting here are handed back, to run after it).
     """
+
+    #: The queue the messages come from (None: each one's own, see queue_of).
+    queue: Optional[Queue] = None
 
     def __init__(
         self,
@@ -169,12 +173,13 @@ class Waiting:
     def add(self, messages: Sequence[Any], received_at: float) -> None:
         """Messages just received with VisibilityTimeout = ``sqs_timeout`` at ``received_at``.
 
-        A LocalMessage never lapses: a LocalQueue delivers nothing twice.
+        A message of a queue that does not redeliver never lapses.
         """
         with self._lock:
             for message in messages:
-                until = received_at + self.sqs_timeout if batchable(message) else math.inf
-                self._held.append(_Held(message, until, received_at))
+                source = self.queue or queue_of(message)
+                until = received_at + self.sqs_timeout if source.redelivers else math.inf
+                self._held.append(_Held(source, message, until, received_at))
             self._plan()
 
     def take(self) -> Optional[Tuple[Any, float]]:
@@ -213,9 +218,9 @@ class Waiting:
             by_seconds: Dict[int, List[_Held]] = {}
             for held in self._held:
                 held.beat_at = now
-                if held.lapsed or not batchable(held.message):
-                    continue  # a LocalMessage needs no heartbeat
-                seconds = capped_visibility(self.sqs_timeout, budget_left_s(held.message))
+                if held.lapsed or not held.queue.redelivers:
+                    continue  # a message that never lapses needs no heartbeat
+                seconds = visibility_for(held.message, self.sqs_timeout)
                 if seconds > 0:
                     by_seconds.setdefault(seconds, []).append(held)
                 else:
@@ -223,8 +228,8 @@ class Waiting:
                     _warn_lapsed(held, "its 12-hour visibility budget is used up")
             for seconds, group in by_seconds.items():
                 self.requests += -(-len(group) // MAX_BATCH_ENTRIES)
-                done = self._extend([(h.message, None) for h in group], VisibilityTimeout=seconds)
-                extended = {id(message) for message, _ in done}
+                done = self._extend([(h.queue, h.message, None) for h in group], seconds=seconds)
+                extended = {id(message) for message in done}
                 for held in group:
                     if id(held.message) in extended:
                         held.visible_until = now + seconds
@@ -234,19 +239,15 @@ class Waiting:
             logger.debug("heartbeat for %d waiting messages", len(self._held))
 
     def hand_back_all(
-        self,
-        why: str,
-        give_back: Optional[Callable[[Any], None]] = None,
-        group: Optional[str] = None,
-        visible_in_s: int = 0,
+        self, why: str, group: Optional[str] = None, visible_in_s: int = 0
     ) -> List[Any]:
         """Visibility 0 for every waiting message (one request per 10); returns them.
 
         With ``group``, only those of that FIFO group (after one of it did not
         succeed, so that it runs 1, 1, 2, 3), visible again in ``visible_in_s``
         (when that one is). One whose visibility lapsed is left alone (it may
-        be another worker's now). ``give_back`` hands back a LocalMessage (by
-        default its no-op ``change_visibility``).
+        be another worker's now). Each goes back through its queue (a queue
+        that does not redeliver puts it back in line).
         """
         with self._lock:
             held_now = [h for h in self._held if group in (None, group_of(h.message))]
@@ -257,20 +258,12 @@ class Waiting:
         for held in held_now:
             if held not in ours:
                 _warn_lapsed(held, "not handed back")
-        local = [h.message for h in ours if not batchable(h.message)]
-        for message in local:
-            try:
-                (give_back or _no_visibility)(message)
-            except Exception:
-                logger.exception("message %s: hand-back failed", message_id_of(message))
-        entries = [(h.message, None) for h in ours if batchable(h.message)]
-        done = local[:]
-        seconds = min(
-            [visible_in_s] + [capped_visibility(visible_in_s, budget_left_s(m)) for m, _ in entries]
-        )
+        entries: List[Entry] = [(h.queue, h.message, None) for h in ours]
+        seconds = min([visible_in_s] + [visibility_for(m, visible_in_s) for _, m, _ in entries])
+        done: List[Any] = []
         if entries:
             self.requests += -(-len(entries) // MAX_BATCH_ENTRIES)
-            done += [m for m, _ in self._hand_back(entries, VisibilityTimeout=seconds)]
+            done = self._hand_back(entries, seconds=seconds)
         for message in done:
             logger.warning(
                 "task None message %s receive %d: %s; handed back (visibility %d)",
@@ -280,10 +273,6 @@ class Waiting:
                 seconds,
             )
         return [h.message for h in held_now]
-
-
-def _no_visibility(message: Any) -> None:
-    message.change_visibility(VisibilityTimeout=0)
 
 
 def _warn_lapsed(held: _Held, what: str) -> None:

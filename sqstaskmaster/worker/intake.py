@@ -7,9 +7,10 @@ request (:mod:`sqstaskmaster.worker.batching`). After a message of a FIFO group 
 not succeed, the waiting messages of its group are handed back
 (:meth:`Intake.after`), so that the group runs in order.
 
-A LocalQueue has no visibility timeouts and delivers nothing twice: it is
-polled one message at a time, and a message still waiting when the worker
-stops is put back in it.
+Every call goes through the queue interface
+(:class:`sqstaskmaster.sqs.queue.Queue`): a poll takes at most what the queue
+says one receive may take (``max_receive``), and a hand-back is the queue's
+(one whose messages never lapse puts them back in line).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import PollFailedError
-from ..local import LocalQueue
 from ..ops import metrics
 from ..sqs.clients import bind
 from ..sqs.facts import group_of, message_id_of
+from ..sqs.queue import Queue
 from ..worker.batching import Chores, DeleteBatch, Waiting
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class Intake:
     ``prefetch`` (1 to 10, checked by WorkerSettings) is the most messages one
     poll receives; those not yet running are kept invisible on the
     ``heartbeat_s`` schedule. ``client``, if given, is the SQS client that
-    received messages use from then on (heartbeats, hand-backs, deletes).
+    received messages use from then on (heartbeats, hand-backs, deletes);
+    the queue (``task_manager.sqs_queue(client)``) is what they go through.
     """
 
     def __init__(
@@ -58,10 +60,14 @@ class Intake:
         self.task_manager = task_manager
         # The short-bounded SQS client received messages are moved to (sqs.worker_clients).
         self.client = client
+        self.queue: Optional[Queue] = (
+            None if task_manager is None else task_manager.sqs_queue(client)
+        )
         self.prefetch = prefetch
         self.sqs_timeout = sqs_timeout
         self.deletes = DeleteBatch(notify)
         self.waiting = Waiting(sqs_timeout, heartbeat_s, notify)
+        self.deletes.queue = self.waiting.queue = self.queue
         self.chores = Chores(self.deletes, self.waiting, notify)
         self.notify = notify
         self.failures = 0  # failed polls in a row
@@ -76,9 +82,9 @@ class Intake:
         """
         self.chores.flush()
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
-        if self._local_queue() is not None:
-            count = 1  # none waits behind a running task: nothing to keep invisible
-        elif self._retrying():
+        if self.queue is not None:  # how many one receive may take
+            count = min(count, self.queue.max_receive)
+        if self._retrying():
             count = 1  # a FIFO group's retry comes back alone (see after())
         polled_at = time.monotonic()
         messages = self.task_manager.receive(
@@ -150,19 +156,6 @@ class Intake:
                 del self._retrying_groups[group]
         return bool(self._retrying_groups)
 
-    def _local_queue(self) -> Optional[LocalQueue]:
-        queue = getattr(self.task_manager, "queue", None)
-        return queue if isinstance(queue, LocalQueue) else None
-
-    def _put_back(self, message: Any) -> None:
-        """Hand back a LocalMessage: put it back in its LocalQueue (at the end)."""
-        queue = self._local_queue()
-        if queue is None:
-            message.change_visibility(VisibilityTimeout=0)
-            return
-        queue.queue.put_nowait(message)
-        logger.info("%r put back at the end of local queue %s", message, queue.url)
-
     def delete_later(
         self, task: Optional[str], notify: Optional[Notify] = None
     ) -> Callable[[Any], None]:
@@ -183,7 +176,7 @@ class Intake:
         """
         try:
             self.chores.flush()
-            return self.waiting.hand_back_all(why, self._put_back)
+            return self.waiting.hand_back_all(why)
         except Exception:
             logger.exception("closing the worker's intake failed")
             return []

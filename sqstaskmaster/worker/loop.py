@@ -132,7 +132,7 @@ class Worker(TaskRegistry, Configured):
         """Raise ValueError, naming the value, for settings SQS or the handler would refuse."""
         self.settings.check()
         tasks = {name: spec.hard_timeout for name, spec in self.registry.items()}
-        problem = sqs.hard_timeouts_problem(self.hard_timeout, tasks)
+        problem = sqs.worker_hard_timeouts_problem(self.hard_timeout, tasks)
         if problem is not None:
             raise ValueError(problem)
         from ..ops.ecs import agent_uri_for

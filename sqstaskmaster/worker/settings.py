@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from ..sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, hard_timeout_problem
+from ..sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, single_hard_timeout_problem
 from ..worker.retry import RetryPolicy
 
 DEFAULT_SQS_TIMEOUT_S = 30
@@ -90,7 +90,7 @@ class WorkerSettings:
             )
         if self.hard_timeout <= 0:
             raise ValueError(f"hard_timeout must be > 0 seconds, got {self.hard_timeout!r}")
-        problem = hard_timeout_problem(
+        problem = single_hard_timeout_problem(
             self.hard_timeout,
             "the worker's hard_timeout",
             "--hard-timeout, or Worker(hard_timeout=...)",

@@ -36,7 +36,6 @@ from ..sqs.facts import (
     message_id_of,
     queue_url_of_arn,
     receive_count_of,
-    visibility_budget_left,
 )
 from ..worker.retry import RetryPolicy
 
@@ -225,7 +224,7 @@ class Disposition:
 
     def retry_at(self, message: Any, task: Optional[str], count: int, delay_s: float) -> int:
         """Visible again after ``delay_s`` (the task's ``Retry``), capped by SQS; returns it."""
-        budget = visibility_budget_left(message, fallback_start=time.time())
+        budget = budget_left_s(message, since=time.time())
         delay = capped_visibility(delay_s, budget)
         self.set_visibility(message, delay)
         logger.info(
@@ -338,7 +337,7 @@ class Disposition:
         """The URL of the message's queue's dead-letter queue (read once per queue), or None."""
         url = getattr(message, "queue_url", None)
         meta = getattr(message, "meta", None)
-        if url is None or meta is None:  # a LocalMessage: no SQS queue behind it
+        if url is None or meta is None:  # no SQS queue behind the message
             return None
         if url not in self._dead_letter_urls:
             client = meta.client
