@@ -251,7 +251,7 @@ def run_facts(worker: Any, facts: TaskFacts) -> Any:
     )
     throws: Tuple[Type[BaseException], ...] = tuple(spec.throws) + tuple(handler.throws)
     try:
-        # Not entered: _runner is None, so run() runs its body here.
+        # Not entered: run() runs its body here.
         return handler.run()
     except throws as error:
         error.__dict__[REJECTED_MARK] = True

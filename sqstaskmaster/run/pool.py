@@ -11,7 +11,7 @@ registry it inherited, around a stand-in message that never talks to SQS
 and reports back as a fresh child does (:mod:`sqstaskmaster.run.child_error`).
 
 Per task the worker drives a :class:`ReusedTask`, which has what
-:func:`~sqstaskmaster.run.strategies.supervise` uses of a ForkedChild, so
+:func:`~sqstaskmaster.run.strategies.wait_for_child` uses of a ForkedChild, so
 heartbeats, the hard deadline (SIGTERM to the child's process group,
 ``kill_grace_s``, SIGKILL) and the worker's stop work exactly as for a fresh
 child. A child is used again only after a task that ended cleanly: it
@@ -55,15 +55,16 @@ _RETIRE_WAIT_S = 1.0
 _POOL_ATTRIBUTE = "_task_process_pool"
 
 
-def reuse_child(worker: Any, handler: Any, task: str, kwargs: Dict[str, Any]) -> Execution:
+def reuse_child(
+    worker: Any, handler: Any, task: str, kwargs: Dict[str, Any], execution: Execution
+) -> Execution:
     """The strategy ``worker`` runs ``handler`` (task ``task``) with: reused child if it can.
 
-    ``handler.execution`` is kept unless the worker's ``max_tasks_per_child``
+    ``execution`` (the worker's choice) is kept unless the worker's ``max_tasks_per_child``
     is over 1, the strategy is a plain :class:`Forked`, the handler's class
     keeps MessageHandler's ``__enter__``, and the platform has ``os.waitid``
     (Linux; elsewhere each task keeps a fresh fork).
     """
-    execution: Execution = handler.execution
     if (
         worker.max_tasks_per_child <= 1
         or type(execution) is not Forked
@@ -303,7 +304,7 @@ def _kill_group_and_reap(pid: int, label: str) -> Optional[int]:
 
 
 class ReusedTask(ForkedChild):
-    """One task in a reused child, with the interface supervise uses on a ForkedChild.
+    """One task in a reused child, with the interface wait_for_child uses on a ForkedChild.
 
     ``exited()`` and ``wait()`` tell whether the *task* has ended (its report
     arrived, or the child died). ``reap()`` keeps the child for the next task

@@ -14,7 +14,7 @@
 
 Each task runs in a MessageHandler (heartbeat, hard timeout), forked by default
 or under SIGALRM with ``isolate=False`` (:mod:`sqstaskmaster.run.strategies`);
-:mod:`.attempt` runs it, :mod:`.disposition` settles its message.
+:mod:`.attempt` runs it, :mod:`.settlement` settles its message.
 """
 
 from __future__ import annotations
@@ -363,11 +363,11 @@ class Worker(TaskRegistry, Configured):
             return Outcome.REFUSED
         handler.visible_until = visible_until
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
-        chores = None if self._intake is None else self._intake.chores
-        if self._intake is not None:  # deleted in a batch; chores done while it runs
-            handler.deleter = self._intake.delete_later(task, handler._safe_notify)
-        handler.execution = for_worker(handler, self.isolate, self._stop, chores)
-        handler.execution = reuse_child(self, handler, task, kwargs)
+        intake = self._intake  # its chores are done while the task runs
+        strategy = for_worker(
+            handler, self.isolate, self._stop, None if intake is None else intake.chores
+        )
+        handler.execution = reuse_child(self, handler, task, kwargs, strategy)
         self.tasks_run += 1
         return run_attempt(
             handler,
@@ -378,6 +378,7 @@ class Worker(TaskRegistry, Configured):
             retry=self.retry,
             protection=self._protection,
             shutdown_grace_s=self.shutdown_grace_s,
+            deletes=None if intake is None else intake.deletes,
         )
 
     def _hand_back(self, message: Any, task: Optional[str], why: str) -> None:
