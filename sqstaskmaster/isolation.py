@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from .errors import HARD_TIMEOUT_TEXT, HardTimeoutError, IsolationUnavailableError
 from .message_handler import MessageHandler
 from .run.child import MAX_RESULT_BYTES, ForkedChild, fork_available
-from .run.strategies import DEFAULT_KILL_GRACE_S, Forked, wait_for_child
+from .run.strategies import Forked
+from .run.waiting import DEFAULT_KILL_GRACE_S, wait_for_child
 
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ class MessageHandler(abc.ABC):
 
     isolate: bool = False
     kill_grace_s: float = 1.0
-    #: The execution strategy (execution.InProcess or execution.Forked); None:
+    #: The execution strategy (run.strategies.InProcess or Forked); None:
     #: chosen from ``isolate``. A worker sets it on each handler it runs.
     execution: Optional[Execution] = None
     #: Exception types that mark a permanent failure, as ``errors.Reject`` does.
@@ -227,7 +227,8 @@ class MessageHandler(abc.ABC):
             return False
         return True
 
-    def _heartbeat(self) -> None:
+    def heartbeat(self) -> None:
+        """One heartbeat: check ``running()`` (else raise TaskStuckError), extend the visibility."""
         if not self.running():
             raise TaskStuckError(
                 f"Handler is stuck on message {self.message_id}: running() returned False "
@@ -248,13 +249,14 @@ class MessageHandler(abc.ABC):
         and re-arms; if not, it raises the "Handler is stuck on" RuntimeError.
         """
         if self._past_hard_timeout():
-            self._hard_timeout()
-        self._heartbeat()
+            self.on_deadline()
+        self.heartbeat()
         entry = self.entered
         if entry is not None:
             entry.rearm()
 
-    def _hard_timeout(self) -> None:
+    def on_deadline(self) -> None:
+        """The hard deadline has come: raise HardTimeoutError."""
         elapsed = self.elapsed()
         logger.error(
             "message %s hit its hard timeout of %s s after %.3f s",
@@ -304,20 +306,12 @@ class MessageHandler(abc.ABC):
             "Failed for message: %s", self._message, exc_info=(type(exception), exception, trace)
         )
 
-    # -- the execution strategy's view of the handler (execution.TaskHandler) --------
+    # -- the rest of the execution strategy's view (run.strategies.TaskHandler) ------
 
     @property
     def label(self) -> str:
         """The handler in log lines: its class and message id."""
         return f"{type(self).__name__} message {self.message_id}"
-
-    def heartbeat(self) -> None:
-        """One heartbeat: check ``running()``, then extend the visibility."""
-        self._heartbeat()
-
-    def on_deadline(self) -> None:
-        """The hard deadline has come: raise HardTimeoutError."""
-        self._hard_timeout()
 
     def on_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
         """A firing of the signal-mode timer: ``self._handle_alarm(signum, frame)``.

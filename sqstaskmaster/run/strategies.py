@@ -5,7 +5,8 @@
   raises at the hard deadline (0.0.11's "signal mode").
 - :class:`Forked`: ``run()`` runs in a forked child process (its own process
   group); this process heartbeats and enforces the deadline from a timed wait
-  loop (:func:`wait_for_child`), then SIGTERM, ``kill_grace_s``, SIGKILL.
+  loop (:func:`~sqstaskmaster.run.waiting.wait_for_child`), then SIGTERM,
+  ``kill_grace_s``, SIGKILL.
 
 Both time their events (heartbeat, deadline, stop, chores) with one
 :class:`~sqstaskmaster.run.schedule.Schedule`. A strategy knows the handler
@@ -14,11 +15,12 @@ what it needs while a handler is entered in an :class:`Entry` of its own
 (the handler holds it, as ``handler.entered``). Forked runs whatever ``run``
 the handler resolves to when it is called (on the instance, or its class at
 that moment), in the child: nothing is wrapped when a class is made. Given a
-worker's stop controller (:class:`StopSource`), each strategy also delivers
-the worker's stop to its task: InProcess through its timer (never in a
-handler's enter or exit path), Forked from its wait loop. A worker's chores
-(:class:`~sqstaskmaster.run.background.ChoreSource`) are done the same ways
-while a task runs, in helper threads (or inline, when none can be started).
+worker's stop controller (:class:`~sqstaskmaster.run.waiting.StopSource`),
+each strategy also delivers the worker's stop to its task: InProcess through
+its timer (never in a handler's enter or exit path), Forked from its wait
+loop. A worker's chores (:class:`~sqstaskmaster.run.background.ChoreSource`)
+are done the same ways while a task runs, in helper threads (or inline, when
+none can be started).
 """
 
 from __future__ import annotations
@@ -31,32 +33,15 @@ import time
 from types import CodeType, FrameType
 from typing import Any, Callable, FrozenSet, Optional, Protocol, Tuple, Type
 
-from ..errors import (
-    HARD_TIMEOUT_TEXT,
-    HardTimeoutError,
-    IsolationUnavailableError,
-    WorkerShutdownError,
-)
-from ..run.background import (
-    HEARTBEAT_JOIN_S,
-    HEARTBEAT_POLL_S,
-    BackgroundCall,
-    ChoreRunner,
-    ChoreSource,
-    InlineFallback,
-    wait_before_fork,
-)
+from ..errors import IsolationUnavailableError
+from ..run.background import ChoreRunner, ChoreSource, wait_before_fork
 from ..run.child import ForkedChild, fork_available
 from ..run.child_error import REJECTED_MARK
-from ..run.schedule import Schedule
 from ..run.timer import SignalTimer
+from ..run.waiting import DEFAULT_KILL_GRACE_S as DEFAULT_KILL_GRACE_S
+from ..run.waiting import StopSource, wait_for_child
 
 logger = logging.getLogger(__name__)
-
-#: Default seconds between SIGTERM and SIGKILL when a task is stopped.
-DEFAULT_KILL_GRACE_S = 1.0
-#: While a worker's stop controller is attached, the wait loop looks at it this often (s).
-STOP_POLL_S = 0.05
 
 
 class TaskHandler(Protocol):
@@ -79,21 +64,6 @@ class TaskHandler(Protocol):
     def on_deadline(self) -> None: ...  # noqa: E704
 
     def on_alarm(self, signum: int, frame: Optional[FrameType]) -> None: ...  # noqa: E704
-
-
-class StopSource(Protocol):
-    """A worker's stop controller, as the strategies see it."""
-
-    listener: Optional[Callable[[], None]]
-
-    @property
-    def stopping(self) -> bool: ...  # noqa: E704
-
-    def interrupt_at(self) -> Optional[float]: ...  # noqa: E704
-
-    def error(self) -> WorkerShutdownError: ...  # noqa: E704
-
-    def announce(self) -> None: ...  # noqa: E704
 
 
 class Entry:
@@ -335,126 +305,3 @@ class _ForkedEntry(Entry):
         child = self.child
         if child is not None and not child.reaped:
             child.terminate(self.strategy.grace_for(self.handler))
-
-
-def wait_for_child(
-    child: ForkedChild,
-    *,
-    deadline: float,
-    kill_grace_s: float = DEFAULT_KILL_GRACE_S,
-    heartbeat_s: Optional[float] = None,
-    next_heartbeat: Optional[float] = None,
-    on_heartbeat: Optional[Callable[[], None]] = None,
-    on_deadline: Optional[Callable[[], None]] = None,
-    stop: Optional[StopSource] = None,
-    chores: Optional[ChoreSource] = None,
-) -> Any:
-    """Wait for ``child``, heartbeating and enforcing ``deadline``; return its result.
-
-    ``deadline`` and ``next_heartbeat`` are ``time.monotonic()`` values.
-    ``on_heartbeat()`` runs every ``heartbeat_s`` seconds in a helper thread
-    (so a slow SQS call cannot delay the deadline); if it raises while the
-    child is alive, the child is stopped and the error propagates. At the
-    deadline the child's process group gets SIGTERM, ``kill_grace_s`` seconds,
-    then SIGKILL; then ``on_deadline()`` runs and is expected to raise (a
-    :class:`HardTimeoutError` is raised if it does not). Any exception that
-    reaches this function (a worker's shutdown signal handler, for example)
-    stops the child the same way before it propagates. The child is always
-    reaped before this returns or raises.
-
-    ``stop`` (a worker's stop controller) is looked at every
-    :data:`STOP_POLL_S` seconds: once it says the task must be stopped, the
-    child is stopped the same way and ``stop.error()`` is raised. So a worker
-    needs no thread (and no signal) to stop an isolated task.
-
-    ``chores.run_due()`` runs, in a helper thread like a heartbeat, whenever
-    ``chores.due_at()`` has come. When no thread can be started, a heartbeat
-    or the chores run inline (:mod:`sqstaskmaster.run.background`).
-    """
-    fallback = InlineFallback(child.label)  # no thread to be had: the work is done inline
-    runner = None if chores is None else ChoreRunner(chores, child.label, fallback=fallback)
-    schedule = Schedule(
-        heartbeat_s,
-        deadline,
-        stop_at=None if stop is None else stop.interrupt_at,
-        chore_at=None if runner is None else runner.due_at,
-    )
-    schedule.begin(time.monotonic(), next_heartbeat)
-    beat: Optional[BackgroundCall] = None
-    beat_owed = False  # a heartbeat fell due while the previous one still ran
-    try:
-        while True:
-            now = time.monotonic()
-            if beat is not None and beat.done:
-                _raise_unless_ended(child, beat.error)
-                beat = None
-                if beat_owed and on_heartbeat is not None:
-                    # One fell due while it ran: made now, not a period later,
-                    # so a slow or failed heartbeat leaves time for another try.
-                    beat_owed = False
-                    beat = BackgroundCall(on_heartbeat, child.label, fallback)
-            if runner is not None and schedule.chores_due(now):
-                runner.start()
-            if schedule.deadline_due(now) and not child.exited():
-                logger.error(
-                    "%s: hard deadline reached after %.3f s; stopping child process %s",
-                    child.label,
-                    now - child.started_at,
-                    child.pid,
-                )
-                child.terminate(kill_grace_s)
-                if on_deadline is not None:
-                    on_deadline()
-                raise HardTimeoutError(HARD_TIMEOUT_TEXT, deadline - child.started_at)
-            if schedule.heartbeat_due(now) and on_heartbeat is not None:
-                if beat is None:
-                    beat = BackgroundCall(on_heartbeat, child.label, fallback)
-                else:
-                    beat_owed = True
-                    logger.warning(
-                        "%s: the previous heartbeat is still running; the next is made as "
-                        "soon as it ends",
-                        child.label,
-                    )
-            if stop is not None:
-                stop.announce()  # a new stop gets its log line here, not in a signal handler
-            if schedule.stop_due(now) and not child.exited():
-                logger.warning(
-                    "%s: worker stopping; stopping child process %s", child.label, child.pid
-                )
-                raise stop.error()  # type: ignore[union-attr]  # stop_due: there is a stop
-            wake = schedule.next_at()
-            if stop is not None:  # polled for a new stop
-                wake = min(wake, now + STOP_POLL_S)
-            if beat is not None or (runner is not None and runner.busy):
-                wake = min(wake, now + HEARTBEAT_POLL_S)
-            if child.wait(max(wake - now, 0.0)):
-                break
-        if beat is not None:
-            beat.join()
-            _raise_unless_ended(child, beat.error)
-        child.reap()
-    finally:
-        if not child.reaped:
-            child.terminate(kill_grace_s)
-        if beat is not None and not beat.done:
-            # A heartbeat still in flight would land after the caller hands
-            # the message back or sets its backoff; let it finish first.
-            beat.join(HEARTBEAT_JOIN_S)
-        if runner is not None:
-            runner.finish()
-    return child.outcome()
-
-
-def _raise_unless_ended(child: ForkedChild, error: Optional[BaseException]) -> None:
-    """Raise a heartbeat's error, unless it only failed because the child has just ended."""
-    if error is None:
-        return
-    if not child.exited():
-        raise error
-    logger.warning(
-        "%s: heartbeat failed after the child process %s ended; using its report: %r",
-        child.label,
-        child.pid,
-        error,
-    )
