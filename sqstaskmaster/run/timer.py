@@ -24,6 +24,9 @@ None and the timer is armed for the next real event only; the run's end
 calls :meth:`SignalTimer.chores_ended`, which fires at once only if the
 chores are due again before that event. So the task sees a handful of
 signals between two heartbeats, however long the chores take.
+
+When each event falls due is computed by :class:`~sqstaskmaster.run.schedule.Schedule`,
+as for the forked task's wait loop.
 """
 
 from __future__ import annotations

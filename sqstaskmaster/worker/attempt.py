@@ -17,6 +17,7 @@ from typing import Any, Optional
 from ..errors import WorkerShutdownError
 from ..ops import metrics
 from ..sqs.facts import failure_context, message_id_of
+from ..worker.batching import DeleteBatch
 from ..worker.retry import RetryPolicy
 from ..worker.settlement import Disposition, Outcome
 
@@ -33,7 +34,7 @@ def run_attempt(
     retry: RetryPolicy,
     protection: Any = None,
     shutdown_grace_s: float = 0.0,
-    deletes: Any = None,
+    deletes: Optional[DeleteBatch] = None,
 ) -> Outcome:
     """Run ``handler`` (built for ``message``, receive number ``count``); returns the outcome.
 
@@ -50,9 +51,7 @@ def run_attempt(
     if protection is not None:  # protected (or tried, within ~2 s) before it starts
         protection.busy(handler.hard_timeout + shutdown_grace_s, task, message_id)
         if _stopping(handler):  # a stop came while the agent was asked: do not start
-            disposition.record(task, Outcome.HANDED_BACK)
-            disposition.hand_back(message, task, "a stop came before the task started")
-            return Outcome.HANDED_BACK
+            return disposition.not_started(message, task, "a stop came before the task started")
     metrics.task_started(task)
     handler.caller_settles = True  # settled below, once
     try:

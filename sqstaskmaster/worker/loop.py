@@ -353,9 +353,7 @@ class Worker(TaskRegistry, Configured):
                         else f" (first received {time.time() - first:.0f} s ago)"
                     )
                 )
-                self._disposition.record(task, Outcome.HANDED_BACK)
-                self._disposition.hand_back(message, task, why)
-                return Outcome.HANDED_BACK
+                return self._disposition.not_started(message, task, why)
             refusal = VisibilityBudgetError(
                 message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
             )

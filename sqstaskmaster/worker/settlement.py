@@ -42,6 +42,7 @@ from ..sqs.facts import (
     receive_count_of,
     visibility_budget_left,
 )
+from ..worker.batching import DeleteBatch
 from ..worker.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Disposition:
         *,
         from_body: bool = True,
         fatal: bool = False,
-        deletes: Any = None,
+        deletes: Optional[DeleteBatch] = None,
     ) -> Outcome:
         """Decide what becomes of ``handler``'s message, whose task ended with ``error``; do it.
 
@@ -237,6 +238,12 @@ class Disposition:
             delay_s,
         )
         return delay
+
+    def not_started(self, message: Any, task: str, why: str) -> Outcome:
+        """A task that will not start now (``why``): its message is handed back."""
+        self.record(task, Outcome.HANDED_BACK)
+        self.hand_back(message, task, why)
+        return Outcome.HANDED_BACK
 
     def hand_back(self, message: Any, task: Optional[str], why: str) -> None:
         """Visible again at once (visibility 0)."""
