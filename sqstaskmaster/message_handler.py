@@ -76,7 +76,8 @@ class MessageHandler(abc.ABC):
     #: Exception types that mark a permanent failure, as ``errors.Reject`` does.
     throws: Tuple[type, ...] = ()
     #: Set by a caller that settles the message itself (a worker): the exit
-    #: then neither deletes nor reports, and lets only a BaseException through.
+    #: then neither deletes nor reports; it swallows an Exception (the caller reads
+    #: ``error``) and lets any other BaseException through.
     caller_settles: bool = False
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
