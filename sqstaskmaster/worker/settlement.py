@@ -81,7 +81,10 @@ def _is_0_0_11_hard_timeout(error: BaseException) -> bool:
 
 
 class Disposition:
-    """Carries out what becomes of a message; SQS errors are logged and notified, never raised."""
+    """Decides (:meth:`settle`) and carries out what becomes of a message.
+
+    SQS errors are logged and notified, never raised.
+    """
 
     def __init__(self, notify: Notify) -> None:
         self.notify = notify
