@@ -19,7 +19,7 @@ Opt in with the base class or one class attribute; user code is unchanged::
         handler.run()
 
 The parent uses no signals (so isolated handlers also work outside the main
-thread). :func:`run_in_child` offers the same supervision for plain functions.
+thread). :func:`run_in_child` offers the same for plain functions (:func:`wait_for_child`).
 ``isolate = True`` and this base class are spellings of the
 :class:`~sqstaskmaster.run.strategies.Forked` strategy, where the mechanics live.
 """
@@ -31,16 +31,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from .errors import HardTimeoutError, IsolationUnavailableError
+from .errors import HARD_TIMEOUT_TEXT, HardTimeoutError, IsolationUnavailableError
 from .message_handler import MessageHandler
 from .run.child_error import MAX_RESULT_BYTES
 from .run.fork import fork_available, fork_task
-from .run.strategies import (
-    _HEARTBEAT_JOIN_S,  # noqa: F401 - importable here as before
-    DEFAULT_KILL_GRACE_S,
-    Forked,
-    supervise,
-)
+from .run.strategies import Forked
+from .run.waiting import DEFAULT_KILL_GRACE_S, wait_for_child
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +46,7 @@ __all__ = [
     "Forked",
     "IsolatedMessageHandler",
     "run_in_child",
-    "supervise",
+    "wait_for_child",
 ]
 
 
@@ -66,8 +62,8 @@ class IsolatedMessageHandler(MessageHandler):
     isolate = True
 
     def running(self) -> bool:
-        state = self._isolation
-        child = state.child if state is not None else None
+        entry = self.entered
+        child = entry.child if entry is not None else None
         # No child yet (or this is the child itself, which never saw the
         # assignment): nothing to contradict "running".
         return child is None or child.alive()
@@ -86,7 +82,7 @@ def run_in_child(
     """Run ``func(**kwargs)`` in a forked child; return its (JSON) result.
 
     The hard timeout counts ``hard_timeout_s`` seconds from this call; the
-    rest is as in :func:`supervise`. Raises :class:`HardTimeoutError`,
+    rest is as in :func:`wait_for_child`. Raises :class:`HardTimeoutError`,
     :class:`~sqstaskmaster.errors.ChildTaskError` (the function raised; an
     instance of its exception's class too where that class is importable, see
     :mod:`sqstaskmaster.run.child_error`) or
@@ -103,12 +99,10 @@ def run_in_child(
     arguments: Dict[str, Any] = dict(kwargs or {})
 
     def hard_timeout() -> None:
-        raise HardTimeoutError(
-            "Hit Hard Timeout for message handler", hard_timeout_s, time.monotonic() - started
-        )
+        raise HardTimeoutError(HARD_TIMEOUT_TEXT, hard_timeout_s, time.monotonic() - started)
 
     child = fork_task(lambda: func(**arguments), label=name)
-    return supervise(
+    return wait_for_child(
         child,
         deadline=started + hard_timeout_s,
         kill_grace_s=kill_grace_s,

@@ -10,7 +10,11 @@ every ``alarm_timeout`` seconds, while ``running()`` is true, the visibility is
 extended again (the heartbeat); at ``hard_timeout`` seconds after construction
 ``TimeoutError`` interrupts ``run()``. On a clean exit the message is deleted;
 on an error it is reported through ``notify``, logged, and left for SQS to
-redeliver.
+redeliver. Inside the package ``alarm_timeout`` is called ``heartbeat_s``.
+
+A worker settles the messages of the handlers it runs itself
+(``caller_settles``, :mod:`sqstaskmaster.worker.settlement`): the exit then
+only stops the task and records how it ended.
 
 0.0.11's subclass and test-patch surface is kept: ``_message``,
 ``_start_time``, ``_run_time()``, ``_handle_alarm(signum, frame)`` (every
@@ -25,11 +29,12 @@ import logging
 import time
 from time import monotonic
 from types import FrameType, TracebackType
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import (
+    HARD_TIMEOUT_TEXT,
     ChildTaskError,
     HardTimeoutError,
     Retry,
@@ -37,9 +42,7 @@ from .errors import (
     WorkerShutdownError,
 )
 from .ops import metrics
-from .run import dispatch
-from .run.strategies import Execution, Forked, InProcess
-from .run.timer import SignalTimer
+from .run.strategies import Entry, Execution, Forked, InProcess
 from .sqs.facts import MAX_VISIBILITY_S, budget_left_s, failure_context, message_id_of
 
 logger = logging.getLogger(__name__)
@@ -67,18 +70,15 @@ class MessageHandler(abc.ABC):
 
     isolate: bool = False
     kill_grace_s: float = 1.0
-    #: The execution strategy (execution.InProcess or execution.Forked); None:
+    #: The execution strategy (run.strategies.InProcess or Forked); None:
     #: chosen from ``isolate``. A worker sets it on each handler it runs.
     execution: Optional[Execution] = None
     #: Exception types that mark a permanent failure, as ``errors.Reject`` does.
     throws: Tuple[type, ...] = ()
-    # Per-entry state of the execution strategy.
-    _isolation: Any = None
-    _runner: Optional[Callable[[Callable[[], Any]], Any]] = None
-    _entered: Optional[Execution] = None
-    #: Set by a worker: takes the finished task's message and deletes it in a
-    #: batch, soon (sqstaskmaster.worker.batching); None: ``message.delete()`` at once.
-    deleter: Optional[Callable[[Any], None]] = None
+    #: Set by a caller that settles the message itself (a worker): the exit
+    #: then neither deletes nor reports; it swallows an Exception (the caller reads
+    #: ``error``) and lets any other BaseException through.
+    caller_settles: bool = False
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
         if alarm_timeout <= 0:
@@ -104,7 +104,8 @@ class MessageHandler(abc.ABC):
         self._start_time = time.time()
         self._constructed_at = self._start_time
         self._start_monotonic = monotonic()
-        self._timer: Optional[SignalTimer] = None
+        #: The execution strategy's state while entered (None outside the block).
+        self.entered: Optional[Entry] = None
         # When the caller knows the message is invisible until a given
         # time.monotonic() (it was just received with VisibilityTimeout =
         # sqs_timeout), entry skips its own visibility change if the first
@@ -132,6 +133,11 @@ class MessageHandler(abc.ABC):
         """Report an error to a notification service; errors are already logged."""
 
     # -- helpers ------------------------------------------------------------
+
+    @property
+    def heartbeat_s(self) -> int:
+        """Seconds between heartbeats: ``alarm_timeout``, by its name inside the package."""
+        return self.alarm_timeout
 
     @property
     def message_id(self) -> Optional[str]:
@@ -222,7 +228,8 @@ class MessageHandler(abc.ABC):
             return False
         return True
 
-    def _heartbeat(self) -> None:
+    def heartbeat(self) -> None:
+        """One heartbeat: check ``running()`` (else raise TaskStuckError), extend the visibility."""
         if not self.running():
             raise TaskStuckError(
                 f"Handler is stuck on message {self.message_id}: running() returned False "
@@ -243,13 +250,14 @@ class MessageHandler(abc.ABC):
         and re-arms; if not, it raises the "Handler is stuck on" RuntimeError.
         """
         if self._past_hard_timeout():
-            self._hard_timeout()
-        self._heartbeat()
-        timer = self._timer
-        if timer is not None:
-            timer.rearm()
+            self.on_deadline()
+        self.heartbeat()
+        entry = self.entered
+        if entry is not None:
+            entry.rearm()
 
-    def _hard_timeout(self) -> None:
+    def on_deadline(self) -> None:
+        """The hard deadline has come: raise HardTimeoutError."""
         elapsed = self.elapsed()
         logger.error(
             "message %s hit its hard timeout of %s s after %.3f s",
@@ -257,7 +265,7 @@ class MessageHandler(abc.ABC):
             self.hard_timeout,
             elapsed,
         )
-        raise HardTimeoutError("Hit Hard Timeout for message handler", self.hard_timeout, elapsed)
+        raise HardTimeoutError(HARD_TIMEOUT_TEXT, self.hard_timeout, elapsed)
 
     def set_entry_visibility(self) -> None:
         """On entry: set the visibility to ``sqs_timeout``, unless it is known to last.
@@ -269,7 +277,7 @@ class MessageHandler(abc.ABC):
         """
         if self.visible_until is not None:
             left = self.visible_until - monotonic()
-            if left >= self.alarm_timeout + ENTRY_VISIBILITY_MARGIN_S:
+            if left >= self.heartbeat_s + ENTRY_VISIBILITY_MARGIN_S:
                 logger.debug(
                     "message %s stays invisible %.1f s more; no visibility change on entry",
                     self.message_id,
@@ -285,44 +293,26 @@ class MessageHandler(abc.ABC):
         again: SQS delivers at least once, so tasks must be idempotent.
         """
         try:
-            if self.deleter is not None:
-                self.deleter(self._message)  # a worker's batched delete
-            else:
-                self._message.delete()
+            self._message.delete()
         except (ClientError, BotoCoreError) as error:
             logger.exception("failed to delete message %s", self._message)
             self._safe_notify(error, failure_context(self._message))
 
     def report_failure(self, exception: BaseException) -> None:
-        """notify and log a failed task; the message is left for SQS to redeliver.
-
-        Called while the exception is being handled, so the log has its traceback.
-        """
+        """notify and log a failed task (with its traceback); the message is left to SQS."""
         self._safe_notify(exception, failure_context(self._message))
-        if isinstance(exception, ChildTaskError):
-            # The child's traceback was logged as it was reported; one per task.
-            logger.exception(
-                "Failed for message: %s",
-                self._message,
-                exc_info=(type(exception), exception, None),
-            )
-        else:
-            logger.exception("Failed for message: %s", self._message)
+        # An isolated child's traceback was logged as it was reported; one per task.
+        trace = None if isinstance(exception, ChildTaskError) else exception.__traceback__
+        logger.exception(
+            "Failed for message: %s", self._message, exc_info=(type(exception), exception, trace)
+        )
 
-    # -- the execution strategy's view of the handler (execution.TaskHandler) --------
+    # -- the rest of the execution strategy's view (run.strategies.TaskHandler) ------
 
     @property
     def label(self) -> str:
         """The handler in log lines: its class and message id."""
         return f"{type(self).__name__} message {self.message_id}"
-
-    def heartbeat(self) -> None:
-        """One heartbeat: check ``running()``, then extend the visibility."""
-        self._heartbeat()
-
-    def on_deadline(self) -> None:
-        """The hard deadline has come: raise HardTimeoutError."""
-        self._hard_timeout()
 
     def on_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
         """A firing of the signal-mode timer: ``self._handle_alarm(signum, frame)``.
@@ -342,16 +332,13 @@ class MessageHandler(abc.ABC):
 
     def __enter__(self) -> MessageHandler:
         self._heartbeats_stopped = False
-        dispatch.ensure(type(self), MessageHandler)  # a run set on the class later, too
-        execution = self.execution_strategy()
-        self._entered = execution
+        entry = self.entered = self.execution_strategy().enter(self, _protected_codes(type(self)))
         try:
-            execution.enter(self, _protected_codes(type(self)))
             self.set_entry_visibility()
         except BaseException:
-            self._entered = None
-            execution.leave(self)
-            execution.restore(self)
+            self.entered = None
+            entry.leave()
+            entry.restore()
             raise
         return self
 
@@ -362,41 +349,41 @@ class MessageHandler(abc.ABC):
         tb: Optional[TracebackType],
     ) -> bool:
         self._heartbeats_stopped = True
-        execution, self._entered = self._entered, None
-        if execution is not None:
-            execution.leave(self)
+        entry, self.entered = self.entered, None
+        if entry is not None:
+            entry.leave()
         try:
             self.finished = True
             self.error = exc
             if isinstance(exc, HardTimeoutError):
                 # Stopped now: the isolated child is reaped, or the alarm was caught.
                 metrics.hard_timeout_overshoot(time.monotonic() - self.deadline)
-            if exc is None:
-                self.delete_message()
-                return False
-            if isinstance(exc, Retry):
-                logger.info("message %s: %s; not deleted", self.message_id, exc)
-                return True
-            if isinstance(exc, WorkerShutdownError):
-                # The worker stopped the task (its grace ran out, or a cold
-                # stop): not the task's failure, so no traceback and no notify.
-                logger.warning(
-                    "message %s: task stopped by the worker's shutdown (%s); not deleted",
-                    self.message_id,
-                    exc,
-                )
-                return True
-            self.report_failure(exc)
-            return isinstance(exc, Exception)
+            if self.caller_settles:
+                return isinstance(exc, Exception)
+            return self._settle(exc)
         finally:
             # Last, so a timer the caller had pending cannot fire mid-delete.
-            if execution is not None:
-                execution.restore(self)
+            if entry is not None:
+                entry.restore()
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Its own run(), or one inherited from a mixin: dispatched by the strategy.
-        dispatch.cover(cls)
+    def _settle(self, exc: Optional[BaseException]) -> bool:
+        """0.0.11's end of a handler used on its own; returns whether ``exc`` is swallowed."""
+        if exc is None:
+            self.delete_message()
+            return False
+        if isinstance(exc, Retry):
+            logger.info("message %s: %s; not deleted", self.message_id, exc)
+            return True
+        if isinstance(exc, WorkerShutdownError):
+            # Not the task's failure (a cold stop, a grace run out): no notify.
+            logger.warning(
+                "message %s: task stopped by the worker's shutdown (%s); not deleted",
+                self.message_id,
+                exc,
+            )
+            return True
+        self.report_failure(exc)
+        return isinstance(exc, Exception)
 
 
 def _protected_codes(handler_type: type) -> frozenset:

@@ -134,6 +134,16 @@ def test_a_mock_patched_over_run_is_called_without_self_in_signal_mode() -> None
     assert (patched, unpatched) == (7, -1)  # the patch is undone
 
 
+def test_the_class_is_never_rewrapped_a_patched_run_stays_the_patch_inside_the_block() -> None:
+    with patch.object(Pid, "run", return_value=7) as run:
+        for strategy in (InProcess(), Forked(kill_grace_s=0.2)):
+            with handler_of(Pid, strategy) as handler:
+                seen = Pid.run is run
+                result = handler.run()
+            assert seen and result == 7 and "run" not in vars(handler), strategy
+    assert Pid.__dict__["run"].__name__ == "run"  # the class's own function, unwrapped
+
+
 def test_a_handler_still_mixes_with_a_base_of_another_abc_metaclass() -> None:
     # 0.0.11's MessageHandler is a plain ABC: a class mixing it with a base whose
     # metaclass derives from ABCMeta (a Protocol, a user's own) must still be made.

@@ -28,9 +28,9 @@ from sqstaskmaster.errors import (
     IsolationUnavailableError,
     TaskStuckError,
 )
-from sqstaskmaster.isolation import _HEARTBEAT_JOIN_S as HEARTBEAT_JOIN_S
 from sqstaskmaster.isolation import MAX_RESULT_BYTES, IsolatedMessageHandler, run_in_child
 from sqstaskmaster.message_handler import MessageHandler
+from sqstaskmaster.run.background import HEARTBEAT_JOIN_S
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="process isolation needs fork")
 
@@ -359,8 +359,8 @@ def test_a_slow_heartbeat_does_not_delay_the_hard_timeout(receive: Any) -> None:
 
         def running(self) -> bool:
             time.sleep(2.5)
-            state = self._isolation
-            child = state.child if state is not None else None
+            entry = self.entered
+            child = entry.child if entry is not None else None
             self.child_ended_during_beat = child is not None and child.exited()
             return True
 

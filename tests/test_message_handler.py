@@ -337,7 +337,8 @@ def test_alarm_inside_exit_path_is_ignored():
     message = FakeMessage()
     handler = SlowExit(message, 3, 1, 300)
     with handler:
-        timer = handler._timer
+        assert handler.entered is not None
+        timer = handler.entered.timer
         assert timer is not None
         timer.deadline = time.monotonic() + 0.05
         timer._arm(time.monotonic())

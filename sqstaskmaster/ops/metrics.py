@@ -15,13 +15,14 @@ the sums; its gauges are dropped.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import wsgiref.simple_server
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from ..errors import SQSTaskMasterError
 from ..ops.logformat import add_to_context
@@ -31,24 +32,38 @@ logger = logging.getLogger(__name__)
 PREFIX = "sqstaskmaster_"
 EXTRA = "sqstaskmaster[metrics]"
 
-#: Labels of ``sqstaskmaster_tasks_total``'s ``outcome``.
-OUTCOMES = (
-    "done",
-    "failed",
-    "timed_out",
-    "refused",
-    "unknown",
-    "invalid",
-    "handed_back",
-    "rejected",
-    "retried_by_task",
-)
-# The worker's outcome strings (Worker.process's return values) -> labels.
-_OUTCOME_LABELS = {
-    "timed out": "timed_out",
-    "interrupted by shutdown": "handed_back",
-    "received while shutting down": "handed_back",
+
+class Outcome(str, enum.Enum):
+    """How one message ended: the worker's one vocabulary, in its log fields and metric labels."""
+
+    DONE = "done"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"
+    INVALID = "invalid"
+    HANDED_BACK = "handed_back"
+    REJECTED = "rejected"
+    RETRIED_BY_TASK = "retried_by_task"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def phrase(self) -> str:
+        """The words of the worker's log line for this outcome."""
+        return _PHRASES.get(self, self.value)
+
+
+_PHRASES = {
+    Outcome.TIMED_OUT: "timed out",
+    Outcome.HANDED_BACK: "interrupted by shutdown",
+    Outcome.RETRIED_BY_TASK: "retry asked by the task",
 }
+_BY_WORDS = {**{o.phrase: o for o in Outcome}, **{o.value: o for o in Outcome}}
+
+#: Labels of ``sqstaskmaster_tasks_total``'s ``outcome``.
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 #: Task durations, seconds: 0.1 s to 12 hours.
 DURATION_BUCKETS = (
@@ -68,9 +83,10 @@ class MetricsUnavailableError(SQSTaskMasterError, ImportError):
         )
 
 
-def outcome_label(outcome: str) -> str:
-    """The ``outcome`` label for one of the worker's outcome strings."""
-    return _OUTCOME_LABELS.get(outcome, outcome.replace(" ", "_"))
+def outcome_label(outcome: Union[str, Outcome]) -> str:
+    """The ``outcome`` label of an :class:`Outcome`, its value or its log phrase."""
+    known = _BY_WORDS.get(str(outcome))
+    return known.value if known is not None else str(outcome).replace(" ", "_")
 
 
 class _Metrics:
@@ -267,7 +283,9 @@ def address() -> Optional[Dict[str, Any]]:
 # -- hooks (no-ops while metrics are off) ----------------------------------------------
 
 
-def record_outcome(task: Optional[str], outcome: str, duration_s: Optional[float] = None) -> None:
+def record_outcome(
+    task: Optional[str], outcome: Outcome, duration_s: Optional[float] = None
+) -> None:
     """A message was handled: to the metrics, and to the log fields (:mod:`.logformat`).
 
     ``duration_s`` is given for a task that ran (after :func:`task_started`).
@@ -287,7 +305,10 @@ def task_started(task: str) -> None:
 
 
 def task_ended(
-    task: Optional[str], outcome: str, duration_s: Optional[float] = None, ran: bool = False
+    task: Optional[str],
+    outcome: Union[str, Outcome],
+    duration_s: Optional[float] = None,
+    ran: bool = False,
 ) -> None:
     """A message was handled: count its outcome; ``ran`` after :func:`task_started`."""
     if _metrics is None:

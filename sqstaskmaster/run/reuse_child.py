@@ -190,7 +190,7 @@ def run_facts(build: HandlerBuilder, facts: TaskFacts) -> Any:
     )
     throws: Tuple[Type[BaseException], ...] = tuple(handler.throws)
     try:
-        # Not entered: _runner is None, so run() runs its body here.
+        # Not entered: run() runs its body here.
         return handler.run()
     except throws as error:
         error.__dict__[REJECTED_MARK] = True

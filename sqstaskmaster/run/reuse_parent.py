@@ -81,6 +81,7 @@ class ChildPool:
 
     def execution_for(
         self,
+        execution: Execution,
         handler: Any,
         message: Any,
         task: str,
@@ -90,13 +91,12 @@ class ChildPool:
     ) -> Execution:
         """The strategy ``handler`` (task ``task``, ``message``) runs with: reused child if it can.
 
-        ``handler.execution`` is kept unless ``max_tasks`` (the worker's
+        ``execution`` (the worker's choice) is kept unless ``max_tasks`` (the worker's
         ``max_tasks_per_child``) is over 1, the strategy is a plain
         :class:`Forked`, the handler's class keeps MessageHandler's
         ``__enter__`` (``plain_entry``), and the platform has ``os.waitid``
         (Linux; elsewhere each task keeps a fresh fork).
         """
-        execution: Execution = handler.execution
         if (
             max_tasks <= 1
             or type(execution) is not Forked

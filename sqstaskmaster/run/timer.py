@@ -24,6 +24,9 @@ None and the timer is armed for the next real event only; the run's end
 calls :meth:`SignalTimer.chores_ended`, which fires at once only if the
 chores are due again before that event. So the task sees a handful of
 signals between two heartbeats, however long the chores take.
+
+When each event falls due is computed by :class:`~sqstaskmaster.run.schedule.Schedule`,
+as for the forked task's wait loop.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import threading
 import time
 from types import CodeType, FrameType
 from typing import Any, Callable, FrozenSet, Optional, Union
+
+from ..run.schedule import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +101,14 @@ class SignalTimer:
         chore_at: Optional[Callable[[], Optional[float]]] = None,
         on_chore: Optional[Callable[[], None]] = None,
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"Heartbeat interval must be positive, got {interval_s!r} seconds")
         if on_alarm is None and (on_heartbeat is None or on_deadline is None):
             raise TypeError(
                 f"{owner}: SignalTimer needs on_alarm, or both on_heartbeat and on_deadline"
             )
         self.interval_s = float(interval_s)
-        self._deadline: Union[float, Callable[[], float]] = (
-            deadline if callable(deadline) else float(deadline)
+        # When each event falls due: the same computation as the forked wait loop's.
+        self.schedule = Schedule(
+            interval_s, deadline, stop_at=stop_at if on_stop is not None else None
         )
         self._on_heartbeat = on_heartbeat
         self._on_deadline = on_deadline
@@ -114,30 +118,27 @@ class SignalTimer:
         self._owner = owner
         self._protected = protected
         self._clock = clock
-        self._stop_at = stop_at
         self._on_stop = on_stop
         self._on_notice = on_notice
-        self._chore_at = chore_at
-        self._on_chore = on_chore
-        self._chore_running = False
+        self._on_chore: Optional[Callable[[], None]] = None
+        if chore_at is not None and on_chore is not None:
+            self.set_chores(chore_at, on_chore)
         # Held while the timer is disarmed, and by a helper thread re-arming it.
         self._arm_lock = threading.RLock()
         self._active = False
         self._restore_pending = False
         self._started_at = 0.0
-        self._next_heartbeat = 0.0
         self._previous_handler: Any = None
         self._previous_timer = (0.0, 0.0)
 
     @property
     def deadline(self) -> float:
         """The hard deadline as a ``time.monotonic()`` value, as it stands now."""
-        source = self._deadline
-        return float(source()) if callable(source) else source
+        return self.schedule.deadline
 
     @deadline.setter
     def deadline(self, value: float) -> None:
-        self._deadline = float(value)
+        self.schedule.deadline = value
 
     @property
     def active(self) -> bool:
@@ -156,7 +157,7 @@ class SignalTimer:
             raise RuntimeError(f"{self._owner}: timer already started")
         now = self._clock()
         self._started_at = now
-        self._next_heartbeat = now + self.interval_s
+        self.schedule.begin(now)
         self._previous_handler = signal.getsignal(signal.SIGALRM)
         self._previous_timer = signal.getitimer(signal.ITIMER_REAL)
         signal.signal(signal.SIGALRM, self._handle)
@@ -209,7 +210,7 @@ class SignalTimer:
         if not self._active or self._callback_depth:
             return
         now = self._clock()
-        self._next_heartbeat = now + self.interval_s
+        self.schedule.begin(now)
         self._arm(now)
 
     def refresh(self) -> None:
@@ -221,22 +222,12 @@ class SignalTimer:
         if self._active:
             signal.setitimer(signal.ITIMER_REAL, _SOONEST_S)
 
-    def _stop_time(self) -> Optional[float]:
-        if self._stop_at is None or self._on_stop is None:
-            return None
-        return self._stop_at()
-
     def set_chores(
         self, chore_at: Callable[[], Optional[float]], on_chore: Callable[[], None]
     ) -> None:
         """Call ``on_chore()`` whenever ``chore_at()`` (a ``time.monotonic()`` value) has come."""
-        self._chore_at = chore_at
+        self.schedule.chore_at = chore_at
         self._on_chore = on_chore
-
-    def _chore_time(self) -> Optional[float]:
-        if self._chore_at is None or self._on_chore is None or self._chore_running:
-            return None
-        return self._chore_at()
 
     def chores_ended(self) -> None:
         """A run of the chores just ended (any thread): arm for their next time, if sooner.
@@ -250,7 +241,7 @@ class SignalTimer:
         with self._arm_lock:
             if not self._active:
                 return
-            chore = self._chore_time()
+            chore = self.schedule.chore_time()
             if chore is None:
                 return
             remaining = signal.getitimer(signal.ITIMER_REAL)[0]
@@ -258,20 +249,15 @@ class SignalTimer:
                 signal.setitimer(signal.ITIMER_REAL, _SOONEST_S)
 
     def _arm(self, now: float) -> None:
-        deadline = self.deadline
-        if now >= deadline:
-            delay = _SOONEST_S
-        else:
-            delay = min(self._next_heartbeat, deadline) - now
-        chore = self._chore_time()
-        for event in (self._stop_time(), chore):
-            if event is not None:
-                delay = min(delay, event - now)
+        chore = self.schedule.chore_time()
+        delay = self.schedule.next_at(chores=False) - now
+        if chore is not None:
+            delay = min(delay, chore - now)
         signal.setitimer(signal.ITIMER_REAL, max(delay, _SOONEST_S))
         if chore is None:
             # A run of the chores that ended since they were asked has called
             # chores_ended before this setitimer, which may have undone its firing.
-            chore = self._chore_time()
+            chore = self.schedule.chore_time()
             if chore is not None and chore - now < delay:
                 signal.setitimer(signal.ITIMER_REAL, max(chore - now, _SOONEST_S))
 
@@ -293,28 +279,24 @@ class SignalTimer:
         now = self._clock()
         if self._on_notice is not None:
             self._on_notice()
-        deadline_due = now >= self.deadline
+        schedule = self.schedule
+        deadline_due = schedule.deadline_due(now)
         heartbeat_due = stop_due = chore_due = False
         if deadline_due:
             signal.setitimer(signal.ITIMER_REAL, DEADLINE_REPEAT_S)
         else:
-            heartbeat_due = now >= self._next_heartbeat
-            if heartbeat_due:
-                while self._next_heartbeat <= now:
-                    self._next_heartbeat += self.interval_s
-            stop = self._stop_time()
-            stop_due = stop is not None and now >= stop
+            heartbeat_due = schedule.heartbeat_due(now)
+            stop_due = schedule.stop_due(now)
             if stop_due:
                 # Delivered again every STOP_REPEAT_S until the body lets go;
                 # heartbeats go on meanwhile, since a task may catch the stop
                 # and run on: its message must stay invisible until it ends.
-                wake = min(now + STOP_REPEAT_S, self._next_heartbeat, self.deadline)
+                wake = min(now + STOP_REPEAT_S, schedule.next_at(stop=False, chores=False))
                 signal.setitimer(signal.ITIMER_REAL, max(wake - now, _SOONEST_S))
             else:
-                chore = self._chore_time()
-                chore_due = chore is not None and now >= chore
+                chore_due = schedule.chores_due(now)
                 if chore_due:  # marked before re-arming: no firing meanwhile starts another
-                    self._chore_running = True
+                    schedule.chores_paused = True
                 # Re-arm before the heartbeat's network call, so a slow or failing
                 # extension can neither stop later heartbeats nor delay the deadline.
                 self._arm(now)
@@ -337,6 +319,6 @@ class SignalTimer:
         finally:
             self._callback_depth -= 1
             if chore_due:
-                self._chore_running = False
+                schedule.chores_paused = False
         if chore_due and self._active:
             self._arm(self._clock())  # the chore is done: arm for the nearest event again

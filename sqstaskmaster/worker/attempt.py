@@ -1,8 +1,9 @@
 """One attempt at a message's task: enter its handler, run it, then settle the message.
 
 The worker builds the handler (:mod:`sqstaskmaster.worker.loop`); this module runs
-it and turns how it ended into an :class:`~sqstaskmaster.worker.settlement.Outcome`
-that :class:`~sqstaskmaster.worker.settlement.Disposition` carries out. What a task
+it (its exit only stops the task: ``caller_settles``) and hands how it ended to
+:meth:`~sqstaskmaster.worker.settlement.Disposition.settle`, which decides and
+carries out what becomes of the message, once. What a task
 raises never ends the worker, save a KeyboardInterrupt (its message is handed
 back first); ``sys.exit()`` in a task fails that task, as it does in isolation.
 """
@@ -16,8 +17,9 @@ from typing import Any, Optional
 from ..errors import WorkerShutdownError
 from ..ops import metrics
 from ..sqs.facts import failure_context, message_id_of
+from ..worker.batching import DeleteBatch
 from ..worker.retry import RetryPolicy
-from ..worker.settlement import Disposition, Outcome, classify
+from ..worker.settlement import Disposition, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +34,15 @@ def run_attempt(
     retry: RetryPolicy,
     protection: Any = None,
     shutdown_grace_s: float = 0.0,
+    deletes: Optional[DeleteBatch] = None,
 ) -> Outcome:
     """Run ``handler`` (built for ``message``, receive number ``count``); returns the outcome.
 
     ``protection`` (ECS scale-in protection hooks, or None) is asked to cover
     the hard timeout plus ``shutdown_grace_s`` before the task starts; when a
     stop arrives meanwhile, the task does not start and its message is handed
-    back (visibility 0).
+    back (visibility 0). ``deletes`` (the worker's batched deletes, or None:
+    deleted at once) takes the message of a task that succeeded.
     """
     message_id = message_id_of(message)
     logger.info("task %s message %s receive %d: started", task, message_id, count)
@@ -47,10 +51,9 @@ def run_attempt(
     if protection is not None:  # protected (or tried, within ~2 s) before it starts
         protection.busy(handler.hard_timeout + shutdown_grace_s, task, message_id)
         if _stopping(handler):  # a stop came while the agent was asked: do not start
-            disposition.record(task, Outcome.HANDED_BACK)
-            disposition.hand_back(message, task, "a stop came before the task started")
-            return Outcome.HANDED_BACK
+            return disposition.not_started(message, task, "a stop came before the task started")
     metrics.task_started(task)
+    handler.caller_settles = True  # settled below, once
     try:
         with handler:
             handler.run()
@@ -80,14 +83,29 @@ def run_attempt(
         interrupted = exit_request
     except BaseException as fatal:
         # KeyboardInterrupt from the task: hand back, then stop.
-        disposition.record(task, Outcome.HANDED_BACK, time.monotonic() - started)
-        disposition.hand_back(message, task, f"{type(fatal).__name__} while running")
+        disposition.settle(
+            handler,
+            message,
+            task,
+            count,
+            fatal,
+            retry,
+            time.monotonic() - started,
+            from_body=handler.finished,
+            fatal=True,
+        )
         raise
-    error = handler.error if handler.finished else interrupted
-    outcome = classify(error, handler.throws)
-    duration_s = time.monotonic() - started
-    disposition.settle(message, task, count, outcome, error, retry, duration_s)
-    return outcome
+    return disposition.settle(
+        handler,
+        message,
+        task,
+        count,
+        handler.error if handler.finished else interrupted,
+        retry,
+        time.monotonic() - started,
+        from_body=handler.finished,
+        deletes=deletes,
+    )
 
 
 def _stopping(handler: Any) -> bool:

@@ -14,7 +14,7 @@
 
 Each task runs in a MessageHandler (heartbeat, hard timeout), forked by default
 or under SIGALRM with ``isolate=False`` (:mod:`sqstaskmaster.run.strategies`);
-:mod:`.attempt` runs it, :mod:`.disposition` settles its message.
+:mod:`.attempt` runs it, :mod:`.settlement` settles its message.
 """
 
 from __future__ import annotations
@@ -357,9 +357,7 @@ class Worker(TaskRegistry, Configured):
                         else f" (first received {time.time() - first:.0f} s ago)"
                     )
                 )
-                self._disposition.record(task, Outcome.HANDED_BACK)
-                self._disposition.hand_back(message, task, why)
-                return Outcome.HANDED_BACK
+                return self._disposition.not_started(message, task, why)
             refusal = VisibilityBudgetError(
                 message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
             )
@@ -367,11 +365,12 @@ class Worker(TaskRegistry, Configured):
             return Outcome.REFUSED
         handler.visible_until = visible_until
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
-        chores = None if self._intake is None else self._intake.chores
-        if self._intake is not None:  # deleted in a batch; chores done while it runs
-            handler.deleter = self._intake.delete_later(task, handler._safe_notify)
-        handler.execution = for_worker(handler, self.isolate, self._stop, chores)
+        intake = self._intake  # its chores are done while the task runs
+        strategy = for_worker(
+            handler, self.isolate, self._stop, None if intake is None else intake.chores
+        )
         handler.execution = self.child_pool.execution_for(
+            strategy,
             handler,
             message,
             task,
@@ -389,6 +388,7 @@ class Worker(TaskRegistry, Configured):
             retry=self.retry,
             protection=self._protection,
             shutdown_grace_s=self.shutdown_grace_s,
+            deletes=None if intake is None else intake.deletes,
         )
 
     def _hand_back(self, message: Any, task: Optional[str], why: str) -> None:

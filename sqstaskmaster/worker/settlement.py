@@ -1,6 +1,10 @@
-"""What becomes of a message once its task ran (or could not run): one place, one enum.
+"""What becomes of a message once its task ran (or could not run): decided and done here, once.
 
-- delete: the handler deletes a message whose task succeeded;
+The vocabulary is :class:`~sqstaskmaster.ops.metrics.Outcome` (log fields and
+metric labels alike). For a task a worker ran, :meth:`Disposition.settle`
+decides from how the handler's body ended, and carries it out:
+
+- delete: a message whose task succeeded is queued to the worker's batched deletes;
 - retry later: its visibility is set to the retry backoff (``RetryPolicy``),
   so the queue's redrive policy dead-letters it after ``maxReceiveCount``;
 - retry at: the task asked for its next delivery (``Retry(delay_s)``);
@@ -13,7 +17,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import time
@@ -29,6 +32,7 @@ from ..errors import (
     WorkerShutdownError,
 )
 from ..ops import metrics
+from ..ops.metrics import Outcome as Outcome
 from ..sqs.facts import (
     budget_left_s,
     capped_visibility,
@@ -37,40 +41,12 @@ from ..sqs.facts import (
     queue_url_of_arn,
     receive_count_of,
 )
+from ..worker.batching import DeleteBatch
 from ..worker.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[..., Any]
-
-
-class Outcome(str, enum.Enum):
-    """How one message ended; the values suit metric labels."""
-
-    DONE = "done"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    REFUSED = "refused"
-    UNKNOWN = "unknown"
-    INVALID = "invalid"
-    HANDED_BACK = "handed_back"
-    REJECTED = "rejected"
-    RETRIED_BY_TASK = "retried_by_task"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def phrase(self) -> str:
-        """The words the worker's log line uses for this outcome."""
-        return _PHRASES.get(self, self.value)
-
-
-_PHRASES = {
-    Outcome.TIMED_OUT: "timed out",
-    Outcome.HANDED_BACK: "interrupted by shutdown",
-    Outcome.RETRIED_BY_TASK: "retry asked by the task",
-}
 
 
 def classify(error: Optional[BaseException], throws: Tuple[type, ...] = ()) -> Outcome:
@@ -104,7 +80,10 @@ def _is_0_0_11_hard_timeout(error: BaseException) -> bool:
 
 
 class Disposition:
-    """Carries out what becomes of a message; SQS errors are logged and notified, never raised."""
+    """Decides (:meth:`settle`) and carries out what becomes of a message.
+
+    SQS errors are logged and notified, never raised.
+    """
 
     def __init__(self, notify: Notify) -> None:
         self.notify = notify
@@ -117,16 +96,34 @@ class Disposition:
 
     def settle(
         self,
+        handler: Any,
         message: Any,
         task: str,
         count: int,
-        outcome: Outcome,
         error: Optional[BaseException],
         policy: RetryPolicy,
         duration_s: float,
-    ) -> None:
-        """Log how a task ended, and dispose of its message (its handler deleted a done one)."""
+        *,
+        from_body: bool = True,
+        fatal: bool = False,
+        deletes: Optional[DeleteBatch] = None,
+    ) -> Outcome:
+        """Decide what becomes of ``handler``'s message, whose task ended with ``error``; do it.
+
+        ``from_body``: ``error`` came out of the task (through the handler's
+        exit), so a failure is reported through the handler's ``notify`` and
+        its "Failed for message" log line, as 0.0.11's exit did. ``fatal``: a
+        KeyboardInterrupt the caller raises again: the message is handed back.
+        A done message is queued to ``deletes`` (the worker's batched deletes;
+        a failed delete goes to the handler's ``notify``), else deleted at once.
+        """
+        outcome = Outcome.HANDED_BACK if fatal else classify(error, handler.throws)
+        if from_body and error is not None and not isinstance(error, (Retry, WorkerShutdownError)):
+            handler.report_failure(error)
         self.record(task, outcome, duration_s)
+        if fatal:
+            self.hand_back(message, task, f"{type(error).__name__} while running")
+            return outcome
         logger.info(
             "task %s message %s receive %d: %s in %.3f s%s",
             task,
@@ -136,19 +133,25 @@ class Disposition:
             duration_s,
             "" if error is None else f" ({type(error).__name__}: {error})",
         )
-        if outcome is Outcome.HANDED_BACK:
+        if outcome is Outcome.DONE:
+            if deletes is None:
+                handler.delete_message()
+            else:
+                deletes.add(message, task, handler._safe_notify)
+        elif outcome is Outcome.HANDED_BACK:
             self.hand_back(message, task, "stopped by shutdown")
         elif outcome is Outcome.RETRIED_BY_TASK and isinstance(error, Retry):
             self.retry_at(message, task, count, error.delay_s)
         elif outcome is Outcome.REJECTED:
             self.dead_letter(message, task, count, f"{type(error).__name__}: {error}", policy)
-        elif outcome is not Outcome.DONE:
+        else:
             self.retry_later(message, task, count, outcome.phrase, policy)
+        return outcome
 
     @staticmethod
     def record(task: Optional[str], outcome: Outcome, duration_s: Optional[float] = None) -> None:
         """Count the outcome (metrics) and put it in the log fields; ``duration_s`` if it ran."""
-        metrics.record_outcome(task, outcome.value, duration_s)
+        metrics.record_outcome(task, outcome, duration_s)
 
     def malformed(
         self, message: Any, malformed: MalformedBodyError, count: int, policy: RetryPolicy
@@ -237,6 +240,12 @@ class Disposition:
             delay_s,
         )
         return delay
+
+    def not_started(self, message: Any, task: str, why: str) -> Outcome:
+        """A task that will not start now (``why``): its message is handed back."""
+        self.record(task, Outcome.HANDED_BACK)
+        self.hand_back(message, task, why)
+        return Outcome.HANDED_BACK
 
     def hand_back(self, message: Any, task: Optional[str], why: str) -> None:
         """Visible again at once (visibility 0)."""
