@@ -1,6 +1,6 @@
 """The forked task's wait loop: heartbeats, the hard deadline, a worker's stop and chores.
 
-:func:`wait_for_child` waits for a :class:`~sqstaskmaster.run.child.ForkedChild`
+:func:`wait_for_child` waits for a :class:`~sqstaskmaster.run.fork.ForkedChild`
 (or anything with its interface: the reused child's task) while it keeps the
 promises of its handler from this process, which runs no task code: the
 heartbeats (in helper threads, :mod:`sqstaskmaster.run.background`), the hard
@@ -24,7 +24,7 @@ from ..run.background import (
     ChoreSource,
     InlineFallback,
 )
-from ..run.child import ForkedChild
+from ..run.fork import ForkedChild
 from ..run.schedule import Schedule
 
 logger = logging.getLogger(__name__)
