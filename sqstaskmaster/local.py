@@ -204,3 +204,7 @@ class LocalQueue:
         }
         every = "All" in names
         return {name: value for name, value in known.items() if every or name in names}
+
+    def dead_letter_queue(self) -> None:
+        """None: a LocalQueue has no redrive policy."""
+        return None

@@ -20,13 +20,14 @@ that no queue was given for, through those methods of its own.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Type
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..sqs.facts import MAX_BATCH_ENTRIES, mark_received
+from .facts import MAX_BATCH_ENTRIES, mark_received, queue_url_of_arn
 
 #: The errors an SQS call raises for SQS's answer or the network (not for a bug).
 SQS_ERRORS: Tuple[Type[BaseException], ...] = (BotoCoreError, ClientError)
@@ -85,6 +86,10 @@ class Queue(Protocol):
 
     def queue_attributes(self, names: Sequence[str]) -> Dict[str, Any]:
         """The queue's attributes named (as SQS answers: every value a string)."""
+        ...
+
+    def dead_letter_queue(self) -> Optional[Queue]:
+        """The queue its redrive policy names, or None (no policy; no queue behind it)."""
         ...
 
 
@@ -216,6 +221,13 @@ class BotoQueue:
         attributes: Dict[str, Any] = answer.get("Attributes", {})
         return attributes
 
+    def dead_letter_queue(self) -> Optional[BotoQueue]:
+        policy = self.queue_attributes(["RedrivePolicy"]).get("RedrivePolicy")
+        if not policy:
+            return None
+        arn = json.loads(policy)["deadLetterTargetArn"]
+        return BotoQueue(self.client, queue_url_of_arn(self.client, arn))
+
 
 class SelfSettling:
     """A queue for messages that settle themselves (``delete``, ``change_visibility``).
@@ -247,6 +259,9 @@ class SelfSettling:
 
     def queue_attributes(self, names: Sequence[str]) -> Dict[str, Any]:
         return {}
+
+    def dead_letter_queue(self) -> None:
+        return None
 
 
 SELF_SETTLING = SelfSettling()

@@ -17,13 +17,13 @@ decides from how the handler's body ended, and carries it out:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import (
     HARD_TIMEOUT_TEXT,
+    BatchEntryError,
     ChildTaskError,
     HardTimeoutError,
     MalformedBodyError,
@@ -38,9 +38,9 @@ from ..sqs.facts import (
     capped_visibility,
     failure_context,
     message_id_of,
-    queue_url_of_arn,
     receive_count_of,
 )
+from ..sqs.queue import Queue, queue_of
 from ..worker.batching import DeleteBatch
 from ..worker.retry import RetryPolicy
 
@@ -90,7 +90,7 @@ class Disposition:
         # Called before a hand-back (a worker flushes its batched deletes).
         self.before_hand_back: Optional[Callable[[], None]] = None
         # Queue URL -> its dead-letter queue's URL (None: no redrive policy).
-        self._dead_letter_urls: Dict[str, Optional[str]] = {}
+        self._dead_letter_queues: Dict[Queue, Optional[Queue]] = {}
         # (id(message), seconds) of the last visibility change SQS accepted.
         self._last_visibility: Optional[Tuple[int, int]] = None
 
@@ -287,7 +287,7 @@ class Disposition:
         """
         message_id = message_id_of(message)
         try:
-            target = self.dead_letter_url(message)
+            target = self.dead_letter_queue(message)
         except Exception as error:
             logger.exception(
                 "task %s message %s: cannot read the queue's redrive policy", task, message_id
@@ -307,11 +307,21 @@ class Disposition:
             self.retry_later(message, task, count, why, policy)
             return False
         try:
-            message.meta.client.send_message(
-                QueueUrl=target,
-                MessageBody=message.body,
-                MessageAttributes=getattr(message, "message_attributes", None) or {},
-            )
+            copy = {
+                "Id": "0",
+                "MessageBody": message.body,
+                "MessageAttributes": getattr(message, "message_attributes", None) or {},
+            }
+            failed = target.send_batch([copy]).get("Failed")
+            if failed:
+                entry = failed[0]
+                raise BatchEntryError(
+                    "SendMessage to the dead-letter queue",
+                    message_id,
+                    task,
+                    entry.get("Code", "?"),
+                    entry.get("Message", ""),
+                )
         except Exception as error:
             logger.exception(
                 "task %s message %s: copy to dead-letter queue %s failed", task, message_id, target
@@ -342,20 +352,9 @@ class Disposition:
         )
         return True
 
-    def dead_letter_url(self, message: Any) -> Optional[str]:
-        """The URL of the message's queue's dead-letter queue (read once per queue), or None."""
-        url = getattr(message, "queue_url", None)
-        meta = getattr(message, "meta", None)
-        if url is None or meta is None:  # no SQS queue behind the message
-            return None
-        if url not in self._dead_letter_urls:
-            client = meta.client
-            attributes = client.get_queue_attributes(
-                QueueUrl=url, AttributeNames=["RedrivePolicy"]
-            ).get("Attributes", {})
-            policy = attributes.get("RedrivePolicy")
-            target = None
-            if policy:
-                target = queue_url_of_arn(client, json.loads(policy)["deadLetterTargetArn"])
-            self._dead_letter_urls[url] = target
-        return self._dead_letter_urls[url]
+    def dead_letter_queue(self, message: Any) -> Optional[Queue]:
+        """The dead-letter queue of the message's queue (asked once per queue), or None."""
+        queue = queue_of(message)
+        if queue not in self._dead_letter_queues:
+            self._dead_letter_queues[queue] = queue.dead_letter_queue()
+        return self._dead_letter_queues[queue]
