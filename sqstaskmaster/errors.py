@@ -9,7 +9,10 @@ written for 0.0.11 still catches them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
+
+#: A ``notify(exception, context=...)`` callable, as 0.0.11's classes take one.
+Notify = Callable[..., Any]
 
 
 class SQSTaskMasterError(Exception):

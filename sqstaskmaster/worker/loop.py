@@ -24,11 +24,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from ..errors import (
     InvalidTaskMessageError,
     MalformedBodyError,
+    Notify,
     PollFailedError,
     UnknownTaskError,
     VisibilityBudgetError,
@@ -65,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 # Consecutive failed polls before the worker gives up (its supervisor restarts it).
 MAX_POLL_FAILURES = 5
-
-Notify = Callable[..., Any]
 
 
 class Worker(TaskRegistry, Configured):
