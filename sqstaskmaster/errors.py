@@ -1,154 +1,52 @@
 """Error types added by this package; they share one root, SQSTaskMasterError.
 
 0.0.11's contract keeps its built-in exception types (ValueError, TypeError,
-KeyError, TimeoutError, RuntimeError) where SPEC.md names them; the types here
+KeyError, TimeoutError, RuntimeError) where it names them; the types here
 subclass the matching built-in where one applies, so ``except RuntimeError``
-written for 0.0.11 still catches them.
+written for 0.0.11 still catches them. ``Notify`` is the type of the
+``notify(exception, context=...)`` callable every layer passes errors to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 #: A ``notify(exception, context=...)`` callable, as 0.0.11's classes take one.
 Notify = Callable[..., Any]
 
-
-class SQSTaskMasterError(Exception):
-    """Root of every error type this package defines."""
-
-
-class HandlerThreadError(SQSTaskMasterError, RuntimeError):
-    """A signal-mode MessageHandler was entered outside the main thread."""
-
-    def __init__(self, handler_name: str, thread_name: str) -> None:
-        self.handler_name = handler_name
-        self.thread_name = thread_name
-        super().__init__(
-            f"MessageHandler {handler_name} was entered in thread {thread_name!r}, but "
-            "handlers must run in the main thread: their heartbeat and hard timeout use "
-            "SIGALRM, which Python only delivers to the main thread. Enter the handler "
-            "from the main thread of a process (for example one worker process per "
-            "task stream), or use process isolation, which does not need signals."
-        )
-
-
-#: 0.0.11's text of the hard-timeout error (SPEC.md).
+#: 0.0.11's text of the hard-timeout error.
 HARD_TIMEOUT_TEXT = "Hit Hard Timeout for message handler"
 
 
-class HardTimeoutError(SQSTaskMasterError, TimeoutError):
-    """A task ran past its hard timeout and was stopped."""
+class SQSTaskMasterError(Exception):
+    """Root of every error type this package defines.
 
-    def __init__(self, message: str, hard_timeout: float, elapsed: Optional[float] = None) -> None:
-        self.hard_timeout = hard_timeout
-        self.elapsed = elapsed
-        super().__init__(message)
-
-
-class ChildTaskError(SQSTaskMasterError):
-    """A task run in an isolated child process raised; carries the child's exception as text.
-
-    Where the task's exception class is importable in the parent, the error
-    raised is also an instance of that class (see sqstaskmaster.run.child_error).
+    The types below with fields are dataclasses (``eq=False, repr=False``:
+    an exception's identity, hash and repr): the fields are the constructor's
+    arguments and the error's attributes, :meth:`_text` makes the message from
+    them (``args`` is ``(message,)``, as for any exception made with one), and
+    the error pickles by its fields.
     """
 
-    #: True when the task's ``throws`` listed the child's exception: a permanent failure.
-    rejected = False
+    def __post_init__(self) -> None:
+        super().__init__(self._text())
 
-    def __init__(
-        self, type_name: str, message: str, traceback: str, pid: Optional[int] = None
-    ) -> None:
-        self.type_name = type_name
-        self.message = message
-        self.traceback = traceback
-        self.pid = pid
-        super().__init__(
-            f"{type_name}: {message} (raised by the task in its isolated child process {pid}; "
-            "the child's traceback is in this error's traceback attribute and in the log)"
-        )
+    def _text(self) -> str:
+        """The message, from the fields."""
+        raise NotImplementedError
+
+    def __reduce__(self) -> Any:
+        if not dataclasses.is_dataclass(self):
+            return super().__reduce__()
+        fields = tuple(getattr(self, item.name) for item in dataclasses.fields(self))
+        return (type(self), fields, self.__dict__)
 
 
-class ChildDiedError(SQSTaskMasterError):
-    """An isolated task's child process died (signal or exit) without reporting a result."""
-
-    def __init__(
-        self,
-        pid: int,
-        signal_name: Optional[str] = None,
-        signal_number: Optional[int] = None,
-        exit_code: Optional[int] = None,
-    ) -> None:
-        self.pid = pid
-        self.signal_name = signal_name
-        self.signal_number = signal_number
-        self.exit_code = exit_code
-        if signal_name is not None:
-            how = (
-                f"was killed by signal {signal_name} ({signal_number}) before reporting a "
-                "result: a crash in native code (SIGSEGV, SIGABRT, SIGBUS) or the "
-                "out-of-memory killer (SIGKILL). Check the kernel log and the memory limit."
-            )
-        else:
-            how = (
-                f"exited with code {exit_code} before reporting a result: the task ended "
-                "its process itself (os._exit, os.exec*). Let run() return or raise instead."
-            )
-        super().__init__(f"The isolated task's child process {pid} {how}")
-
-
-class IsolationUnavailableError(SQSTaskMasterError, RuntimeError):
-    """Process isolation was asked for on a platform without os.fork."""
-
-    def __init__(self, handler_name: str, platform: str) -> None:
-        self.handler_name = handler_name
-        self.platform = platform
-        super().__init__(
-            f"{handler_name} asks for process isolation, which needs os.fork, but this "
-            f"platform ({platform}) has no fork. Run the worker on Linux, or set "
-            "isolate = False on the handler class to use the signal mode."
-        )
-
-
-class TaskStuckError(SQSTaskMasterError, RuntimeError):
-    """The handler's running() reported that the task stopped making progress."""
-
-    def __init__(self, message: str, message_id: Optional[str], elapsed: float) -> None:
-        self.message_id = message_id
-        self.elapsed = elapsed
-        super().__init__(message)
-
-
-class MessageTooLargeError(SQSTaskMasterError, ValueError):
-    """A message would exceed the queue's MaximumMessageSize; nothing was sent."""
-
-    def __init__(self, task: Any, size: int, limit: int, index: Optional[int] = None) -> None:
-        self.task = task
-        self.size = size
-        self.limit = limit
-        self.index = index
-        where = "" if index is None else f" (entry {index} of the batch)"
-        super().__init__(
-            f"Task {task!r}{where}: message is {size} bytes (body plus attributes, UTF-8), "
-            f"over the queue's MaximumMessageSize of {limit} bytes; nothing was sent. Pass a "
-            "reference (for example an S3 key) instead of the data itself."
-        )
-
-
-class EncodeError(SQSTaskMasterError, ValueError):
-    """A task's kwargs cannot be encoded as JSON that a worker can decode."""
-
-    def __init__(self, task: Any, error: BaseException, index: Optional[int] = None) -> None:
-        self.task = task
-        self.error = error
-        self.index = index
-        where = "" if index is None else f" (entry {index} of the batch)"
-        super().__init__(
-            f"Task {task!r}{where}: kwargs cannot be encoded as JSON a worker can decode "
-            f"({type(error).__name__}: {error}); nothing was sent. Pass plain JSON values "
-            "(no circular structures, no NaN or infinity, no deep nesting)."
-        )
+def _entry(index: Optional[int]) -> str:
+    """Where in a batch submission an entry stands ("" for a single submission)."""
+    return "" if index is None else f" (entry {index} of the batch)"
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:
@@ -168,16 +66,162 @@ def body_excerpt(body: Any, limit: int = 200) -> str:
     return f"{excerpt} ({size} bytes)"
 
 
+# -- the task's run -----------------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class HandlerThreadError(SQSTaskMasterError, RuntimeError):
+    """A signal-mode MessageHandler was entered outside the main thread."""
+
+    handler_name: str
+    thread_name: str
+
+    def _text(self) -> str:
+        return (
+            f"MessageHandler {self.handler_name} was entered in thread {self.thread_name!r}, "
+            "but handlers must run in the main thread: their heartbeat and hard timeout use "
+            "SIGALRM, which Python only delivers to the main thread. Enter the handler "
+            "from the main thread of a process (for example one worker process per "
+            "task stream), or use process isolation, which does not need signals."
+        )
+
+
+@dataclass(eq=False, repr=False)
+class IsolationUnavailableError(SQSTaskMasterError, RuntimeError):
+    """Process isolation was asked for on a platform without os.fork."""
+
+    handler_name: str
+    platform: str
+
+    def _text(self) -> str:
+        return (
+            f"{self.handler_name} asks for process isolation, which needs os.fork, but this "
+            f"platform ({self.platform}) has no fork. Run the worker on Linux, or set "
+            "isolate = False on the handler class to use the signal mode."
+        )
+
+
+@dataclass(eq=False, repr=False)
+class HardTimeoutError(SQSTaskMasterError, TimeoutError):
+    """A task ran past its hard timeout and was stopped."""
+
+    message: str
+    hard_timeout: float
+    elapsed: Optional[float] = None
+
+    def _text(self) -> str:
+        return self.message
+
+
+@dataclass(eq=False, repr=False)
+class TaskStuckError(SQSTaskMasterError, RuntimeError):
+    """The handler's running() reported that the task stopped making progress."""
+
+    message: str
+    message_id: Optional[str]
+    elapsed: float
+
+    def _text(self) -> str:
+        return self.message
+
+
+@dataclass(eq=False, repr=False)
+class ChildTaskError(SQSTaskMasterError):
+    """A task run in an isolated child process raised; carries the child's exception as text.
+
+    Where the task's exception class is importable in the parent, the error
+    raised is also an instance of that class (see sqstaskmaster.run.child_error).
+    """
+
+    #: True when the task's ``throws`` listed the child's exception: a permanent failure.
+    rejected = False
+
+    type_name: str
+    message: str
+    traceback: str
+    pid: Optional[int] = None
+
+    def _text(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} (raised by the task in its isolated child "
+            f"process {self.pid}; the child's traceback is in this error's traceback "
+            "attribute and in the log)"
+        )
+
+
+@dataclass(eq=False, repr=False)
+class ChildDiedError(SQSTaskMasterError):
+    """An isolated task's child process died (signal or exit) without reporting a result."""
+
+    pid: int
+    signal_name: Optional[str] = None
+    signal_number: Optional[int] = None
+    exit_code: Optional[int] = None
+
+    def _text(self) -> str:
+        if self.signal_name is not None:
+            how = (
+                f"was killed by signal {self.signal_name} ({self.signal_number}) before "
+                "reporting a result: a crash in native code (SIGSEGV, SIGABRT, SIGBUS) or the "
+                "out-of-memory killer (SIGKILL). Check the kernel log and the memory limit."
+            )
+        else:
+            how = (
+                f"exited with code {self.exit_code} before reporting a result: the task ended "
+                "its process itself (os._exit, os.exec*). Let run() return or raise instead."
+            )
+        return f"The isolated task's child process {self.pid} {how}"
+
+
+# -- submitting ---------------------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class MessageTooLargeError(SQSTaskMasterError, ValueError):
+    """A message would exceed the queue's MaximumMessageSize; nothing was sent."""
+
+    task: Any
+    size: int
+    limit: int
+    index: Optional[int] = None
+
+    def _text(self) -> str:
+        return (
+            f"Task {self.task!r}{_entry(self.index)}: message is {self.size} bytes (body plus "
+            f"attributes, UTF-8), over the queue's MaximumMessageSize of {self.limit} bytes; "
+            "nothing was sent. Pass a reference (for example an S3 key) instead of the data "
+            "itself."
+        )
+
+
+@dataclass(eq=False, repr=False)
+class EncodeError(SQSTaskMasterError, ValueError):
+    """A task's kwargs cannot be encoded as JSON that a worker can decode."""
+
+    task: Any
+    error: BaseException
+    index: Optional[int] = None
+
+    def _text(self) -> str:
+        return (
+            f"Task {self.task!r}{_entry(self.index)}: kwargs cannot be encoded as JSON a worker "
+            f"can decode ({type(self.error).__name__}: {self.error}); nothing was sent. Pass "
+            "plain JSON values (no circular structures, no NaN or infinity, no deep nesting)."
+        )
+
+
+@dataclass(eq=False, repr=False)
 class InvalidTaskNameError(SQSTaskMasterError, TypeError, ValueError):
     """A task name to submit is not a non-empty str, so no worker could run it."""
 
-    def __init__(self, task: Any, index: Optional[int] = None) -> None:
-        self.task = task
-        self.index = index
-        where = "" if index is None else f" (entry {index} of the batch)"
-        super().__init__(
-            f"Task name {task!r}{where} is a {type(task).__name__}; a task name must be a "
-            "non-empty str (the name a worker registered the task under); nothing was sent."
+    task: Any
+    index: Optional[int] = None
+
+    def _text(self) -> str:
+        return (
+            f"Task name {self.task!r}{_entry(self.index)} is a {type(self.task).__name__}; a "
+            "task name must be a non-empty str (the name a worker registered the task under); "
+            "nothing was sent."
         )
 
 
@@ -192,19 +236,26 @@ class FailedEntry:
     sender_fault: bool
 
 
+@dataclass(eq=False, repr=False)
 class BatchSendError(SQSTaskMasterError):
     """Some messages of a batch submission were not sent; lists them and the ids of those sent."""
 
-    def __init__(self, failed: Sequence[FailedEntry], message_ids: Sequence[Optional[str]]) -> None:
-        self.failed = list(failed)
-        self.message_ids = list(message_ids)
+    failed: List[FailedEntry]
+    message_ids: List[Optional[str]]
+
+    def __post_init__(self) -> None:
+        self.failed = list(self.failed)
+        self.message_ids = list(self.message_ids)
+        super().__post_init__()
+
+    def _text(self) -> str:
         sent = sum(1 for message_id in self.message_ids if message_id is not None)
         listed = "; ".join(
             f"entry {entry.index} task {entry.task!r}: {entry.code} {entry.message}".rstrip()
             for entry in self.failed[:10]
         )
         more = f"; and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
-        super().__init__(
+        return (
             f"{len(self.failed)} of {len(self.message_ids)} messages were not sent ({sent} "
             f"were): {listed}{more}. The error's failed attribute lists every unsent entry by "
             "its index in the input, and message_ids the ids of those sent (None if unsent): "
@@ -212,52 +263,57 @@ class BatchSendError(SQSTaskMasterError):
         )
 
 
+# -- receiving and settling -----------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
 class BatchEntryError(SQSTaskMasterError):
     """One message of a worker's batch call (delete, visibility change) SQS did not carry out."""
 
-    def __init__(
-        self, action: str, message_id: Optional[str], task: Optional[str], code: str, text: str
-    ) -> None:
-        self.action = action
-        self.message_id = message_id
-        self.task = task
-        self.code = code
-        super().__init__(
-            f"{action} of message {message_id} (task {task}) failed: {code} {text}".rstrip()
-        )
+    action: str
+    message_id: Optional[str]
+    task: Optional[str]
+    code: str
+    text: str
+
+    def _text(self) -> str:
+        what = f"{self.action} of message {self.message_id} (task {self.task})"
+        return f"{what} failed: {self.code} {self.text}".rstrip()
 
 
 class BodyError(SQSTaskMasterError, ValueError):
     """A message body is not a task this package can run (see :mod:`sqstaskmaster.sqs.wire`)."""
 
 
+@dataclass(eq=False, repr=False)
 class DecodeError(BodyError):
     """A message body cannot be decoded as JSON, whatever the decoder raised."""
 
-    def __init__(self, body: Any, error: BaseException) -> None:
-        self.body = body
-        self.error = error
-        super().__init__(
-            f"Message body cannot be decoded as JSON ({type(error).__name__}: {error}); "
-            f"it starts {body_excerpt(body)}. The message is not run and is left to the "
-            "queue's redrive policy: fix the producer."
+    body: Any
+    error: BaseException
+
+    def _text(self) -> str:
+        return (
+            f"Message body cannot be decoded as JSON ({type(self.error).__name__}: "
+            f"{self.error}); it starts {body_excerpt(self.body)}. The message is not run and "
+            "is left to the queue's redrive policy: fix the producer."
         )
 
 
+@dataclass(eq=False, repr=False)
 class MalformedBodyError(BodyError):
     """A body that is not JSON, not an object, or lacks ``task`` or ``kwargs``."""
 
-    def __init__(
-        self, message_id: Optional[str], body: Any, cause: BaseException, decodes: bool
-    ) -> None:
-        self.message_id = message_id
-        self.body = body
-        self.cause = cause
-        self.decodes = decodes
-        what = "lacks the task or kwargs field" if decodes else "is not JSON"
-        super().__init__(
-            f"Message {message_id}: body {body_excerpt(body, 80)} {what} "
-            f"({type(cause).__name__}: {cause}); expected "
+    message_id: Optional[str]
+    body: Any
+    cause: BaseException
+    decodes: bool
+
+    def _text(self) -> str:
+        what = "lacks the task or kwargs field" if self.decodes else "is not JSON"
+        return (
+            f"Message {self.message_id}: body {body_excerpt(self.body, 80)} {what} "
+            f"({type(self.cause).__name__}: {self.cause}); expected "
             '{"task": "<name>", "kwargs": {...}}. The message is left to the queue\'s '
             "redrive policy: fix the producer."
         )
@@ -272,113 +328,129 @@ class MalformedBodyError(BodyError):
         return DecodeError(self.body, cause)
 
 
+@dataclass(eq=False, repr=False)
 class InvalidTaskMessageError(BodyError):
     """A message decoded as JSON but its task is not a string or its kwargs not an object."""
 
-    def __init__(self, message_id: Optional[str], task: Any, kwargs: Any) -> None:
-        self.message_id = message_id
-        self.task = task
-        self.kwargs = kwargs
-        super().__init__(
-            f"Message {message_id}: task must be a string and kwargs a JSON object, got task "
-            f"{_short_repr(task)} ({type(task).__name__}) and kwargs of type "
-            f"{type(kwargs).__name__}; "
+    message_id: Optional[str]
+    task: Any
+    kwargs: Any
+
+    def _text(self) -> str:
+        return (
+            f"Message {self.message_id}: task must be a string and kwargs a JSON object, got "
+            f"task {_short_repr(self.task)} ({type(self.task).__name__}) and kwargs of type "
+            f"{type(self.kwargs).__name__}; "
             "the message was not run and is left to the queue's redrive policy. Fix the producer."
         )
 
 
+@dataclass(eq=False, repr=False)
 class UnknownTaskError(SQSTaskMasterError, LookupError):
     """A message names a task that the worker's registry does not have."""
 
-    def __init__(self, message_id: Optional[str], task: str, known: Any) -> None:
-        self.message_id = message_id
-        self.task = task
-        self.known = sorted(known)
-        super().__init__(
-            f"Message {message_id}: unknown task {_short_repr(task)}; this worker knows "
-            f"{self.known}. "
+    message_id: Optional[str]
+    task: str
+    known: Any
+
+    def __post_init__(self) -> None:
+        self.known = sorted(self.known)
+        super().__post_init__()
+
+    def _text(self) -> str:
+        return (
+            f"Message {self.message_id}: unknown task {_short_repr(self.task)}; this worker "
+            f"knows {self.known}. "
             "The message was not run and is left to the queue's redrive policy: register the "
             "task in the worker's app, or fix the producer."
         )
 
 
+@dataclass(eq=False, repr=False)
 class VisibilityBudgetError(SQSTaskMasterError, TimeoutError):
     """A task's hard timeout does not fit in what is left of SQS's 12-hour visibility budget."""
 
-    def __init__(
-        self,
-        message_id: Optional[str],
-        task: str,
-        hard_timeout: float,
-        left: float,
-        stop_margin_s: float = 0.0,
-    ):
-        self.message_id = message_id
-        self.task = task
-        self.hard_timeout = hard_timeout
-        self.left = left
-        self.stop_margin_s = stop_margin_s
-        needed = hard_timeout + stop_margin_s
-        super().__init__(
-            f"Task {task!r} in message {message_id} was refused before it started: it needs "
-            f"{needed:g} s of visibility (its hard timeout of {hard_timeout:g} s plus "
-            f"{stop_margin_s:g} s to stop it and settle the message), but only "
-            f"{max(int(left), 0)} s are left of SQS's 12-hour visibility budget, counted from "
-            "the receive that delivered the message; past it another worker could receive it "
-            "while the task runs. Lower the task's hard timeout, or split the task; the "
-            "message is left to the retry delay and the redrive policy."
+    message_id: Optional[str]
+    task: str
+    hard_timeout: float
+    left: float
+    stop_margin_s: float = 0.0
+
+    def _text(self) -> str:
+        needed = self.hard_timeout + self.stop_margin_s
+        return (
+            f"Task {self.task!r} in message {self.message_id} was refused before it started: "
+            f"it needs {needed:g} s of visibility (its hard timeout of {self.hard_timeout:g} s "
+            f"plus {self.stop_margin_s:g} s to stop it and settle the message), but only "
+            f"{max(int(self.left), 0)} s are left of SQS's 12-hour visibility budget, counted "
+            "from the receive that delivered the message; past it another worker could "
+            "receive it while the task runs. Lower the task's hard timeout, or split the task; "
+            "the message is left to the retry delay and the redrive policy."
         )
 
 
+# -- the worker process -------------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
 class PollFailedError(SQSTaskMasterError):
     """The worker gave up after its polls of the queue failed too many times in a row."""
 
-    def __init__(self, queue_url: Optional[str], failures: int, error: BaseException) -> None:
-        self.queue_url = queue_url
-        self.failures = failures
-        self.error = error
-        super().__init__(
-            f"Gave up on queue {queue_url} after {failures} failed polls in a row, the last "
-            f"with {type(error).__name__}: {error}. Check that the queue exists, the endpoint "
-            "and region are right and the network reaches SQS; a supervisor restarts the worker."
+    queue_url: Optional[str]
+    failures: int
+    error: BaseException
+
+    def _text(self) -> str:
+        return (
+            f"Gave up on queue {self.queue_url} after {self.failures} failed polls in a row, "
+            f"the last with {type(self.error).__name__}: {self.error}. Check that the queue "
+            "exists, the endpoint and region are right and the network reaches SQS; a "
+            "supervisor restarts the worker."
         )
 
 
+@dataclass(eq=False, repr=False)
 class WorkerShutdownError(SQSTaskMasterError):
     """The worker stopped a running task at shutdown (grace expired or second signal)."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(
-            f"Task stopped by worker shutdown ({reason}); its message is handed back to the "
-            "queue with visibility 0. Raise --shutdown-grace if tasks should get longer."
+    reason: str
+
+    def _text(self) -> str:
+        return (
+            f"Task stopped by worker shutdown ({self.reason}); its message is handed back to "
+            "the queue with visibility 0. Raise --shutdown-grace if tasks should get longer."
         )
 
 
+@dataclass(eq=False, repr=False)
 class AppImportError(SQSTaskMasterError, ImportError):
     """The worker's APP (module:attribute) cannot be imported or is not a worker or a dict."""
 
-    def __init__(self, spec: str, reason: str) -> None:
-        self.spec = spec
-        self.reason = reason
-        super().__init__(
-            f"Cannot load worker app {spec!r}: {reason}. APP is 'module:attribute', naming a "
-            "Worker or a dict of task name -> MessageHandler subclass or function, importable "
-            "from the current directory."
+    spec: str
+    reason: str
+
+    def _text(self) -> str:
+        return (
+            f"Cannot load worker app {self.spec!r}: {self.reason}. APP is 'module:attribute', "
+            "naming a Worker or a dict of task name -> MessageHandler subclass or function, "
+            "importable from the current directory."
         )
 
 
+@dataclass(eq=False, repr=False)
 class TaskProtectionError(SQSTaskMasterError):
     """The ECS agent did not apply a scale-in protection change (refused, failed or timed out)."""
 
-    def __init__(self, action: str, kind: str, detail: str) -> None:
-        self.action = action
-        self.kind = kind
-        self.detail = detail
-        super().__init__(
-            f"ECS task scale-in protection {action} failed ({kind}): {detail}. Tasks go on "
-            "running, but ECS may stop this container while one runs. Check that ECS_AGENT_URI "
-            "is the agent's and that the task role allows ecs:UpdateTaskProtection."
+    action: str
+    kind: str
+    detail: str
+
+    def _text(self) -> str:
+        return (
+            f"ECS task scale-in protection {self.action} failed ({self.kind}): {self.detail}. "
+            "Tasks go on running, but ECS may stop this container while one runs. Check that "
+            "ECS_AGENT_URI is the agent's and that the task role allows "
+            "ecs:UpdateTaskProtection."
         )
 
 
@@ -408,37 +480,43 @@ class TaskControl(SQSTaskMasterError):
         return None
 
 
+@dataclass(eq=False, repr=False)
 class Retry(TaskControl):
     """Run the task again after ``delay_s`` seconds; not reported to ``notify`` as an error.
 
     The delay is capped by SQS (12 hours from the receive that delivered the message).
     """
 
-    def __init__(self, delay_s: float = 0.0, reason: str = "") -> None:
+    delay_s: float = 0.0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        delay_s = self.delay_s
         if not isinstance(delay_s, (int, float)) or delay_s != delay_s or delay_s < 0:
             raise ValueError(f"Retry delay_s must be a number of seconds >= 0, got {delay_s!r}")
         self.delay_s = float(delay_s)
-        self.reason = reason
-        super().__init__(
-            f"The task asked to run again in {self.delay_s:g} s" + (f": {reason}" if reason else "")
-        )
+        super().__post_init__()
+
+    def _text(self) -> str:
+        reason = f": {self.reason}" if self.reason else ""
+        return f"The task asked to run again in {self.delay_s:g} s{reason}"
 
     def report(self) -> Dict[str, Any]:
         return {"kind": "retry", "delay_s": self.delay_s, "reason": self.reason}
 
 
+@dataclass(eq=False, repr=False)
 class Reject(TaskControl):
     """A permanent failure: the message goes to the queue's dead-letter queue at once.
 
     Without a redrive policy it takes the normal retry path (with a warning).
     """
 
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
-        super().__init__(
-            "The task rejected its message as a permanent failure"
-            + (f": {reason}" if reason else "")
-        )
+    reason: str = ""
+
+    def _text(self) -> str:
+        reason = f": {self.reason}" if self.reason else ""
+        return f"The task rejected its message as a permanent failure{reason}"
 
     def report(self) -> Dict[str, Any]:
         return {"kind": "reject", "reason": self.reason}
