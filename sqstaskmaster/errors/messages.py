@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 from .root import SQSTaskMasterError
 
 
-def _entry(index: Optional[int]) -> str:
+def _in_batch(index: Optional[int]) -> str:
     """Where in a batch submission an entry stands ("" for a single submission)."""
     return "" if index is None else f" (entry {index} of the batch)"
 
@@ -46,7 +46,7 @@ class MessageTooLargeError(SQSTaskMasterError, ValueError):
 
     def _text(self) -> str:
         return (
-            f"Task {self.task!r}{_entry(self.index)}: message is {self.size} bytes (body plus "
+            f"Task {self.task!r}{_in_batch(self.index)}: message is {self.size} bytes (body plus "
             f"attributes, UTF-8), over the queue's MaximumMessageSize of {self.limit} bytes; "
             "nothing was sent. Pass a reference (for example an S3 key) instead of the data "
             "itself."
@@ -63,7 +63,7 @@ class EncodeError(SQSTaskMasterError, ValueError):
 
     def _text(self) -> str:
         return (
-            f"Task {self.task!r}{_entry(self.index)}: kwargs cannot be encoded as JSON a worker "
+            f"Task {self.task!r}{_in_batch(self.index)}: kwargs cannot be encoded as JSON a worker "
             f"can decode ({type(self.error).__name__}: {self.error}); nothing was sent. Pass "
             "plain JSON values (no circular structures, no NaN or infinity, no deep nesting)."
         )
@@ -78,7 +78,7 @@ class InvalidTaskNameError(SQSTaskMasterError, TypeError, ValueError):
 
     def _text(self) -> str:
         return (
-            f"Task name {self.task!r}{_entry(self.index)} is a {type(self.task).__name__}; a "
+            f"Task name {self.task!r}{_in_batch(self.index)} is a {type(self.task).__name__}; a "
             "task name must be a non-empty str (the name a worker registered the task under); "
             "nothing was sent."
         )

@@ -163,13 +163,13 @@ class Worker(TaskRegistry, Configured):
         if queue_url:
             self.queue_url = queue_url
         self.check()
-        from ..worker.supervisor import resolve_processes, supervise
+        from ..worker.supervisor import resolve_processes, supervise_processes
 
         count = resolve_processes(self.processes)
         if count > 1 or (self.metrics_port is not None and self.isolate):
             from ..ops.ecs import agent_uri_for, make_state
 
-            return supervise(
+            return supervise_processes(
                 self.run_slot,
                 count,
                 self.shutdown_grace_s,
