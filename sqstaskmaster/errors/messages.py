@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from .root import SQSTaskMasterError
-
-
-def _in_batch(index: Optional[int]) -> str:
-    """Where in a batch submission an entry stands ("" for a single submission)."""
-    return "" if index is None else f" (entry {index} of the batch)"
+from .root import SQSTaskMasterError, error_type
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:
@@ -35,7 +30,19 @@ def body_excerpt(body: Any, limit: int = 200) -> str:
     return f"{excerpt} ({size} bytes)"
 
 
-@dataclass(eq=False, repr=False)
+# Properties the message templates below name: where in a batch submission the
+# entry stands ("" for a single one), and the task as a log line may show it.
+_IN_BATCH = property(
+    lambda error: "" if error.index is None else f" (entry {error.index} of the batch)"
+)
+_TASK_SHOWN = property(lambda error: _short_repr(error.task))
+
+
+@error_type(
+    "Task {task!r}{_where}: message is {size} bytes (body plus attributes, UTF-8), over the "
+    "queue's MaximumMessageSize of {limit} bytes; nothing was sent. Pass a reference (for "
+    "example an S3 key) instead of the data itself."
+)
 class MessageTooLargeError(SQSTaskMasterError, ValueError):
     """A message would exceed the queue's MaximumMessageSize; nothing was sent."""
 
@@ -43,45 +50,33 @@ class MessageTooLargeError(SQSTaskMasterError, ValueError):
     size: int
     limit: int
     index: Optional[int] = None
-
-    def _text(self) -> str:
-        return (
-            f"Task {self.task!r}{_in_batch(self.index)}: message is {self.size} bytes (body plus "
-            f"attributes, UTF-8), over the queue's MaximumMessageSize of {self.limit} bytes; "
-            "nothing was sent. Pass a reference (for example an S3 key) instead of the data "
-            "itself."
-        )
+    _where = _IN_BATCH
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "Task {task!r}{_where}: kwargs cannot be encoded as JSON a worker can decode "
+    "({error.__class__.__name__}: {error}); nothing was sent. Pass plain JSON values (no "
+    "circular structures, no NaN or infinity, no deep nesting)."
+)
 class EncodeError(SQSTaskMasterError, ValueError):
     """A task's kwargs cannot be encoded as JSON that a worker can decode."""
 
     task: Any
     error: BaseException
     index: Optional[int] = None
-
-    def _text(self) -> str:
-        return (
-            f"Task {self.task!r}{_in_batch(self.index)}: kwargs cannot be encoded as JSON a worker "
-            f"can decode ({type(self.error).__name__}: {self.error}); nothing was sent. Pass "
-            "plain JSON values (no circular structures, no NaN or infinity, no deep nesting)."
-        )
+    _where = _IN_BATCH
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "Task name {task!r}{_where} is a {task.__class__.__name__}; a task name must be a "
+    "non-empty str (the name a worker registered the task under); nothing was sent."
+)
 class InvalidTaskNameError(SQSTaskMasterError, TypeError, ValueError):
     """A task name to submit is not a non-empty str, so no worker could run it."""
 
     task: Any
     index: Optional[int] = None
-
-    def _text(self) -> str:
-        return (
-            f"Task name {self.task!r}{_in_batch(self.index)} is a {type(self.task).__name__}; a "
-            "task name must be a non-empty str (the name a worker registered the task under); "
-            "nothing was sent."
-        )
+    _where = _IN_BATCH
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ class FailedEntry:
     sender_fault: bool
 
 
-@dataclass(eq=False, repr=False)
+@error_type()
 class BatchSendError(SQSTaskMasterError):
     """Some messages of a batch submission were not sent; lists them and the ids of those sent."""
 
@@ -122,7 +117,7 @@ class BatchSendError(SQSTaskMasterError):
         )
 
 
-@dataclass(eq=False, repr=False)
+@error_type()
 class BatchEntryError(SQSTaskMasterError):
     """One message of a worker's batch call (delete, visibility change) SQS did not carry out."""
 
@@ -141,22 +136,20 @@ class BodyError(SQSTaskMasterError, ValueError):
     """A message body is not a task this package can run (see :mod:`sqstaskmaster.sqs.wire`)."""
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "Message body cannot be decoded as JSON ({error.__class__.__name__}: {error}); it starts "
+    "{_body}. The message is not run and is left to the queue's redrive policy: fix the "
+    "producer."
+)
 class DecodeError(BodyError):
     """A message body cannot be decoded as JSON, whatever the decoder raised."""
 
     body: Any
     error: BaseException
-
-    def _text(self) -> str:
-        return (
-            f"Message body cannot be decoded as JSON ({type(self.error).__name__}: "
-            f"{self.error}); it starts {body_excerpt(self.body)}. The message is not run and "
-            "is left to the queue's redrive policy: fix the producer."
-        )
+    _body = property(lambda error: body_excerpt(error.body))
 
 
-@dataclass(eq=False, repr=False)
+@error_type()
 class MalformedBodyError(BodyError):
     """A body that is not JSON, not an object, or lacks ``task`` or ``kwargs``."""
 
@@ -184,45 +177,39 @@ class MalformedBodyError(BodyError):
         return DecodeError(self.body, cause)
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "Message {message_id}: task must be a string and kwargs a JSON object, got task {_task} "
+    "({task.__class__.__name__}) and kwargs of type {kwargs.__class__.__name__}; the message "
+    "was not run and is left to the queue's redrive policy. Fix the producer."
+)
 class InvalidTaskMessageError(BodyError):
     """A message decoded as JSON but its task is not a string or its kwargs not an object."""
 
     message_id: Optional[str]
     task: Any
     kwargs: Any
-
-    def _text(self) -> str:
-        return (
-            f"Message {self.message_id}: task must be a string and kwargs a JSON object, got "
-            f"task {_short_repr(self.task)} ({type(self.task).__name__}) and kwargs of type "
-            f"{type(self.kwargs).__name__}; "
-            "the message was not run and is left to the queue's redrive policy. Fix the producer."
-        )
+    _task = _TASK_SHOWN
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "Message {message_id}: unknown task {_task}; this worker knows {known}. The message was "
+    "not run and is left to the queue's redrive policy: register the task in the worker's app, "
+    "or fix the producer."
+)
 class UnknownTaskError(SQSTaskMasterError, LookupError):
     """A message names a task that the worker's registry does not have."""
 
     message_id: Optional[str]
     task: str
     known: Any
+    _task = _TASK_SHOWN
 
     def __post_init__(self) -> None:
         self.known = sorted(self.known)
         super().__post_init__()
 
-    def _text(self) -> str:
-        return (
-            f"Message {self.message_id}: unknown task {_short_repr(self.task)}; this worker "
-            f"knows {self.known}. "
-            "The message was not run and is left to the queue's redrive policy: register the "
-            "task in the worker's app, or fix the producer."
-        )
 
-
-@dataclass(eq=False, repr=False)
+@error_type()
 class VisibilityBudgetError(SQSTaskMasterError, TimeoutError):
     """A task's hard timeout does not fit in what is left of SQS's 12-hour visibility budget."""
 

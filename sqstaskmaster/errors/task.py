@@ -7,48 +7,41 @@ say what becomes of the message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .root import SQSTaskMasterError
+from .root import SQSTaskMasterError, error_type
 
 #: 0.0.11's text of the hard-timeout error.
 HARD_TIMEOUT_TEXT = "Hit Hard Timeout for message handler"
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "MessageHandler {handler_name} was entered in thread {thread_name!r}, but handlers must "
+    "run in the main thread: their heartbeat and hard timeout use SIGALRM, which Python only "
+    "delivers to the main thread. Enter the handler from the main thread of a process (for "
+    "example one worker process per task stream), or use process isolation, which does not "
+    "need signals."
+)
 class HandlerThreadError(SQSTaskMasterError, RuntimeError):
     """A signal-mode MessageHandler was entered outside the main thread."""
 
     handler_name: str
     thread_name: str
 
-    def _text(self) -> str:
-        return (
-            f"MessageHandler {self.handler_name} was entered in thread {self.thread_name!r}, "
-            "but handlers must run in the main thread: their heartbeat and hard timeout use "
-            "SIGALRM, which Python only delivers to the main thread. Enter the handler "
-            "from the main thread of a process (for example one worker process per "
-            "task stream), or use process isolation, which does not need signals."
-        )
 
-
-@dataclass(eq=False, repr=False)
+@error_type(
+    "{handler_name} asks for process isolation, which needs os.fork, but this platform "
+    "({platform}) has no fork. Run the worker on Linux, or set isolate = False on the handler "
+    "class to use the signal mode."
+)
 class IsolationUnavailableError(SQSTaskMasterError, RuntimeError):
     """Process isolation was asked for on a platform without os.fork."""
 
     handler_name: str
     platform: str
 
-    def _text(self) -> str:
-        return (
-            f"{self.handler_name} asks for process isolation, which needs os.fork, but this "
-            f"platform ({self.platform}) has no fork. Run the worker on Linux, or set "
-            "isolate = False on the handler class to use the signal mode."
-        )
 
-
-@dataclass(eq=False, repr=False)
+@error_type("{message}")
 class HardTimeoutError(SQSTaskMasterError, TimeoutError):
     """A task ran past its hard timeout and was stopped."""
 
@@ -56,11 +49,8 @@ class HardTimeoutError(SQSTaskMasterError, TimeoutError):
     hard_timeout: float
     elapsed: Optional[float] = None
 
-    def _text(self) -> str:
-        return self.message
 
-
-@dataclass(eq=False, repr=False)
+@error_type("{message}")
 class TaskStuckError(SQSTaskMasterError, RuntimeError):
     """The handler's running() reported that the task stopped making progress."""
 
@@ -68,11 +58,11 @@ class TaskStuckError(SQSTaskMasterError, RuntimeError):
     message_id: Optional[str]
     elapsed: float
 
-    def _text(self) -> str:
-        return self.message
 
-
-@dataclass(eq=False, repr=False)
+@error_type(
+    "{type_name}: {message} (raised by the task in its isolated child process {pid}; the "
+    "child's traceback is in this error's traceback attribute and in the log)"
+)
 class ChildTaskError(SQSTaskMasterError):
     """A task run in an isolated child process raised; carries the child's exception as text.
 
@@ -88,15 +78,8 @@ class ChildTaskError(SQSTaskMasterError):
     traceback: str
     pid: Optional[int] = None
 
-    def _text(self) -> str:
-        return (
-            f"{self.type_name}: {self.message} (raised by the task in its isolated child "
-            f"process {self.pid}; the child's traceback is in this error's traceback "
-            "attribute and in the log)"
-        )
 
-
-@dataclass(eq=False, repr=False)
+@error_type()
 class ChildDiedError(SQSTaskMasterError):
     """An isolated task's child process died (signal or exit) without reporting a result."""
 
@@ -120,17 +103,14 @@ class ChildDiedError(SQSTaskMasterError):
         return f"The isolated task's child process {self.pid} {how}"
 
 
-@dataclass(eq=False, repr=False)
+@error_type(
+    "Task stopped by worker shutdown ({reason}); its message is handed back to the queue with "
+    "visibility 0. Raise --shutdown-grace if tasks should get longer."
+)
 class WorkerShutdownError(SQSTaskMasterError):
     """The worker stopped a running task at shutdown (grace expired or second signal)."""
 
     reason: str
-
-    def _text(self) -> str:
-        return (
-            f"Task stopped by worker shutdown ({self.reason}); its message is handed back to "
-            "the queue with visibility 0. Raise --shutdown-grace if tasks should get longer."
-        )
 
 
 # -- control flow: raised by tasks to steer their message, not errors ------------------
@@ -159,7 +139,7 @@ class TaskControl(SQSTaskMasterError):
         return None
 
 
-@dataclass(eq=False, repr=False)
+@error_type()
 class Retry(TaskControl):
     """Run the task again after ``delay_s`` seconds; not reported to ``notify`` as an error.
 
@@ -184,7 +164,7 @@ class Retry(TaskControl):
         return {"kind": "retry", "delay_s": self.delay_s, "reason": self.reason}
 
 
-@dataclass(eq=False, repr=False)
+@error_type()
 class Reject(TaskControl):
     """A permanent failure: the message goes to the queue's dead-letter queue at once.
 
