@@ -25,7 +25,6 @@ from .messages import (
     MessageTooLargeError,
     UnknownTaskError,
     VisibilityBudgetError,
-    body_excerpt,
 )
 from .operation import AppImportError, PollFailedError, TaskProtectionError
 from .root import Notify, SQSTaskMasterError
@@ -72,10 +71,10 @@ __all__ = [
     "UnknownTaskError",
     "VisibilityBudgetError",
     "WorkerShutdownError",
-    "body_excerpt",
 ]
 
 # Each type shows (and pickles by) its public path, as when it was defined here.
 for _name in __all__:
     if isinstance(globals()[_name], type):
         globals()[_name].__module__ = __name__
+del _name
