@@ -1,6 +1,6 @@
 """MessageHandler: run one SQS message's task under a heartbeat and a hard timeout.
 
-The 0.0.11 contract (SPEC.md) in short::
+0.0.11's contract in short::
 
     with MyHandler(message, sqs_timeout=30, alarm_timeout=25, hard_timeout=300) as handler:
         handler.run()

@@ -13,11 +13,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import boto3
 from botocore.exceptions import ClientError
 
+from .errors import Notify
 from .ops.scale_rules import Proportional, ScaleInCooldown, proportional_of
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Provisioner:
     def __init__(
         self,
         rules: Iterable[Dict[str, Any]],
-        notify: Optional[Callable[..., Any]] = None,
+        notify: Optional[Notify] = None,
         *,
         session: Any = None,
         dry_run: bool = False,

@@ -16,7 +16,6 @@ import logging
 from typing import (
     TYPE_CHECKING,
     Any,
-    Callable,
     Dict,
     Iterable,
     Iterator,
@@ -28,7 +27,7 @@ from typing import (
 
 import boto3
 
-from .errors import MalformedBodyError
+from .errors import MalformedBodyError, Notify
 from .local import LocalQueue
 from .sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, failure_context
 from .sqs.queue import BotoQueue, Queue, Receive
@@ -44,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 MAX_WAIT_TIME_S = MAX_POLL_WAIT_S
 MAX_VISIBILITY_TIMEOUT_S = MAX_VISIBILITY_S
-
-Notify = Callable[..., Any]
 
 
 def _log_submitted(task: Any, response: Any) -> None:

@@ -18,6 +18,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sqstaskmaster.cli import commands as cli
+from sqstaskmaster.cli.queue_commands import sqs_failure
+from sqstaskmaster.sqs.facts import region_from_url
+from sqstaskmaster.worker.exitcodes import RET_CONNECT, RET_ERROR, RET_IMPORT, RET_OK, RET_USAGE
 
 
 class Cli:
@@ -49,7 +52,7 @@ def _dummy_credentials(sqs_environment: Any) -> None:
 
 def test_submit_sends_the_0_0_11_body(sqs_server: Any, sqs_queue: Any, run_cli: Cli) -> None:
     code, out, _ = run_cli("submit", sqs_queue.url, "resize", "--kwargs", '{"w": 2}')
-    assert code == cli.RET_OK
+    assert code == RET_OK
     messages = sqs_queue.queue.receive_messages(MessageAttributeNames=["All"], WaitTimeSeconds=1)
     assert messages[0].body == '{"task": "resize", "kwargs": {"w": 2}}'
     assert out.strip() == messages[0].message_id
@@ -60,7 +63,7 @@ def test_submit_refuses_kwargs_that_are_not_an_object(
     sqs_server: Any, sqs_queue: Any, run_cli: Cli, kwargs: str
 ) -> None:
     code, _, err = run_cli("submit", sqs_queue.url, "t", "--kwargs", kwargs)
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert repr(kwargs) in err
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
 
@@ -79,7 +82,7 @@ def test_submit_refuses_what_no_worker_can_run(
     sqs_server: Any, sqs_queue: Any, run_cli: Cli, task: str, kwargs: str, named: str
 ) -> None:
     code, _, err = run_cli("submit", sqs_queue.url, task, "--kwargs", kwargs)
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert named in err and "not sent" in err
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
 
@@ -88,14 +91,14 @@ def test_submit_refuses_kwargs_json_cannot_decode(
     sqs_server: Any, sqs_queue: Any, run_cli: Cli
 ) -> None:
     code, _, err = run_cli("submit", sqs_queue.url, "t", "--kwargs", "[" * 3000)
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "--kwargs is not JSON" in err
 
 
 def test_submit_checks_the_size_before_sending(sqs_server: Any, run_cli: Cli) -> None:
     queue = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
     code, _, err = run_cli("submit", queue.url, "t", "--kwargs", json.dumps({"x": "y" * 2000}))
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "MaximumMessageSize of 1024 bytes" in err
     assert queue.queue.receive_messages(WaitTimeSeconds=0) == []
 
@@ -108,7 +111,7 @@ def test_stats_counts_visible_in_flight_and_dead_letter(sqs_server: Any, run_cli
     queue.queue.receive_messages(MaxNumberOfMessages=1, VisibilityTimeout=60)
     queue.dead_letter_queue.send_message(MessageBody="dead")
     code, out, _ = run_cli("stats", queue.url, "--json")
-    assert code == cli.RET_OK
+    assert code == RET_OK
     stats = json.loads(out)
     assert (stats["visible"], stats["in_flight"], stats["delayed"]) == (2, 1, 0)
     assert (stats["dead_letter"], stats["max_receive_count"]) == (1, 5)
@@ -119,7 +122,7 @@ def test_stats_counts_visible_in_flight_and_dead_letter(sqs_server: Any, run_cli
 
 def test_stats_without_redrive_policy(sqs_server: Any, sqs_queue: Any, run_cli: Cli) -> None:
     code, out, _ = run_cli("stats", sqs_queue.url)
-    assert code == cli.RET_OK
+    assert code == RET_OK
     assert "no redrive policy" in out
 
 
@@ -129,10 +132,10 @@ def test_purge_asks_unless_yes(
     sqs_server.task_manager(sqs_queue).submit("t")
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
     code, _, err = run_cli("purge", sqs_queue.url)
-    assert code == cli.RET_USAGE and "--yes" in err
+    assert code == RET_USAGE and "--yes" in err
     assert len(sqs_queue.queue.receive_messages(WaitTimeSeconds=1, VisibilityTimeout=0)) == 1
     code, out, _ = run_cli("purge", sqs_queue.url, "--yes")
-    assert code == cli.RET_OK and "Purged" in out
+    assert code == RET_OK and "Purged" in out
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
 
 
@@ -143,7 +146,7 @@ def test_purge_answer_no_keeps_messages(
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     code, out, _ = run_cli("purge", sqs_queue.url)
-    assert code == cli.RET_OK and "Not purged" in out
+    assert code == RET_OK and "Not purged" in out
     assert len(sqs_queue.queue.receive_messages(WaitTimeSeconds=1)) == 1
 
 
@@ -160,7 +163,7 @@ def test_worker_app_that_cannot_load_exits_ret_import(
     sqs_server: Any, sqs_queue: Any, run_cli: Cli, app: str, text: str
 ) -> None:
     code, _, err = run_cli("worker", app, "--queue-url", sqs_queue.url)
-    assert code == cli.RET_IMPORT
+    assert code == RET_IMPORT
     assert text in err
 
 
@@ -169,7 +172,7 @@ def test_worker_on_a_missing_queue_exits_ret_connect(
 ) -> None:
     missing = sqs_queue.url + "-missing"
     code, _, err = run_cli("worker", "worker_apps:app", "--queue-url", missing)
-    assert code == cli.RET_CONNECT
+    assert code == RET_CONNECT
     assert missing in err
 
 
@@ -185,28 +188,28 @@ def test_worker_bad_settings_exit_ret_usage(
     sqs_server: Any, sqs_queue: Any, run_cli: Cli, options: List[str], text: str
 ) -> None:
     code, _, err = run_cli("worker", "worker_apps:app", "--queue-url", sqs_queue.url, *options)
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert text in err
 
 
 def test_worker_without_queue_url_exits_ret_usage(sqs_server: Any, run_cli: Cli) -> None:
     code, _, err = run_cli("worker", "worker_apps:app")
-    assert code == cli.RET_USAGE and "--queue-url" in err
+    assert code == RET_USAGE and "--queue-url" in err
 
 
 def test_region_from_url() -> None:
-    assert cli.region_from_url("https://sqs.eu-west-3.amazonaws.com/1/q") == "eu-west-3"
-    assert cli.region_from_url("https://us-east-2.queue.amazonaws.com/1/q") == "us-east-2"
-    assert cli.region_from_url("http://127.0.0.1:5000/1/q") is None
+    assert region_from_url("https://sqs.eu-west-3.amazonaws.com/1/q") == "eu-west-3"
+    assert region_from_url("https://us-east-2.queue.amazonaws.com/1/q") == "us-east-2"
+    assert region_from_url("http://127.0.0.1:5000/1/q") is None
 
 
 def test_region_from_a_path_form_url() -> None:
     # The form LocalStack and ElasticMQ write: http://host:port/queue/REGION/ACCOUNT/NAME
     url = "http://localhost:4566/queue/eu-central-1/000000000000/jobs"
-    assert cli.region_from_url(url) == "eu-central-1"
-    assert cli.region_from_url("http://localhost:9324/queue/jobs") is None
+    assert region_from_url(url) == "eu-central-1"
+    assert region_from_url("http://localhost:9324/queue/jobs") is None
     localstack = "http://sqs.ap-south-1.localhost.localstack.cloud:4566/000000000000/jobs"
-    assert cli.region_from_url(localstack) == "ap-south-1"
+    assert region_from_url(localstack) == "ap-south-1"
 
 
 @pytest.fixture
@@ -222,15 +225,15 @@ def test_missing_region_exits_ret_usage_and_a_path_form_url_names_it(
 ) -> None:
     # A queue URL that names no region: exit 2, saying how to give one
     code, _, err = run_cli("stats", sqs_queue.url)
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "--region" in err and "AWS_DEFAULT_REGION" in err
     code, _, err = run_cli("worker", "worker_apps:app", "--queue-url", sqs_queue.url)
-    assert code == cli.RET_USAGE and "--region" in err
+    assert code == RET_USAGE and "--region" in err
     # The same queue by its path-form URL: the region is read from it
     account, name = sqs_queue.url.rsplit("/", 2)[1:]
     path_url = f"{sqs_server.endpoint_url}/queue/{sqs_server.region}/{account}/{name}"
     code, out, err = run_cli("stats", path_url)
-    assert code == cli.RET_OK, err
+    assert code == RET_OK, err
     assert "visible      0" in out
 
 
@@ -240,7 +243,7 @@ def test_a_message_too_large_exits_ret_usage_saying_what_to_change(
     small = sqs_server.make_queue(attributes={"MaximumMessageSize": "1024"})
     kwargs = json.dumps({"data": "x" * 2000})
     code, _, err = run_cli("submit", small.url, "big", "--kwargs", kwargs)
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "MaximumMessageSize" in err and "S3" in err
     assert small.queue.receive_messages(WaitTimeSeconds=0) == []
 
@@ -250,7 +253,7 @@ def test_an_invalid_request_exits_ret_usage(sqs_server: Any, run_cli: Cli) -> No
     # refused before sending, saying what to change.
     fifo = sqs_server.make_queue(fifo=True)
     code, _, err = run_cli("submit", fifo.url, "t")
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "message_group_id" in err
 
 
@@ -261,17 +264,17 @@ def test_an_invalid_parameter_refused_by_sqs_is_the_callers_fault(
     fifo = sqs_server.make_queue(fifo=True)
     with pytest.raises(ClientError) as raised:
         sqs_server.client.send_message(QueueUrl=fifo.url, MessageBody="{}")
-    with caplog.at_level(logging.ERROR, logger="sqstaskmaster.cli.commands"):
-        assert cli.sqs_failure("send to the queue", raised.value) == cli.RET_USAGE
+    with caplog.at_level(logging.ERROR, logger="sqstaskmaster.cli.queue_commands"):
+        assert sqs_failure("send to the queue", raised.value) == RET_USAGE
     assert "MessageGroupId" in caplog.text
 
 
 def test_purge_in_progress_exits_ret_error_with_its_text(
     sqs_server: Any, sqs_queue: Any, run_cli: Cli
 ) -> None:
-    assert run_cli("purge", sqs_queue.url, "--yes")[0] == cli.RET_OK
+    assert run_cli("purge", sqs_queue.url, "--yes")[0] == RET_OK
     code, _, err = run_cli("purge", sqs_queue.url, "--yes")
-    assert code == cli.RET_ERROR
+    assert code == RET_ERROR
     assert "PurgeQueueInProgress" in err and "60 seconds" in err
 
 
@@ -288,7 +291,7 @@ def test_worker_hard_timeout_beyond_12_hours_exits_ret_usage(
         "--burst-idle",
         "0.5",
     )
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "hard_timeout of 43200 s can never fit" in err and "43140 s" in err
 
 
@@ -302,7 +305,7 @@ def test_python_dash_m_runs_the_same_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sqstaskmaster", "submit"], capture_output=True, text=True
     )
-    assert result.returncode == cli.RET_USAGE
+    assert result.returncode == RET_USAGE
 
 
 # -- stats --watch ----------------------------------------------------------------
@@ -327,7 +330,7 @@ def test_stats_watch_prints_one_line_per_refresh_and_ctrl_c_exits_0(
         sqs_server.task_manager(sqs_queue).submit_batch([("t", {})] * 5)
         lines = [process.stdout.readline() for _ in range(3)]
         process.send_signal(signal.SIGINT)
-        assert process.wait(30) == cli.RET_OK
+        assert process.wait(30) == RET_OK
     finally:
         process.kill()
         process.wait()
@@ -350,7 +353,7 @@ def test_stats_watch_redraws_in_place_on_a_terminal(sqs_server: Any, sqs_queue: 
             if select.select([leader], [], [], 1)[0]:
                 screen += os.read(leader, 4096)
         process.send_signal(signal.SIGINT)
-        assert process.wait(30) == cli.RET_OK
+        assert process.wait(30) == RET_OK
     finally:
         process.kill()
         process.wait()
@@ -363,7 +366,7 @@ def test_stats_watch_redraws_in_place_on_a_terminal(sqs_server: Any, sqs_queue: 
 def test_stats_watch_rejects_a_bad_interval(run_cli: Cli, sqs_queue: Any) -> None:
     with pytest.raises(SystemExit) as stopped:
         run_cli("stats", sqs_queue.url, "--watch", "0")
-    assert stopped.value.code == cli.RET_USAGE
+    assert stopped.value.code == RET_USAGE
 
 
 def test_rates_per_minute_over_the_samples() -> None:
@@ -381,5 +384,5 @@ def test_worker_metrics_port_out_of_range_exits_ret_usage(
     code, _, err = run_cli(
         "worker", "worker_apps:app", "--queue-url", sqs_queue.url, "--metrics-port", "70000"
     )
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "70000" in err

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from sqstaskmaster.cli.demo import overlapping_runs, summarize
+from sqstaskmaster.cli.demo_report import overlapping_runs, summarize
 
 
 def test_demo_summary_counts_every_outcome_and_loses_nothing() -> None:

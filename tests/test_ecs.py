@@ -25,6 +25,7 @@ from sqstaskmaster.ops.ecs import (
     agent_uri_for,
     protection_minutes,
 )
+from sqstaskmaster.worker.exitcodes import RET_USAGE
 
 POLL_S = 1.0
 
@@ -459,7 +460,7 @@ def test_off_makes_no_calls_and_on_outside_ecs_is_a_usage_error(
     code = cli.main(
         ["worker", "worker_apps:app", "--queue-url", sqs_queue.url, "--ecs-protection", "on"]
     )
-    assert code == cli.RET_USAGE
+    assert code == RET_USAGE
     assert "ECS_AGENT_URI" in caplog.text
 
 
@@ -471,6 +472,6 @@ def test_a_malformed_agent_uri_is_a_usage_error(
     monkeypatch.setenv("ECS_AGENT_URI", "not-a-url")
     argv = ["worker", "worker_apps:app", "--queue-url", sqs_queue.url]
     # When the worker command starts, then it exits 2 with a sentence naming the value
-    assert cli.main([*argv, "--ecs-protection", setting]) == cli.RET_USAGE
+    assert cli.main([*argv, "--ecs-protection", setting]) == RET_USAGE
     assert "ECS_AGENT_URI must be an http://HOST[:PORT]/PATH URL, got 'not-a-url'" in caplog.text
     assert "Traceback" not in caplog.text

@@ -30,7 +30,7 @@ from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.settings import WorkerSettings
 from sqstaskmaster.worker.settlement import Outcome, classify
 from sqstaskmaster.worker.shutdown import StopController
-from sqstaskmaster.worker.supervisor import supervise
+from sqstaskmaster.worker.supervisor import supervise_processes
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sqstaskmaster"
 ZERO_ZERO_ELEVEN = {"task_manager", "message_handler", "local", "queue_scale"}
@@ -230,4 +230,4 @@ def test_the_supervisor_runs_any_callable() -> None:
         slot.report_burst_ended()
         return 0
 
-    assert supervise(run_one, 2, shutdown_grace_s=1.0) == RET_OK
+    assert supervise_processes(run_one, 2, shutdown_grace_s=1.0) == RET_OK

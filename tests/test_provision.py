@@ -17,6 +17,7 @@ from test_queue_scale import Service, make_service, rule_for
 
 from sqstaskmaster.cli import commands as cli
 from sqstaskmaster.queue_scale import Provisioner
+from sqstaskmaster.worker.exitcodes import RET_OK, RET_USAGE
 
 LOGGER_NAME = "sqstaskmaster.queue_scale"
 
@@ -167,10 +168,10 @@ def test_provision_once_and_dry_run(
     send(sqs_queue, 3)
     path = write_rules(tmp_path, [proportional(sqs_queue.url, service, tasks_per_worker=1)])
     caplog.set_level(logging.INFO)
-    assert cli.main(["provision", path, "--once", "--dry-run"]) == cli.RET_OK
+    assert cli.main(["provision", path, "--once", "--dry-run"]) == RET_OK
     assert service.desired_count() == 0
     assert "dry run: rule" in caplog.text
-    assert cli.main(["provision", path, "--once"]) == cli.RET_OK
+    assert cli.main(["provision", path, "--once"]) == RET_OK
     assert service.desired_count() == 3
 
 
@@ -211,14 +212,14 @@ def test_a_malformed_rules_file_exits_2_naming_rule_and_key(
     env: Any, tmp_path: Path, caplog: Any, rules: Any, text: str
 ) -> None:
     path = write_rules(tmp_path, rules)
-    assert cli.main(["provision", path, "--once"]) == cli.RET_USAGE
+    assert cli.main(["provision", path, "--once"]) == RET_USAGE
     assert text in caplog.text
 
 
 def test_a_rules_file_that_is_not_json_exits_2(env: Any, tmp_path: Path, caplog: Any) -> None:
     path = tmp_path / "rules.json"
     path.write_text("[{")
-    assert cli.main(["provision", str(path)]) == cli.RET_USAGE
+    assert cli.main(["provision", str(path)]) == RET_USAGE
     assert "is not JSON" in caplog.text
 
 
@@ -255,7 +256,7 @@ def test_sigterm_stops_the_loop_between_rounds_with_exit_0(
 
 def test_a_non_positive_interval_exits_2(env: Any, tmp_path: Path, caplog: Any) -> None:
     path = write_rules(tmp_path, [])
-    assert cli.main(["provision", path, "--interval", "0"]) == cli.RET_USAGE
+    assert cli.main(["provision", path, "--interval", "0"]) == RET_USAGE
     assert "--interval must be > 0 seconds, got 0.0" in caplog.text
 
 
@@ -269,7 +270,7 @@ def test_a_missing_region_exits_2_saying_what_to_set(
     rule = {"queue_name": "q", "service_name": "s", "cluster_name": "c", "active_size": 1}
     path = write_rules(tmp_path, [rule])
     # Then provision exits 2 (the caller's fault), not 4, naming what to do
-    assert cli.main(["provision", path, "--once"]) == cli.RET_USAGE
+    assert cli.main(["provision", path, "--once"]) == RET_USAGE
     assert "No AWS region is configured: pass --region REGION" in caplog.text
 
 
@@ -278,7 +279,7 @@ def test_a_rules_file_nested_too_deep_exits_2_naming_it(
 ) -> None:
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    assert cli.main(["provision", str(path), "--once"]) == cli.RET_USAGE
+    assert cli.main(["provision", str(path), "--once"]) == RET_USAGE
     assert f"rules file {path} is nested too deeply to read" in caplog.text
     assert "Traceback" not in caplog.text
 
@@ -297,7 +298,7 @@ def test_endpoint_url_serves_both_sqs_and_ecs(
     path = write_rules(tmp_path, [proportional(sqs_queue.url, service, tasks_per_worker=1)])
     # When provision is given the server's endpoint
     argv = ["provision", path, "--once", "--endpoint-url", sqs_server.endpoint_url]
-    assert cli.main(argv) == cli.RET_OK
+    assert cli.main(argv) == RET_OK
     # Then it read the queue and scaled the service through it
     assert service.desired_count() == 2
 

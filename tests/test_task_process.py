@@ -24,6 +24,7 @@ from sqstaskmaster.errors import Reject, Retry
 from sqstaskmaster.local import LocalMessage
 from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.sqs import wire
+from sqstaskmaster.worker.exitcodes import RET_OK
 from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.settings import WorkerSettings
 from sqstaskmaster.worker.settlement import Outcome
@@ -553,7 +554,7 @@ def test_the_cli_flag_makes_the_worker_reuse_its_child(
             *("--poll-wait", "0"),
         ]
     )
-    assert code == cli.RET_OK
+    assert code == RET_OK
     seen = pids(path)
     assert len(seen) == 4 and len(set(seen)) == 1 and seen[0] != os.getpid()
     assert reaped(seen[0])

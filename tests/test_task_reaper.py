@@ -143,7 +143,7 @@ def run_one(slot):
     return 0 if stop.stopping else 3
 
 
-sys.exit(supervisor.supervise(run_one, 1, shutdown_grace_s=2.0))
+sys.exit(supervisor.supervise_processes(run_one, 1, shutdown_grace_s=2.0))
 """
 
 

@@ -12,8 +12,8 @@ process (:class:`InlineProtection`, calls made inline before and after a
 task), or the supervisor with ``--processes N`` (:class:`SharedProtection`:
 each worker process writes when it needs protection until, and the
 supervisor's wait loop makes the calls). An agent that fails, refuses or
-hangs costs at most :data:`AGENT_TIMEOUT_S` per call, is logged and notified
-once per kind of failure, and never fails a task.
+hangs costs at most :data:`~sqstaskmaster.ops.ecs_agent.AGENT_TIMEOUT_S` per
+call, is logged and notified once per kind of failure, and never fails a task.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from multiprocessing.sharedctypes import RawArray
 from typing import Any, Callable, Optional, Sequence, Set
 
-from ..ops.ecs_agent import AGENT_TIMEOUT_S as AGENT_TIMEOUT_S
+from ..errors import Notify
 from ..ops.ecs_agent import AgentClient, agent_uri_for, protection_minutes
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class ProtectionState:
 
 def make_state(
     agent_uri: Optional[str],
-    notify: Optional[Callable[..., Any]],
+    notify: Optional[Notify],
     retry_after_s: float = RETRY_AFTER_S,
 ) -> Any:
     """A ProtectionState for ``agent_uri``, or None when there is no agent."""
@@ -162,7 +162,7 @@ def make_state(
 
 
 def inline_protection(
-    setting: Any, notify: Optional[Callable[..., Any]], retry_after_s: float = RETRY_AFTER_S
+    setting: Any, notify: Optional[Notify], retry_after_s: float = RETRY_AFTER_S
 ) -> Any:
     """A single worker process's protection hooks for ``ecs_protection`` = ``setting``, or None."""
     state = make_state(agent_uri_for(setting), notify, retry_after_s)

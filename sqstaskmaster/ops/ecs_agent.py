@@ -17,10 +17,10 @@ import math
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Mapping, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
-from ..errors import TaskProtectionError
+from ..errors import Notify, TaskProtectionError
 
 # The protection's one logger, as operators know it.
 logger = logging.getLogger("sqstaskmaster.ops.ecs")
@@ -90,7 +90,7 @@ class AgentClient:
         self,
         agent_uri: str,
         timeout_s: float = AGENT_TIMEOUT_S,
-        notify: Optional[Callable[..., Any]] = None,
+        notify: Optional[Notify] = None,
     ) -> None:
         self.agent_uri = agent_uri
         self.host, self.port, path = agent_address(agent_uri)

@@ -33,13 +33,12 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import Notify
 from ..sqs.batch import BATCH_TRIES, PASS_THROUGH, BatchCall, Entry
 from ..sqs.facts import MAX_BATCH_ENTRIES, group_of, message_id_of, receive_count_of, visibility_for
 from ..sqs.queue import Queue, queue_of
 
 logger = logging.getLogger(__name__)
-
-Notify = Callable[..., Any]
 
 #: A finished task's message is deleted at most this long (s) after it was queued.
 FLUSH_AFTER_S = 0.05

@@ -1,7 +1,6 @@
 """Exit codes of the ``sqstaskmaster`` command and of a supervised worker fleet.
 
-Only the top of the package (the CLI, the supervisor) returns them; ``cli``
-re-exports them for callers that import them from there.
+The CLI's commands, the Worker's ``run()`` and the supervisor return them.
 """
 
 RET_OK = 0  # done; for a worker: stopped cleanly (signal, burst end)

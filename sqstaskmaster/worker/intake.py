@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import PollFailedError
+from ..errors import Notify, PollFailedError
 from ..ops import metrics
 from ..sqs.clients import bind
 from ..sqs.facts import group_of, message_id_of
@@ -27,8 +27,6 @@ from ..sqs.queue import Queue
 from ..worker.batching import Chores, DeleteBatch, Waiting
 
 logger = logging.getLogger(__name__)
-
-Notify = Callable[..., Any]
 
 # Outcomes after which a message is gone from its queue (deleted, or moved to the
 # dead-letter queue by the worker): its FIFO group goes on without it.

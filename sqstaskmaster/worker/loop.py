@@ -24,11 +24,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from ..errors import (
     InvalidTaskMessageError,
     MalformedBodyError,
+    Notify,
     PollFailedError,
     UnknownTaskError,
     VisibilityBudgetError,
@@ -65,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 # Consecutive failed polls before the worker gives up (its supervisor restarts it).
 MAX_POLL_FAILURES = 5
-
-Notify = Callable[..., Any]
 
 
 class Worker(TaskRegistry, Configured):
@@ -164,13 +163,13 @@ class Worker(TaskRegistry, Configured):
         if queue_url:
             self.queue_url = queue_url
         self.check()
-        from ..worker.supervisor import resolve_processes, supervise
+        from ..worker.supervisor import resolve_processes, supervise_processes
 
         count = resolve_processes(self.processes)
         if count > 1 or (self.metrics_port is not None and self.isolate):
             from ..ops.ecs import agent_uri_for, make_state
 
-            return supervise(
+            return supervise_processes(
                 self.run_slot,
                 count,
                 self.shutdown_grace_s,

@@ -10,11 +10,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from ..errors import Notify
 from ..message_handler import MessageHandler
 
 logger = logging.getLogger(__name__)
-
-Notify = Callable[..., Any]
 
 
 def function_handler_class(name: str, function: Callable[..., Any], notify: Notify) -> type:

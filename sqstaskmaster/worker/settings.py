@@ -1,15 +1,18 @@
-"""WorkerSettings: a worker's settings, one frozen object checked in one place.
+"""WorkerSettings: a worker's settings, each declared once, checked in one place.
 
-Built by ``Worker(...)`` from its keywords and by the CLI from its options
-(through :meth:`WorkerSettings.replace`); an invalid value raises ValueError
-naming it, at construction.
+Each setting is one field of :class:`WorkerSettings`; its :class:`Flag`
+(in the field's metadata) says how the ``sqstaskmaster worker`` command takes
+it, and the command's options and help are generated from those fields. Built
+by ``Worker(...)`` from its keywords and by the CLI from its options (through
+:meth:`WorkerSettings.replace`); an invalid value raises ValueError naming it,
+at construction. :class:`Configured` shows each setting as an attribute of
+an object holding ``settings`` (the Worker).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from ..sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, single_hard_timeout_problem
 from ..worker.retry import RetryPolicy
@@ -22,50 +25,138 @@ DEFAULT_SHUTDOWN_GRACE_S = 25.0
 # run for hours, while another worker could run them (README, Performance).
 DEFAULT_PREFETCH = 1
 
+if TYPE_CHECKING:
+    # Type checkers see the settings as writable, so that Configured (below)
+    # can show them as the writable attributes they are on a Worker.
+    from dataclasses import dataclass as settings_dataclass
+else:
+    settings_dataclass = dataclasses.dataclass(frozen=True)
 
-@dataclass(frozen=True)
+#: The key of a setting's :class:`Flag` in its field's metadata.
+FLAG = "flag"
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How the ``sqstaskmaster worker`` command takes one setting.
+
+    ``help`` may hold ``{default}`` (any format spec): the setting's default.
+    The option's type is the field's (``int``, ``float``, else a string);
+    ``choices`` limits it. A bool setting is two flags, ``name`` for True and
+    ``off`` (with ``off_help``) for False. ``parts``: the flags of a setting
+    that is itself a dataclass (RetryPolicy), one per field of it.
+    """
+
+    name: str = ""
+    help: Optional[str] = None
+    short: Optional[str] = None
+    choices: Optional[Tuple[str, ...]] = None
+    off: Optional[str] = None
+    off_help: Optional[str] = None
+    parts: Optional[Dict[str, Flag]] = None
+
+
+def setting(default: Any = None, flag: Optional[Flag] = None, factory: Any = None) -> Any:
+    """A WorkerSettings field: its default (or ``factory``) and its command-line :class:`Flag`."""
+    metadata = {FLAG: flag} if flag is not None else {}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@settings_dataclass
 class WorkerSettings:
     """A worker's settings; timeouts are seconds.
 
-    ``sqs_timeout`` is the visibility each heartbeat sets, ``alarm_timeout``
-    the heartbeat period (default a third of ``sqs_timeout``),
-    ``hard_timeout`` the default per-task limit. ``isolate``: run each task in
-    a forked child (else "signal mode"). ``shutdown_grace_s``: how long a warm
-    stop lets a running task go on. ``poll_wait_s`` is one poll's long-poll
-    wait (shutdown while idle waits at most this long). ``burst_tasks`` /
-    ``burst_idle_s`` stop the worker after that many tasks, or after that many
-    seconds without a message. ``processes``: worker processes (or
-    ``"auto"``). ``endpoint_url`` overrides the SQS endpoint.
-    ``ecs_protection`` (``"auto"``, ``"on"``, ``"off"``): ECS task scale-in
-    protection while a task runs (:mod:`sqstaskmaster.ops.ecs`); auto is on when
-    ``ECS_AGENT_URI`` is set. ``metrics_port`` serves Prometheus metrics on
-    ``metrics_host`` (needs ``sqstaskmaster[metrics]``; :mod:`sqstaskmaster.ops.metrics`).
-    ``prefetch`` (1 to 10): messages one poll receives; those waiting their
-    turn are kept invisible by batched heartbeats (:mod:`sqstaskmaster.worker.intake`).
-    ``max_tasks_per_child``: isolated tasks one forked child runs in a row
-    (:mod:`sqstaskmaster.run.reuse_parent`); 1 forks afresh for each task.
+    ``alarm_timeout`` is the heartbeat period (default a third of
+    ``sqs_timeout``, the visibility each heartbeat sets). ``isolate``: run
+    each task in a forked child (else "signal mode"). ``poll_wait_s``: a
+    shutdown while idle waits at most this long. ``ecs_protection`` "auto"
+    is on when ``ECS_AGENT_URI`` is set (:mod:`sqstaskmaster.ops.ecs`).
+    ``metrics_port`` needs ``sqstaskmaster[metrics]``
+    (:mod:`sqstaskmaster.ops.metrics`). The messages a ``prefetch`` holds
+    while waiting their turn are kept invisible by batched heartbeats
+    (:mod:`sqstaskmaster.worker.intake`). ``max_tasks_per_child``: see
+    :mod:`sqstaskmaster.run.reuse_parent`.
     """
 
-    queue_url: Optional[str] = None
-    sqs_timeout: int = DEFAULT_SQS_TIMEOUT_S
-    alarm_timeout: Optional[int] = None
-    hard_timeout: int = DEFAULT_HARD_TIMEOUT_S
-    isolate: bool = True
-    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
-    poll_wait_s: int = DEFAULT_POLL_WAIT_S
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    burst_tasks: Optional[int] = None
-    burst_idle_s: Optional[float] = None
-    processes: Union[int, str] = 1
-    endpoint_url: Optional[str] = None
-    #: ECS task scale-in protection while a task runs: "auto", "on" or "off".
-    ecs_protection: Union[str, bool] = "auto"
-    #: Serve Prometheus metrics on this port (0: any free one); None: no metrics.
-    metrics_port: Optional[int] = None
-    metrics_host: str = "127.0.0.1"
-    prefetch: int = DEFAULT_PREFETCH
-    #: Isolated tasks one forked child runs in a row (1: a fresh fork per task).
-    max_tasks_per_child: int = 1
+    queue_url: Optional[str] = setting(
+        None, Flag("--queue-url", "the queue to consume (default: the Worker's)")
+    )
+    sqs_timeout: int = setting(
+        DEFAULT_SQS_TIMEOUT_S, Flag("--sqs-timeout", "visibility per heartbeat, s ({default})")
+    )
+    alarm_timeout: Optional[int] = setting(
+        None, Flag("--alarm-timeout", "heartbeat period, s (sqs/3)")
+    )
+    hard_timeout: int = setting(
+        DEFAULT_HARD_TIMEOUT_S, Flag("--hard-timeout", "default hard timeout, s ({default})")
+    )
+    isolate: bool = setting(
+        True,
+        Flag(
+            "--isolate",
+            "run each task in a forked child (the default)",
+            off="--signal-mode",
+            off_help="run tasks in the worker process under SIGALRM, not in a forked child",
+        ),
+    )
+    shutdown_grace_s: float = setting(
+        DEFAULT_SHUTDOWN_GRACE_S,
+        Flag("--shutdown-grace", "seconds a task may go on after SIGTERM (default {default:g})"),
+    )
+    poll_wait_s: int = setting(
+        DEFAULT_POLL_WAIT_S, Flag("--poll-wait", "long-poll slice, 0-20 s (default {default})")
+    )
+    retry: RetryPolicy = setting(
+        factory=RetryPolicy,
+        flag=Flag(
+            parts={
+                "first_s": Flag("--retry-first", "first retry delay, s (default {default:g})"),
+                "factor": Flag("--retry-factor", "retry delay factor (default {default:g})"),
+                "max_s": Flag("--retry-max", "longest retry delay, s (default {default:g})"),
+                "jitter": Flag(
+                    "--retry-jitter", "(default {default})", choices=("equal", "full", "none")
+                ),
+            }
+        ),
+    )
+    burst_tasks: Optional[int] = setting(None, Flag("--burst-tasks", "stop after this many tasks"))
+    burst_idle_s: Optional[float] = setting(
+        None, Flag("--burst-idle", "stop after this many idle seconds")
+    )
+    processes: Union[int, str] = setting(
+        1, Flag("--processes", "worker processes, a number or 'auto' (default {default})", "-p")
+    )
+    endpoint_url: Optional[str] = setting(
+        None, Flag("--endpoint-url", "SQS endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)")
+    )
+    ecs_protection: Union[str, bool] = setting(
+        "auto",
+        Flag(
+            "--ecs-protection",
+            "ECS task scale-in protection while a task runs (default {default}: on under ECS)",
+            choices=("auto", "on", "off"),
+        ),
+    )
+    metrics_port: Optional[int] = setting(
+        None,
+        Flag("--metrics-port", "serve Prometheus metrics on this port (needs [metrics])"),
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", Flag("--metrics-host", "address of the metrics endpoint ({default})")
+    )
+    prefetch: int = setting(
+        DEFAULT_PREFETCH,
+        Flag("--prefetch", "messages one poll receives, 1-10 (default {default}; README)"),
+    )
+    max_tasks_per_child: int = setting(
+        1,
+        Flag(
+            "--max-tasks-per-child",
+            "isolated tasks one forked child runs in a row (default {default}: a fresh fork each)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -146,28 +237,17 @@ def setting_property(name: str) -> Any:
     return property(get, set_, doc=f"The ``{name}`` setting (see WorkerSettings).")
 
 
-class Configured:
+if TYPE_CHECKING:
+    # For type checkers, each setting is an attribute of its type.
+    _SettingAttributes = WorkerSettings
+else:
+    _SettingAttributes = object
+
+
+class Configured(_SettingAttributes):
     """A mixin: each WorkerSettings field as a property of an object with ``settings``."""
 
     settings: WorkerSettings
-    # Each setting, for type checkers (the properties are made below the class).
-    queue_url: Optional[str]
-    sqs_timeout: int
-    alarm_timeout: Optional[int]
-    hard_timeout: int
-    isolate: bool
-    shutdown_grace_s: float
-    poll_wait_s: int
-    retry: RetryPolicy
-    burst_tasks: Optional[int]
-    burst_idle_s: Optional[float]
-    processes: Union[int, str]
-    endpoint_url: Optional[str]
-    ecs_protection: Union[str, bool]
-    metrics_port: Optional[int]
-    metrics_host: str
-    prefetch: int
-    max_tasks_per_child: int
 
     @property
     def heartbeat_s(self) -> int:

@@ -27,6 +27,7 @@ from ..errors import (
     ChildTaskError,
     HardTimeoutError,
     MalformedBodyError,
+    Notify,
     Reject,
     Retry,
     WorkerShutdownError,
@@ -45,8 +46,6 @@ from ..worker.batching import DeleteBatch
 from ..worker.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
-
-Notify = Callable[..., Any]
 
 
 def classify(error: Optional[BaseException], throws: Tuple[type, ...] = ()) -> Outcome:

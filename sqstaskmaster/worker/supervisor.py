@@ -280,7 +280,7 @@ def _describe_exit(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-def supervise(
+def supervise_processes(
     run_one: Callable[[Slot], int],
     count: int,
     shutdown_grace_s: float = 25.0,

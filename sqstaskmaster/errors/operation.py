@@ -1,0 +1,45 @@
+"""Errors met running a worker: its queue, its app, its ECS task protection."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .root import SQSTaskMasterError, error_type
+
+
+@error_type(
+    "Gave up on queue {queue_url} after {failures} failed polls in a row, the last with "
+    "{error.__class__.__name__}: {error}. Check that the queue exists, the endpoint and region "
+    "are right and the network reaches SQS; a supervisor restarts the worker."
+)
+class PollFailedError(SQSTaskMasterError):
+    """The worker gave up after its polls of the queue failed too many times in a row."""
+
+    queue_url: Optional[str]
+    failures: int
+    error: BaseException
+
+
+@error_type(
+    "Cannot load worker app {spec!r}: {reason}. APP is 'module:attribute', naming a Worker or "
+    "a dict of task name -> MessageHandler subclass or function, importable from the current "
+    "directory."
+)
+class AppImportError(SQSTaskMasterError, ImportError):
+    """The worker's APP (module:attribute) cannot be imported or is not a worker or a dict."""
+
+    spec: str
+    reason: str
+
+
+@error_type(
+    "ECS task scale-in protection {action} failed ({kind}): {detail}. Tasks go on running, but "
+    "ECS may stop this container while one runs. Check that ECS_AGENT_URI is the agent's and "
+    "that the task role allows ecs:UpdateTaskProtection."
+)
+class TaskProtectionError(SQSTaskMasterError):
+    """The ECS agent did not apply a scale-in protection change (refused, failed or timed out)."""
+
+    action: str
+    kind: str
+    detail: str
