@@ -27,12 +27,12 @@ _LAZY = {
     "IsolatedMessageHandler": "isolation",
     "run_in_child": "isolation",
     # Submitting many tasks
-    "TaskMessage": "sqs.sending",
+    "TaskMessage": "sqs.preparing",
     # Running tasks
     "Worker": "worker.loop",
     "WorkerSettings": "worker.settings",
     "RetryPolicy": "worker.retry",
-    "Outcome": "worker.settlement",
+    "Outcome": "ops.metrics",
     # Steering a task's message from the task
     "Retry": "errors",
     "Reject": "errors",
@@ -105,12 +105,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .isolation import IsolatedMessageHandler, run_in_child
     from .local import LocalMessage, LocalQueue
     from .message_handler import MessageHandler
+    from .ops.metrics import Outcome
     from .queue_scale import Provisioner, ServiceState
     from .run.strategies import Forked, InProcess
     from .run.timer import SignalTimer
-    from .sqs.sending import TaskMessage
+    from .sqs.preparing import TaskMessage
     from .task_manager import TaskManager
     from .worker.loop import Worker
     from .worker.retry import RetryPolicy
     from .worker.settings import WorkerSettings
-    from .worker.settlement import Outcome

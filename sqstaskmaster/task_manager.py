@@ -296,7 +296,7 @@ class TaskManager:
         """Send many tasks with SendMessageBatch; returns their message ids in input order.
 
         ``tasks`` holds ``(task, kwargs)`` pairs and/or
-        :class:`~sqstaskmaster.sqs.sending.TaskMessage` objects (for per-message
+        :class:`~sqstaskmaster.sqs.preparing.TaskMessage` objects (for per-message
         options); ``delay_seconds``, ``message_group_id`` and
         ``message_attributes`` are defaults for the messages that do not set
         their own. Every message is encoded and checked (as in

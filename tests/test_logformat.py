@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from sqstaskmaster.ops import logformat
-from sqstaskmaster.worker.loop import RetryPolicy
+from sqstaskmaster.worker.retry import RetryPolicy
 
 
 def record(message: str = "hello %s", *args: Any, **extra: Any) -> logging.LogRecord:

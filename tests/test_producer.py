@@ -22,7 +22,9 @@ from sqstaskmaster.errors import (
     MessageTooLargeError,
 )
 from sqstaskmaster.local import LocalQueue
-from sqstaskmaster.sqs.sending import TaskMessage, message_size, plan_batches
+from sqstaskmaster.sqs.facts import message_size
+from sqstaskmaster.sqs.preparing import TaskMessage
+from sqstaskmaster.sqs.sending import plan_batches
 from sqstaskmaster.sqs.wire import MAX_KWARGS_DEPTH
 from sqstaskmaster.task_manager import TaskManager, encode_body, service_name_attribute
 from sqstaskmaster.testing import SQSServer, TestQueue

@@ -30,7 +30,8 @@ from sqstaskmaster.sqs.facts import (
 from sqstaskmaster.task_manager import TaskManager
 from sqstaskmaster.worker.batching import Waiting
 from sqstaskmaster.worker.intake import Intake
-from sqstaskmaster.worker.loop import RetryPolicy, Worker
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.retry import RetryPolicy
 
 HOUR_S = 3600
 

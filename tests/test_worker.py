@@ -26,8 +26,9 @@ from sqstaskmaster.errors import (
     InvalidTaskMessageError,
     UnknownTaskError,
 )
-from sqstaskmaster.sqs.facts import mark_received
-from sqstaskmaster.worker.loop import MAX_VISIBILITY_S, RetryPolicy, Worker, receive_count_of
+from sqstaskmaster.sqs.facts import MAX_VISIBILITY_S, mark_received, receive_count_of
+from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.retry import RetryPolicy
 from sqstaskmaster.worker.supervisor import resolve_processes
 
 # -- helpers ------------------------------------------------------------------

@@ -41,8 +41,8 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from ..cli.provision import add_arguments
-    from ..cli.stats_watch import check_interval
+    from .provision import add_arguments
+    from .stats_watch import check_interval
 
     parser = argparse.ArgumentParser(
         prog="sqstaskmaster",
@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: see :mod:`sqstaskmaster.cli.demo`."""
-    from ..cli.demo import run_demo
     from ..testing import ServerStartError
+    from .demo import run_demo
 
     try:
         return run_demo(

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any, Dict, List, Tuple
 
+from ..sqs.queue import BotoQueue, Receive
+
 DIR_ENV = "SQSTASKMASTER_DEMO_DIR"
 TIME_LIMIT_S = 50.0
 
@@ -127,9 +129,7 @@ def summarize(
 
 def _depths(sqs: Any, url: str) -> Tuple[int, int, int]:
     """A queue's (visible, in flight, delayed) message counts."""
-    attributes = sqs.meta.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])[
-        "Attributes"
-    ]
+    attributes = BotoQueue.of_resource(sqs.Queue(url)).queue_attributes(["All"])
     return (
         int(attributes.get("ApproximateNumberOfMessages", 0)),
         int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
@@ -141,10 +141,9 @@ def drain(sqs: Any, url: str) -> List[str]:
     """Bodies of every message in a queue (received, not deleted)."""
     bodies: List[str] = []
     empty = 0
+    queue = BotoQueue.of_resource(sqs.Queue(url))
     while empty < 2:
-        messages = sqs.Queue(url).receive_messages(
-            MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
-        )
+        messages = queue.receive(Receive(max_messages=10, wait_s=0, visibility_s=60))
         empty = empty + 1 if not messages else 0
         bodies.extend(message.body for message in messages)
     return bodies

@@ -89,7 +89,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except connection_errors() as error:
         return sqs_failure(f"read {args.url}", error)
     if args.watch is not None:
-        from ..cli.stats_watch import watch
+        from .stats_watch import watch
 
         try:
             watch(lambda: queue_stats(sqs, args.url), args.watch, as_json=args.json)
@@ -131,7 +131,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """``provision RULES.json``: run the Provisioner every ``--interval`` s until SIGTERM/SIGINT."""
-    from ..cli.provision import run_command
+    from .provision import run_command
 
     try:
         run_command(args, make_session(args.region))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import AppImportError, PollFailedError
 from ..sqs.facts import make_session
+from ..sqs.queue import BotoQueue
 from ..worker.exitcodes import RET_CONNECT, RET_IMPORT, RET_USAGE
 from .queue_commands import connection_errors, sqs_failure
 from .worker_options import setting_changes
@@ -82,7 +83,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         # Fail fast (before forking) when the queue cannot be reached.
         sqs = worker.session.resource("sqs", endpoint_url=worker.endpoint_url)
-        sqs.meta.client.get_queue_attributes(QueueUrl=worker.queue_url, AttributeNames=["QueueArn"])
+        BotoQueue.of_resource(sqs.Queue(worker.queue_url)).queue_attributes(["QueueArn"])
     except connection_errors() as error:
         return sqs_failure(f"reach queue {worker.queue_url}", error)
     try:

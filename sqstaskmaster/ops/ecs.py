@@ -26,7 +26,7 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any, Callable, Optional, Sequence, Set
 
 from ..errors import Notify
-from ..ops.ecs_agent import AgentClient, agent_uri_for, protection_minutes
+from .ecs_agent import AgentClient, agent_uri_for, protection_minutes
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import wsgiref.simple_server
 from typing import Any, Dict, Optional, Union
 
 from ..errors import SQSTaskMasterError
-from ..ops.logformat import add_to_context
+from .logformat import add_to_context
 
 logger = logging.getLogger(__name__)
 

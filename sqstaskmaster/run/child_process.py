@@ -27,9 +27,9 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from ..run import reaper as task_reaper
-from ..run.fork_state import reset_signals
-from ..run.pipes import FrameReader
+from . import reaper as task_reaper
+from .fork_state import reset_signals
+from .pipes import FrameReader
 
 logger = logging.getLogger(__name__)
 

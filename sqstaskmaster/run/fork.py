@@ -1,6 +1,6 @@
 """The parent's handle on one task in a child process, and the fresh fork per task.
 
-:class:`ForkedChild` is what :func:`~sqstaskmaster.run.strategies.supervise`
+:class:`ForkedChild` is what :func:`~sqstaskmaster.run.waiting.wait_for_child`
 drives: wait for the task's end, stop it (SIGTERM to the child's process
 group, a grace, SIGKILL), reap, read its outcome. It holds a
 :class:`~sqstaskmaster.run.child_process.ChildProcess`, either forked for this
@@ -30,15 +30,15 @@ import time
 from typing import Any, Callable, Optional
 
 from ..errors import ChildDiedError, TaskControl
-from ..run.child_error import child_task_error, error_report, result_report
-from ..run.child_process import (
+from .child_error import child_task_error, error_report, result_report
+from .child_process import (
     EXIT_OK,
     EXIT_TASK_RAISED,
     ChildProcess,
     fork_child,
 )
-from ..run.child_process import fork_available as fork_available
-from ..run.pipes import KEEP, RETIRE, write_frame
+from .child_process import fork_available as fork_available
+from .pipes import KEEP, RETIRE, write_frame
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from ..run.child_error import MAX_ERROR_TEXT, MAX_RESULT_BYTES
+from .child_error import MAX_ERROR_TEXT, MAX_RESULT_BYTES
 
 HEADER = struct.Struct(">I")
 # A frame's first byte: the child stays for the next task, or leaves.

@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Optional, Set
 
-from ..run.fork_state import reset_signals
+from .fork_state import reset_signals
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from ..ops.logformat import add_to_context, task_context
-from ..run.child_error import REJECTED_MARK, error_report, result_report
-from ..run.child_process import EXIT_OK, flush_std_streams, lookup_prctl
-from ..run.pipes import KEEP, RETIRE, TaskFacts, read_frame, write_frame
 from ..sqs import wire
+from .child_error import REJECTED_MARK, error_report, result_report
+from .child_process import EXIT_OK, flush_std_streams, lookup_prctl
+from .pipes import KEEP, RETIRE, TaskFacts, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
 

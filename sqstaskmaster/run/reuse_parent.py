@@ -32,13 +32,13 @@ import selectors
 import time
 from typing import Any, Callable, Dict, Optional, cast
 
-from ..run import reaper as task_reaper
-from ..run.child_process import ChildProcess, fork_child
-from ..run.fork import ForkedChild
-from ..run.pipes import HEADER, TaskFacts
-from ..run.reuse_child import HandlerBuilder, serve_tasks
-from ..run.strategies import Execution, Forked, StopSource, TaskHandler
 from ..sqs.facts import receive_count_of
+from . import reaper as task_reaper
+from .child_process import ChildProcess, fork_child
+from .fork import ForkedChild
+from .pipes import HEADER, TaskFacts
+from .reuse_child import HandlerBuilder, serve_tasks
+from .strategies import Execution, Forked, StopSource, TaskHandler
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ChildPool:
             dict(getattr(message, "message_attributes", None) or {}),
             receive_count_of(message),
             handler.sqs_timeout,
-            handler.alarm_timeout,
+            handler.heartbeat_s,
             handler.hard_timeout,
         )
         reused = Reused(self, facts, forked.kill_grace_s, forked.stop)

@@ -5,7 +5,7 @@ deadline, a worker's stop, and a worker's chores (batched deletes, heartbeats
 of prefetched messages). The signal-mode timer
 (:class:`~sqstaskmaster.run.timer.SignalTimer`) arms its interval timer for
 :meth:`Schedule.next_at`; the forked task's wait loop
-(:func:`~sqstaskmaster.run.strategies.wait_for_child`) waits until then. Both
+(:func:`~sqstaskmaster.run.waiting.wait_for_child`) waits until then. Both
 ask the same questions (``deadline_due``, ``heartbeat_due``, ``stop_due``,
 ``chores_due``) when they wake. All times are ``time.monotonic()`` values.
 """

@@ -34,12 +34,11 @@ from types import CodeType, FrameType
 from typing import Any, Callable, FrozenSet, Optional, Protocol, Tuple, Type
 
 from ..errors import IsolationUnavailableError
-from ..run.background import ChoreRunner, ChoreSource, wait_before_fork
-from ..run.child_error import REJECTED_MARK
-from ..run.fork import ForkedChild, fork_available, fork_task
-from ..run.timer import SignalTimer
-from ..run.waiting import DEFAULT_KILL_GRACE_S as DEFAULT_KILL_GRACE_S
-from ..run.waiting import StopSource, wait_for_child
+from .background import ChoreRunner, ChoreSource, wait_before_fork
+from .child_error import REJECTED_MARK
+from .fork import ForkedChild, fork_available, fork_task
+from .timer import SignalTimer
+from .waiting import StopSource, wait_for_child
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import time
 from types import CodeType, FrameType
 from typing import Any, Callable, FrozenSet, Optional, Union
 
-from ..run.schedule import Schedule
+from .schedule import Schedule
 
 logger = logging.getLogger(__name__)
 

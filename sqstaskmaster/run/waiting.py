@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Optional, Protocol
 
 from ..errors import HARD_TIMEOUT_TEXT, HardTimeoutError, WorkerShutdownError
-from ..run.background import (
+from .background import (
     HEARTBEAT_JOIN_S,
     HEARTBEAT_POLL_S,
     BackgroundCall,
@@ -24,8 +24,8 @@ from ..run.background import (
     ChoreSource,
     InlineFallback,
 )
-from ..run.fork import ForkedChild
-from ..run.schedule import Schedule
+from .fork import ForkedChild
+from .schedule import Schedule
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from ..errors import BatchEntryError, HardTimeoutError, Notify, TaskStuckError, WorkerShutdownError
-from ..sqs.facts import MAX_BATCH_ENTRIES, error_code, failure_context, message_id_of
-from ..sqs.queue import BatchResponse, Queue
+from .facts import MAX_BATCH_ENTRIES, error_code, failure_context, message_id_of
+from .queue import BatchResponse, Queue
 
 # Its lines keep the logger they had before it moved out of sqstaskmaster.worker.batching.
 logger = logging.getLogger("sqstaskmaster.worker.batching")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, Tuple
 
-from ..sqs.facts import sqs_resource
+from .facts import sqs_resource
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from ..errors import MessageTooLargeError
-from ..sqs.facts import MAX_DELAY_S, MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES, message_size
-from ..sqs.wire import SERVICE_NAME, check_task_name, encode_task, service_name_attribute
+from .facts import MAX_DELAY_S, MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES, message_size
+from .wire import SERVICE_NAME, check_task_name, encode_task, service_name_attribute
 
 #: SQS's ceiling for MaximumMessageSize (since 2025), and LocalQueue's limit.
 DEFAULT_MAX_MESSAGE_SIZE = MAX_MESSAGE_BYTES

@@ -21,18 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from ..errors import BatchSendError, FailedEntry
-from ..sqs.batch import EntryFailure, RetryRules, retry_entries
-from ..sqs.facts import MAX_BATCH_ENTRIES
-from ..sqs.facts import attributes_size as attributes_size
-from ..sqs.facts import message_size as message_size
-from ..sqs.preparing import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
-from ..sqs.preparing import PreparedMessage
-from ..sqs.preparing import QueueLimits as QueueLimits
-from ..sqs.preparing import TaskItem as TaskItem
-from ..sqs.preparing import TaskMessage as TaskMessage
-from ..sqs.preparing import as_task_message as as_task_message
-from ..sqs.preparing import prepare as prepare
-from ..sqs.queue import SQS_ERRORS, BatchResponse, Queue
+from .batch import EntryFailure, RetryRules, retry_entries
+from .facts import MAX_BATCH_ENTRIES
+from .preparing import PreparedMessage
+from .preparing import prepare as prepare
+from .queue import SQS_ERRORS, BatchResponse, Queue
 
 logger = logging.getLogger(__name__)
 

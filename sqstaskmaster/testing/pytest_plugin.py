@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 
 from ..testing import SQSServer, TestQueue
-from ..testing import sqs_server as _start_server
+from . import sqs_server as _start_server
 
 
 def pytest_addoption(parser: Any) -> None:

@@ -17,9 +17,9 @@ from typing import Any, Optional
 from ..errors import WorkerShutdownError
 from ..ops import metrics
 from ..sqs.facts import failure_context, message_id_of
-from ..worker.batching import DeleteBatch
-from ..worker.retry import RetryPolicy
-from ..worker.settlement import Disposition, Outcome
+from .batching import DeleteBatch
+from .retry import RetryPolicy
+from .settlement import Disposition, Outcome
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import Notify, PollFailedError
 from ..ops import metrics
 from ..sqs.clients import bind
 from ..sqs.facts import group_of, message_id_of
 from ..sqs.queue import Queue
-from ..worker.batching import Chores, DeleteBatch, Waiting
+from .batching import Chores, DeleteBatch, Waiting
 
 logger = logging.getLogger(__name__)
 
@@ -153,19 +153,6 @@ class Intake:
             if until <= now:
                 del self._retrying_groups[group]
         return bool(self._retrying_groups)
-
-    def delete_later(
-        self, task: Optional[str], notify: Optional[Notify] = None
-    ) -> Callable[[Any], None]:
-        """A handler's ``deleter``: queue a finished ``task``'s message for a batched delete.
-
-        A delete that fails is reported to ``notify`` (the handler's), as a direct one was.
-        """
-
-        def delete(message: Any) -> None:
-            self.deletes.add(message, task, notify)
-
-        return delete
 
     def close(self, why: str) -> List[Any]:
         """On the way out: deletes flushed, waiting messages handed back (returned).

@@ -42,25 +42,16 @@ from ..run.strategies import for_worker
 from ..sqs import facts as sqs
 from ..sqs import wire
 from ..sqs.clients import worker_clients
-from ..sqs.facts import MAX_POLL_WAIT_S as MAX_POLL_WAIT_S
-from ..sqs.facts import MAX_VISIBILITY_S as MAX_VISIBILITY_S
 from ..sqs.facts import message_id_of, receive_count_of
-from ..worker.attempt import run_attempt
-from ..worker.exitcodes import RET_CONNECT
-from ..worker.intake import Intake
-from ..worker.registry import Registry, TaskRegistry, build_handler
-from ..worker.registry import TaskSpec as TaskSpec
-from ..worker.retry import RetryPolicy as RetryPolicy
-from ..worker.settings import DEFAULT_HARD_TIMEOUT_S as DEFAULT_HARD_TIMEOUT_S
-from ..worker.settings import DEFAULT_POLL_WAIT_S as DEFAULT_POLL_WAIT_S
-from ..worker.settings import DEFAULT_SHUTDOWN_GRACE_S as DEFAULT_SHUTDOWN_GRACE_S
-from ..worker.settings import DEFAULT_SQS_TIMEOUT_S as DEFAULT_SQS_TIMEOUT_S
-from ..worker.settings import Configured, WorkerSettings
-from ..worker.settlement import Disposition, Outcome
-from ..worker.shutdown import StopController
-from ..worker.shutdown import record_early_signals as record_early_signals
-from ..worker.shutdown import take_early_signals as take_early_signals
-from ..worker.supervisor import Slot
+from .attempt import run_attempt
+from .exitcodes import RET_CONNECT
+from .intake import Intake
+from .registry import Registry, TaskRegistry
+from .registry import TaskSpec as TaskSpec
+from .settings import Configured, WorkerSettings
+from .settlement import Disposition, Outcome
+from .shutdown import StopController
+from .supervisor import Slot
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +154,7 @@ class Worker(TaskRegistry, Configured):
         if queue_url:
             self.queue_url = queue_url
         self.check()
-        from ..worker.supervisor import resolve_processes, supervise_processes
+        from .supervisor import resolve_processes, supervise_processes
 
         count = resolve_processes(self.processes)
         if count > 1 or (self.metrics_port is not None and self.isolate):
@@ -334,9 +325,8 @@ class Worker(TaskRegistry, Configured):
         spec = self.registry[task]
         hard_timeout = spec.hard_timeout or self.hard_timeout
         try:
-            cls = self._handler_type(task)
-            handler = build_handler(
-                spec, cls, message, self.sqs_timeout, self.heartbeat_s, hard_timeout, kwargs
+            handler = self.build(
+                task, message, kwargs, self.sqs_timeout, self.heartbeat_s, hard_timeout
             )
         except Exception as error:
             self._disposition.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
@@ -363,7 +353,6 @@ class Worker(TaskRegistry, Configured):
             self._disposition.refuse(message, refusal, task, count, self.retry, Outcome.REFUSED)
             return Outcome.REFUSED
         handler.visible_until = visible_until
-        handler.throws = tuple(spec.throws) + tuple(handler.throws)
         intake = self._intake  # its chores are done while the task runs
         strategy = for_worker(
             handler, self.isolate, self._stop, None if intake is None else intake.chores

@@ -15,7 +15,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from ..sqs.facts import MAX_POLL_WAIT_S, MAX_VISIBILITY_S, single_hard_timeout_problem
-from ..worker.retry import RetryPolicy
+from .retry import RetryPolicy
 
 DEFAULT_SQS_TIMEOUT_S = 30
 DEFAULT_HARD_TIMEOUT_S = 4 * 60 * 60

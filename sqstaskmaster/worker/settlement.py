@@ -42,8 +42,8 @@ from ..sqs.facts import (
     receive_count_of,
 )
 from ..sqs.queue import Queue, queue_of
-from ..worker.batching import DeleteBatch
-from ..worker.retry import RetryPolicy
+from .batching import DeleteBatch
+from .retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..ops import metrics
 from ..ops.ecs import ProtectionState, SharedProtection, SlotProtection
-from ..worker.exitcodes import RET_ERROR, RET_KILLED, RET_OK
-from ..worker.sharing import freeze_for_fork, thaw
-from ..worker.shutdown import record_early_signals, take_early_signals
+from .exitcodes import RET_ERROR, RET_KILLED, RET_OK
+from .sharing import freeze_for_fork, thaw
+from .shutdown import record_early_signals, take_early_signals
 
 logger = logging.getLogger(__name__)
 
