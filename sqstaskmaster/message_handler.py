@@ -163,7 +163,10 @@ class MessageHandler(abc.ABC):
         # armed for (the wall clock may lag it by a hair when the timer fires).
         return self._run_time() >= self.hard_timeout or monotonic() >= self.deadline
 
-    def _safe_notify(self, exception: BaseException, context: Optional[Dict[str, Any]]) -> None:
+    def notify_safely(
+        self, exception: BaseException, context: Optional[Dict[str, Any]] = None
+    ) -> None:
+        """``notify(exception, context=context)``; what notify raises is logged, not raised."""
         try:
             self.notify(exception, context=context)
         except Exception:
@@ -224,7 +227,7 @@ class MessageHandler(abc.ABC):
                 self.message_id,
                 self.sqs_timeout,
             )
-            self._safe_notify(error, failure_context(self._message))
+            self.notify_safely(error, failure_context(self._message))
             return False
         return True
 
@@ -296,11 +299,11 @@ class MessageHandler(abc.ABC):
             self._message.delete()
         except (ClientError, BotoCoreError) as error:
             logger.exception("failed to delete message %s", self._message)
-            self._safe_notify(error, failure_context(self._message))
+            self.notify_safely(error, failure_context(self._message))
 
     def report_failure(self, exception: BaseException) -> None:
         """notify and log a failed task (with its traceback); the message is left to SQS."""
-        self._safe_notify(exception, failure_context(self._message))
+        self.notify_safely(exception, failure_context(self._message))
         # An isolated child's traceback was logged as it was reported; one per task.
         trace = None if isinstance(exception, ChildTaskError) else exception.__traceback__
         logger.exception(

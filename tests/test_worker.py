@@ -26,6 +26,7 @@ from sqstaskmaster.errors import (
     InvalidTaskMessageError,
     UnknownTaskError,
 )
+from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.sqs.facts import MAX_VISIBILITY_S, mark_received, receive_count_of
 from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.retry import RetryPolicy
@@ -273,6 +274,39 @@ def test_failure_sets_the_backoff_and_logs_the_receive_count(
     assert "task fail message" in caplog.text and "receive 1: failed" in caplog.text
     assert "visible again in 2 s" in caplog.text
     assert any("fails on purpose" in str(error) for error in notify.errors)
+
+
+class SwallowsWithoutSuper(MessageHandler):
+    """A subclass whose own __exit__ swallows and never reaches MessageHandler.__exit__."""
+
+    notified: List[BaseException] = []
+
+    def notify(self, exception: BaseException, context: Optional[dict] = None) -> None:
+        self.notified.append(exception)
+
+    def running(self) -> bool:
+        return True
+
+    def run(self) -> None:
+        raise ValueError("failed inside")
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        return True
+
+
+def test_a_handler_exit_that_skips_messagehandlers_is_retried_not_deleted(
+    sqs_server: Any, sqs_queue: Any
+) -> None:
+    # Given a handler whose __exit__ swallows the task's error without calling super()
+    worker, notify = make_worker(sqs_server, sqs_queue, isolate=False)
+    worker.register("swallows", SwallowsWithoutSuper)
+    sqs_server.task_manager(sqs_queue).submit("swallows")
+    started = time.monotonic()
+    # Then the task is not counted done: reported, and its message comes back
+    assert worker.process(receive_one(sqs_queue)) == "failed"
+    reported = SwallowsWithoutSuper.notified
+    assert any("did not reach MessageHandler.__exit__" in str(e) for e in reported)
+    assert_back_after(sqs_queue, 1, 3, started)
 
 
 @pytest.mark.parametrize(

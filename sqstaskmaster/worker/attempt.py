@@ -95,15 +95,29 @@ def run_attempt(
             fatal=True,
         )
         raise
+    reported = handler.finished  # a failure of the body is reported by settle
+    if handler.finished:
+        error = handler.error
+    elif interrupted is not None:
+        error = interrupted
+    else:
+        reported = True
+        # The handler's exit never reached MessageHandler.__exit__ (a subclass's
+        # own __exit__ returned early): how the task ended is unknown, so the
+        # message is not deleted; it is retried as a failure, reported.
+        error = RuntimeError(
+            f"task {task} message {message_id}: the handler's __exit__ did not reach "
+            "MessageHandler.__exit__, so how the task ended is unknown; retried"
+        )
     return disposition.settle(
         handler,
         message,
         task,
         count,
-        handler.error if handler.finished else interrupted,
+        error,
         retry,
         time.monotonic() - started,
-        from_body=handler.finished,
+        from_body=reported,
         deletes=deletes,
     )
 

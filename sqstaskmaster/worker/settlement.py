@@ -136,7 +136,7 @@ class Disposition:
             if deletes is None:
                 handler.delete_message()
             else:
-                deletes.add(message, task, handler._safe_notify)
+                deletes.add(message, task, handler.notify_safely)
         elif outcome is Outcome.HANDED_BACK:
             self.hand_back(message, task, "stopped by shutdown")
         elif outcome is Outcome.RETRIED_BY_TASK and isinstance(error, Retry):
