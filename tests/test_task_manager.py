@@ -635,3 +635,23 @@ def test_a_0_0_11_message_sent_with_bare_boto3_is_consumed(sqs_server: Any, sqs_
     ):
         pass
     assert depth(sqs_server, sqs_queue.url) == (0, 0)
+
+
+def test_a_stand_in_queue_with_only_receive_messages_still_feeds_the_generator() -> None:
+    # 0.0.11 polls through queue.receive_messages(...) alone: a test's stand-in queue
+    # without a boto3 client behind it works as it did there.
+    class Message:
+        body = '{"task": "t", "kwargs": {"a": 1}}'
+        message_id = "m-1"
+        attributes: dict = {}
+
+    class StandIn:
+        url = "stand-in"
+
+        def receive_messages(self, **parameters: object) -> list:
+            return [Message()]
+
+    manager = TaskManager("local", queue_constructor=LocalQueue)
+    manager.queue = StandIn()
+    task, kwargs, message = next(manager.task_generator())
+    assert (task, kwargs) == ("t", {"a": 1}) and message.message_id == "m-1"
