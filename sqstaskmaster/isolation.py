@@ -92,6 +92,8 @@ def run_in_child(
     """
     if hard_timeout_s <= 0:
         raise ValueError(f"Hard timeout must be positive, got {hard_timeout_s!r} seconds")
+    if heartbeat_s is not None and heartbeat_s <= 0:  # checked before the fork, not after
+        raise ValueError(f"Heartbeat interval must be positive, got {heartbeat_s!r} seconds")
     name = label or str(getattr(func, "__qualname__", None) or repr(func))
     if not fork_available():
         raise IsolationUnavailableError(name, sys.platform)

@@ -770,3 +770,24 @@ def test_a_heartbeat_in_flight_lands_before_the_handler_exits() -> None:
     assert isinstance(handler.error, TimeoutError)
     assert calls[-1] == ("MainThread", 0)
     assert [c for c in calls if c[1] == 10 and c[0] != "MainThread"]
+
+
+def test_run_in_child_refuses_a_bad_heartbeat_before_it_forks() -> None:
+    # A bad argument must not leave a child behind, running with no hard timeout.
+    before = set(os.listdir("/proc")) if os.path.isdir("/proc") else set()
+    with pytest.raises(ValueError, match="Heartbeat interval"):
+        run_in_child(time.sleep, {"seconds": 30}, hard_timeout_s=5, heartbeat_s=0)
+    children = [
+        pid
+        for pid in set(os.listdir("/proc")) - before
+        if pid.isdigit() and _parent_of(int(pid)) == os.getpid()
+    ]
+    assert children == []
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
