@@ -169,11 +169,15 @@ class LocalQueue:
         return request.through(self.receive_messages)
 
     def change_visibility(self, message: Any, seconds: int) -> None:
-        """Hand ``message`` back: put it back at the end of the queue.
+        """At 0 s, hand ``message`` back: put it back at the end of the queue.
 
-        A local message never lapses, so it is never extended: a visibility
-        change asked of its queue is a hand-back.
+        A local message never lapses and is never delivered again by itself
+        (as 0.0.11's ``LocalMessage.change_visibility``, any other visibility
+        changes nothing): only a hand-back puts it back.
         """
+        if seconds != 0:
+            logger.debug("%r: visibility %s s changes nothing in a local queue", message, seconds)
+            return
         self.queue.put_nowait(message)
         logger.info("%r put back at the end of local queue %s", message, self.url)
 

@@ -32,6 +32,7 @@ from sqstaskmaster.worker.batching import Waiting
 from sqstaskmaster.worker.intake import Intake
 from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.retry import RetryPolicy
+from sqstaskmaster.worker.settlement import Disposition
 
 HOUR_S = 3600
 
@@ -424,3 +425,23 @@ def test_a_lapsed_message_takes_its_fifo_group_back_with_it(sqs_server: Any) -> 
     assert [e["ReceiptHandle"] for e in entries] == [by_key["a2"].receipt_handle]
     assert entries[0]["VisibilityTimeout"] == 0
     assert len(waiting) == 0
+
+
+def test_a_running_local_message_handed_back_goes_back_in_its_queue() -> None:
+    # Given a worker settling a LocalQueue message through the queue it polls
+    url = f"local-{uuid.uuid4().hex}"
+    manager = TaskManager(url, queue_constructor=LocalQueue)
+    manager.submit("ok", key="1")
+    intake = Intake(manager, prefetch=1, sqs_timeout=30, heartbeat_s=10, notify=Recorder())
+    assert intake.poll(0) == 1
+    taken = intake.take()
+    assert taken is not None
+    message = taken[0]
+    settlement = Disposition(Recorder())
+    settlement.queue = intake.queue
+    # When a stop hands the running task's message back, then it is in the queue again
+    settlement.hand_back(message, "ok", "stopped by shutdown")
+    assert LocalQueue(url).queue.qsize() == 1
+    # while a retry delay changes nothing in a local queue (as 0.0.11's LocalMessage)
+    settlement.retry_at(LocalQueue(url).queue.get_nowait(), "ok", 1, 5)
+    assert LocalQueue(url).queue.qsize() == 0

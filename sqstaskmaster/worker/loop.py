@@ -219,6 +219,7 @@ class Worker(TaskRegistry, Configured):
         # A failed ECS protection enable is tried again among the chores, while the task runs.
         intake.chores.protection = self._protection
         self._disposition.before_hand_back = intake.chores.flush
+        self._disposition.queue = intake.queue  # its visibility changes and deletes
         try:
             with self._stop.handling_signals():
                 self._loop(intake)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from ..errors import (
     HARD_TIMEOUT_TEXT,
@@ -88,6 +88,8 @@ class Disposition:
         self.notify = notify
         # Called before a hand-back (a worker flushes its batched deletes).
         self.before_hand_back: Optional[Callable[[], None]] = None
+        # The queue the worker polls (None: each message's own, see queue_of).
+        self.queue: Optional[Queue] = None
         # Queue URL -> its dead-letter queue's URL (None: no redrive policy).
         self._dead_letter_queues: Dict[Queue, Optional[Queue]] = {}
         # (id(message), seconds) of the last visibility change SQS accepted.
@@ -186,7 +188,7 @@ class Disposition:
     def set_visibility(self, message: Any, seconds: int) -> bool:
         """Change the message's visibility; False (after logging and notify) if SQS refused."""
         try:
-            message.change_visibility(VisibilityTimeout=int(seconds))
+            self.queue_of(message).change_visibility(message, int(seconds))
         except Exception as error:
             logger.exception(
                 "failed to set visibility of message %s to %s s", message_id_of(message), seconds
@@ -311,16 +313,8 @@ class Disposition:
                 "MessageBody": message.body,
                 "MessageAttributes": getattr(message, "message_attributes", None) or {},
             }
-            failed = target.send_batch([copy]).get("Failed")
-            if failed:
-                entry = failed[0]
-                raise BatchEntryError(
-                    "SendMessage to the dead-letter queue",
-                    message_id,
-                    task,
-                    entry.get("Code", "?"),
-                    entry.get("Message", ""),
-                )
+            sent = target.send_batch([copy])
+            _raise_if_failed(sent, "SendMessage to the dead-letter queue", message_id, task)
         except Exception as error:
             logger.exception(
                 "task %s message %s: copy to dead-letter queue %s failed", task, message_id, target
@@ -329,7 +323,8 @@ class Disposition:
             self.retry_later(message, task, count, why, policy)
             return False
         try:
-            message.delete()
+            deleted = self.queue_of(message).delete_batch([("0", message)])
+            _raise_if_failed(deleted, "DeleteMessage", message_id, task)
         except Exception as error:
             # The copy is in the dead-letter queue; the original comes back and
             # is rejected again: a duplicate there, never a loss.
@@ -351,9 +346,22 @@ class Disposition:
         )
         return True
 
+    def queue_of(self, message: Any) -> Queue:
+        """The queue that settles ``message``: the worker's, else the message's own."""
+        return queue_of(message) if self.queue is None else self.queue
+
     def dead_letter_queue(self, message: Any) -> Optional[Queue]:
         """The dead-letter queue of the message's queue (asked once per queue), or None."""
-        queue = queue_of(message)
+        queue = self.queue_of(message)
         if queue not in self._dead_letter_queues:
             self._dead_letter_queues[queue] = queue.dead_letter_queue()
         return self._dead_letter_queues[queue]
+
+
+def _raise_if_failed(
+    response: Mapping[str, Any], action: str, message_id: Optional[str], task: Optional[str]
+) -> None:
+    """Raise BatchEntryError for the one entry of a one-entry batched call SQS failed."""
+    for entry in response.get("Failed") or ():
+        code, text = entry.get("Code", "?"), entry.get("Message", "")
+        raise BatchEntryError(action, message_id, task, code, text)
