@@ -113,10 +113,11 @@ def _queues(
             assert queue.dead_letter_url is not None
             yield server.sqs, queue.url, queue.dead_letter_url, server.environment, []
         return
-    from ..sqs.facts import make_session, queue_stats
+    from ..sqs.facts import make_session
+    from ..sqs.queue import BotoQueue, queue_stats
 
     sqs = make_session(region, queue_url).resource("sqs", endpoint_url=endpoint_url)
-    stats = queue_stats(sqs, queue_url)
+    stats = queue_stats(BotoQueue.of_resource(sqs.Queue(queue_url)))
     if "dead_letter_url" not in stats:
         raise SystemExit(
             f"demo: queue {queue_url} has no redrive policy; give it a dead-letter queue "

@@ -12,7 +12,8 @@ import logging
 import sys
 from typing import Any
 
-from ..sqs.facts import make_session, queue_stats
+from ..sqs.facts import make_session
+from ..sqs.queue import BotoQueue, queue_stats
 from ..worker.exitcodes import RET_CONNECT, RET_ERROR, RET_OK, RET_USAGE
 
 logger = logging.getLogger(__name__)
@@ -85,14 +86,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     session = make_session(args.region, args.url)
     try:
         sqs = session.resource("sqs", endpoint_url=args.endpoint_url)
-        stats = queue_stats(sqs, args.url)
+        queue = BotoQueue.of_resource(sqs.Queue(args.url))
+        stats = queue_stats(queue)
     except connection_errors() as error:
         return sqs_failure(f"read {args.url}", error)
     if args.watch is not None:
         from .stats_watch import watch
 
         try:
-            watch(lambda: queue_stats(sqs, args.url), args.watch, as_json=args.json)
+            watch(lambda: queue_stats(queue), args.watch, as_json=args.json)
         except KeyboardInterrupt:
             pass  # Ctrl-C is how a watch ends
         return RET_OK

@@ -1,4 +1,4 @@
-"""SQS facts and small helpers, in one place: limits, message fields, sessions, statistics.
+"""SQS facts and small helpers, in one place: limits, message fields, the 12-hour budget, sessions.
 
 Everything here is about SQS itself, not about this package's task format
 (:mod:`sqstaskmaster.sqs.wire`) or how tasks run; it imports no sibling module.
@@ -17,7 +17,6 @@ allows :data:`START_SLACK_S` between that clock reading and the task's start.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -279,35 +278,6 @@ def make_session(region: Optional[str], url: Optional[str] = None) -> Any:
         if guessed:
             session = boto3.session.Session(region_name=guessed)
     return session
-
-
-def queue_stats(sqs: Any, url: str) -> Dict[str, Any]:
-    """Depths of a queue (and of its dead-letter queue when a redrive policy names one)."""
-    client = sqs.meta.client
-    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    stats: Dict[str, Any] = {
-        "url": url,
-        "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
-        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
-    }
-    policy = attributes.get("RedrivePolicy")
-    if policy:
-        redrive = json.loads(policy)
-        dlq_url = queue_url_of_arn(client, redrive["deadLetterTargetArn"])
-        dlq = client.get_queue_attributes(
-            QueueUrl=dlq_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        stats["max_receive_count"] = int(redrive.get("maxReceiveCount", 0))
-        stats["dead_letter_url"] = dlq_url
-        stats["dead_letter"] = int(dlq.get("ApproximateNumberOfMessages", 0)) + int(
-            dlq.get("ApproximateNumberOfMessagesNotVisible", 0)
-        )
-    return stats
 
 
 # -- errors ----------------------------------------------------------------------

@@ -222,11 +222,14 @@ class BotoQueue:
         return attributes
 
     def dead_letter_queue(self) -> Optional[BotoQueue]:
-        policy = self.queue_attributes(["RedrivePolicy"]).get("RedrivePolicy")
-        if not policy:
+        return self.dead_letter_queue_of(self.queue_attributes(["RedrivePolicy"]))
+
+    def dead_letter_queue_of(self, attributes: Mapping[str, Any]) -> Optional[BotoQueue]:
+        """The dead-letter queue the redrive policy among ``attributes`` names, or None."""
+        policy = redrive_policy(attributes)
+        if policy is None:
             return None
-        arn = json.loads(policy)["deadLetterTargetArn"]
-        return BotoQueue(self.client, queue_url_of_arn(self.client, arn))
+        return BotoQueue(self.client, queue_url_of_arn(self.client, policy["deadLetterTargetArn"]))
 
 
 class SelfSettling:
@@ -265,6 +268,35 @@ class SelfSettling:
 
 
 SELF_SETTLING = SelfSettling()
+
+
+def redrive_policy(attributes: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The queue's redrive policy among its ``attributes`` (parsed), or None."""
+    policy = attributes.get("RedrivePolicy")
+    return json.loads(policy) if policy else None
+
+
+def queue_stats(queue: BotoQueue) -> Dict[str, Any]:
+    """Depths of a queue (and of its dead-letter queue when a redrive policy names one)."""
+    attributes = queue.queue_attributes(["All"])
+    stats: Dict[str, Any] = {
+        "url": queue.url,
+        "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+    }
+    dead_letter = queue.dead_letter_queue_of(attributes)
+    if dead_letter is not None:
+        policy = redrive_policy(attributes) or {}
+        depths = dead_letter.queue_attributes(
+            ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )
+        stats["max_receive_count"] = int(policy.get("maxReceiveCount", 0))
+        stats["dead_letter_url"] = dead_letter.url
+        stats["dead_letter"] = int(depths.get("ApproximateNumberOfMessages", 0)) + int(
+            depths.get("ApproximateNumberOfMessagesNotVisible", 0)
+        )
+    return stats
 
 
 def queue_of(message: Any) -> Queue:
