@@ -62,7 +62,7 @@ class IsolatedMessageHandler(MessageHandler):
     isolate = True
 
     def running(self) -> bool:
-        entry = self.entered
+        entry = self._strategy_entry
         child = entry.child if entry is not None else None
         # No child yet (or this is the child itself, which never saw the
         # assignment): nothing to contradict "running".

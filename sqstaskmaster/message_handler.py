@@ -43,13 +43,10 @@ from .errors import (
 )
 from .ops import metrics
 from .run.strategies import Entry, Execution, Forked, InProcess
-from .sqs.facts import MAX_VISIBILITY_S, budget_left_s, failure_context, message_id_of
+from .sqs.facts import budget_left_s, failure_context, message_id_of
 
 logger = logging.getLogger(__name__)
 
-# SQS never lets a message stay invisible longer than 12 hours after the receive that
-# delivered it.
-SQS_VISIBILITY_BUDGET_S = MAX_VISIBILITY_S
 # Entry skips its visibility change only if the message stays invisible this
 # many seconds past the first heartbeat.
 ENTRY_VISIBILITY_MARGIN_S = 1.0
@@ -105,7 +102,7 @@ class MessageHandler(abc.ABC):
         self._constructed_at = self._start_time
         self._start_monotonic = monotonic()
         #: The execution strategy's state while entered (None outside the block).
-        self.entered: Optional[Entry] = None
+        self._strategy_entry: Optional[Entry] = None
         # When the caller knows the message is invisible until a given
         # time.monotonic() (it was just received with VisibilityTimeout =
         # sqs_timeout), entry skips its own visibility change if the first
@@ -255,7 +252,7 @@ class MessageHandler(abc.ABC):
         if self._past_hard_timeout():
             self.on_deadline()
         self.heartbeat()
-        entry = self.entered
+        entry = self._strategy_entry
         if entry is not None:
             entry.rearm()
 
@@ -335,11 +332,13 @@ class MessageHandler(abc.ABC):
 
     def __enter__(self) -> MessageHandler:
         self._heartbeats_stopped = False
-        entry = self.entered = self.execution_strategy().enter(self, _protected_codes(type(self)))
+        entry = self._strategy_entry = self.execution_strategy().enter(
+            self, _protected_codes(type(self))
+        )
         try:
             self.set_entry_visibility()
         except BaseException:
-            self.entered = None
+            self._strategy_entry = None
             entry.leave()
             entry.restore()
             raise
@@ -352,7 +351,7 @@ class MessageHandler(abc.ABC):
         tb: Optional[TracebackType],
     ) -> bool:
         self._heartbeats_stopped = True
-        entry, self.entered = self.entered, None
+        entry, self._strategy_entry = self._strategy_entry, None
         if entry is not None:
             entry.leave()
         try:

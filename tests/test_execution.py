@@ -127,7 +127,7 @@ def test_the_strategy_decides_where_run_runs(sqs_server: Any, sqs_queue: Any) ->
         with handler:
             pid = handler.run()
         assert (pid != os.getpid()) is in_child, (strategy, isolate)
-        assert handler.entered is None and "run" not in vars(handler)
+        assert handler._strategy_entry is None and "run" not in vars(handler)
 
 
 def test_a_worker_attaches_its_stop_and_forces_isolation() -> None:

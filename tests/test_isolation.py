@@ -359,7 +359,7 @@ def test_a_slow_heartbeat_does_not_delay_the_hard_timeout(receive: Any) -> None:
 
         def running(self) -> bool:
             time.sleep(2.5)
-            entry = self.entered
+            entry = self._strategy_entry
             child = entry.child if entry is not None else None
             self.child_ended_during_beat = child is not None and child.exited()
             return True

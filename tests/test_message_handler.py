@@ -337,8 +337,8 @@ def test_alarm_inside_exit_path_is_ignored():
     message = FakeMessage()
     handler = SlowExit(message, 3, 1, 300)
     with handler:
-        assert handler.entered is not None
-        timer = handler.entered.timer
+        assert handler._strategy_entry is not None
+        timer = handler._strategy_entry.timer
         assert timer is not None
         timer.deadline = time.monotonic() + 0.05
         timer._arm(time.monotonic())

@@ -17,9 +17,9 @@ from botocore.exceptions import ClientError
 
 from sqstaskmaster.errors import HardTimeoutError
 from sqstaskmaster.local import LocalMessage, LocalQueue
-from sqstaskmaster.message_handler import SQS_VISIBILITY_BUDGET_S, MessageHandler
+from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.queue_scale import Provisioner
-from sqstaskmaster.sqs.facts import mark_received
+from sqstaskmaster.sqs.facts import MAX_VISIBILITY_S, mark_received
 from sqstaskmaster.task_manager import TaskManager
 
 # Generous bound for tests; the precise overshoot is measured in benchmarks/.
@@ -241,7 +241,7 @@ def test_isolated_entry_and_heartbeats_go_through_extend_timeout():
 def test_heartbeat_asks_for_sqs_timeout_and_the_12_hour_budget_caps_what_is_sent():
     # Given a message received 10 s short of SQS's 12-hour limit
     message = MagicMock()
-    mark_received([message], time.time() - SQS_VISIBILITY_BUDGET_S + 10)
+    mark_received([message], time.time() - MAX_VISIBILITY_S + 10)
     handler = Handler(message, 30, 25, 300)
     with patch.object(handler, "_extend_timeout", wraps=handler._extend_timeout) as extend:
         handler._handle_alarm(signal.SIGALRM, None)

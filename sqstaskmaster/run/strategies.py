@@ -12,7 +12,7 @@ Both time their events (heartbeat, deadline, stop, chores) with one
 :class:`~sqstaskmaster.run.schedule.Schedule`. A strategy knows the handler
 only through :class:`TaskHandler`, so it imports no handler module, and keeps
 what it needs while a handler is entered in an :class:`Entry` of its own
-(the handler holds it, as ``handler.entered``). Forked runs whatever ``run``
+(the handler holds it, as ``handler._strategy_entry``). Forked runs whatever ``run``
 the handler resolves to when it is called (on the instance, or its class at
 that moment), in the child: nothing is wrapped when a class is made. Given a
 worker's stop controller (:class:`~sqstaskmaster.run.waiting.StopSource`),
