@@ -63,7 +63,7 @@ class InlineFallback:
 _live: List[threading.Thread] = []
 _live_lock = threading.Lock()
 #: The longest a task fork waits for helper threads still on (seconds); their
-#: SQS requests are bounded (sqs_clients), so this is reached only by a hang elsewhere.
+#: SQS requests are bounded (sqs.clients), so this is reached only by a hang elsewhere.
 FORK_WAIT_S = 120.0
 
 

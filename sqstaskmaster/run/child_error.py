@@ -43,9 +43,10 @@ MAX_RESULT_BYTES = 1024 * 1024
 # An error report carries at most this much message and traceback text each.
 MAX_ERROR_TEXT = 64 * 1024
 # Frames of these files are left out of a task's traceback.
+_HERE = os.path.dirname(os.path.abspath(__file__))
 _PLUMBING_FILES = frozenset(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    for name in ("child_process.py", "fork.py", "strategies.py", "reuse_child.py")
+    [os.path.join(_HERE, name) for name in ("child_process.py", "fork.py", "strategies.py")]
+    + [os.path.join(_HERE, "reuse_child.py"), os.path.join(os.path.dirname(_HERE), "isolation.py")]
 )
 
 # Task exception class -> its class derived with ChildTaskError (None: cannot be derived).

@@ -16,7 +16,7 @@ A fresh child runs ``target()`` and reports once, as one frame
     {"ok": false, "type": "<exception type>", "module": "...", "qualname": "...",
      "message": "...", "traceback": "..."}
 
-This module knows nothing about SQS; :mod:`sqstaskmaster.isolation` builds the
+This module knows nothing about SQS; :mod:`sqstaskmaster.run.waiting` keeps the
 heartbeat and the hard deadline on top of it.
 """
 

@@ -105,7 +105,6 @@ class SignalTimer:
             raise TypeError(
                 f"{owner}: SignalTimer needs on_alarm, or both on_heartbeat and on_deadline"
             )
-        self.interval_s = float(interval_s)
         # When each event falls due: the same computation as the forked wait loop's.
         self.schedule = Schedule(
             interval_s, deadline, stop_at=stop_at if on_stop is not None else None

@@ -25,8 +25,7 @@ from ..errors import BatchEntryError, HardTimeoutError, Notify, TaskStuckError, 
 from .facts import MAX_BATCH_ENTRIES, error_code, failure_context, message_id_of
 from .queue import BatchResponse, Queue
 
-# Its lines keep the logger they had before it moved out of sqstaskmaster.worker.batching.
-logger = logging.getLogger("sqstaskmaster.worker.batching")
+logger = logging.getLogger(__name__)
 
 #: Tries of a batch entry SQS failed on its side (or a request that failed) before reporting.
 BATCH_TRIES = 3
@@ -156,7 +155,7 @@ def retry_entries(
 
 # -- a worker's batched calls on received messages ----------------------------------
 
-Entry = Tuple[Queue, Any, Optional[str]]  # (its queue, message, task name)
+QueuedMessage = Tuple[Queue, Any, Optional[str]]  # (its queue, message, task name)
 
 
 def _ids(entries: Any) -> str:
@@ -191,7 +190,7 @@ class BatchCall:
 
     def __call__(
         self,
-        entries: Sequence[Entry],
+        entries: Sequence[QueuedMessage],
         notifiers: Optional[Dict[int, Notify]] = None,
         seconds: Optional[int] = None,
     ) -> List[Any]:
@@ -204,7 +203,7 @@ class BatchCall:
         self.final_codes = {}
         self._notifiers = notifiers or {}
         done: List[Any] = []
-        groups: Dict[Queue, List[Entry]] = {}
+        groups: Dict[Queue, List[QueuedMessage]] = {}
         for entry in entries:
             groups.setdefault(entry[0], []).append(entry)
         for queue, group in groups.items():
@@ -212,7 +211,7 @@ class BatchCall:
                 done.extend(self._chunk(queue, group[start : start + MAX_BATCH_ENTRIES], seconds))
         return done
 
-    def _chunk(self, queue: Queue, chunk: List[Entry], seconds: Optional[int]) -> List[Any]:
+    def _chunk(self, queue: Queue, chunk: List[QueuedMessage], seconds: Optional[int]) -> List[Any]:
         by_id = {str(index): entry for index, entry in enumerate(chunk)}
 
         def send(ids: List[str]) -> BatchResponse:
@@ -237,7 +236,7 @@ class BatchCall:
         tried = retry_entries(list(by_id), send, WORKER_RULES, on_final, on_retry)
         return [entry[1] for key, entry in by_id.items() if key in tried.succeeded]
 
-    def _report(self, failed: List[Tuple[Entry, EntryFailure]], tries: int) -> None:
+    def _report(self, failed: List[Tuple[QueuedMessage, EntryFailure]], tries: int) -> None:
         for (_, message, task), why in failed:
             if why.code in _FINAL_CODES:
                 self.final_codes[id(message)] = why.code

@@ -24,7 +24,6 @@ from ..errors import BatchSendError, FailedEntry
 from .batch import EntryFailure, RetryRules, retry_entries
 from .facts import MAX_BATCH_ENTRIES
 from .preparing import PreparedMessage
-from .preparing import prepare as prepare
 from .queue import SQS_ERRORS, BatchResponse, Queue
 
 logger = logging.getLogger(__name__)

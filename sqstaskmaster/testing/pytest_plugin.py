@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ..testing import SQSServer, TestQueue
+from . import SQSServer, TestQueue
 from . import sqs_server as _start_server
 
 

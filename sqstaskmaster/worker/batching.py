@@ -34,7 +34,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import Notify
-from ..sqs.batch import BATCH_TRIES, PASS_THROUGH, BatchCall, Entry
+from ..sqs.batch import PASS_THROUGH, BatchCall, QueuedMessage
 from ..sqs.facts import MAX_BATCH_ENTRIES, group_of, message_id_of, receive_count_of, visibility_for
 from ..sqs.queue import Queue, queue_of
 
@@ -45,7 +45,7 @@ FLUSH_AFTER_S = 0.05
 #: A waiting message is run only if it stays invisible this much longer (s).
 LAPSE_MARGIN_S = 1.0
 
-__all__ = ["BATCH_TRIES", "FLUSH_AFTER_S", "LAPSE_MARGIN_S", "Chores", "DeleteBatch", "Waiting"]
+__all__ = ["FLUSH_AFTER_S", "LAPSE_MARGIN_S", "Chores", "DeleteBatch", "Waiting"]
 
 
 class DeleteBatch:
@@ -62,7 +62,7 @@ class DeleteBatch:
     ) -> None:
         self.flush_after_s = flush_after_s
         self._clock = clock
-        self._pending: List[Entry] = []
+        self._pending: List[QueuedMessage] = []
         self._notifiers: Dict[int, Notify] = {}
         self._first_at = 0.0
         # A forked task's wait loop flushes from a helper thread.
@@ -257,7 +257,7 @@ class Waiting:
         for held in held_now:
             if held not in ours:
                 _warn_lapsed(held, "not handed back")
-        entries: List[Entry] = [(h.queue, h.message, None) for h in ours]
+        entries: List[QueuedMessage] = [(h.queue, h.message, None) for h in ours]
         seconds = min([visible_in_s] + [visibility_for(m, visible_in_s) for _, m, _ in entries])
         done: List[Any] = []
         if entries:
