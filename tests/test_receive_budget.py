@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -235,13 +235,19 @@ def test_a_local_queue_with_prefetch_runs_every_message() -> None:
     assert LocalQueue(url).queue.qsize() == 0
 
 
-def test_a_local_message_still_waiting_at_a_stop_goes_back_in_its_queue() -> None:
-    # Given a worker's intake that polled a LocalQueue and still holds its message
+def polled_local_intake(prefetch: int) -> Tuple[str, Intake]:
+    """A worker's intake that polled one task from a new LocalQueue (and its URL)."""
     url = f"local-{uuid.uuid4().hex}"
     manager = TaskManager(url, queue_constructor=LocalQueue)
     manager.submit("ok", key="1")
-    intake = Intake(manager, prefetch=10, sqs_timeout=30, heartbeat_s=10, notify=Recorder())
+    intake = Intake(manager, prefetch=prefetch, sqs_timeout=30, heartbeat_s=10, notify=Recorder())
     assert intake.poll(0) == 1
+    return url, intake
+
+
+def test_a_local_message_still_waiting_at_a_stop_goes_back_in_its_queue() -> None:
+    # Given a worker's intake that polled a LocalQueue and still holds its message
+    url, intake = polled_local_intake(prefetch=10)
     # When the worker stops before taking it, then it is back in the queue
     intake.close("the worker is stopping")
     assert LocalQueue(url).queue.qsize() == 1
@@ -429,11 +435,7 @@ def test_a_lapsed_message_takes_its_fifo_group_back_with_it(sqs_server: Any) -> 
 
 def test_a_running_local_message_handed_back_goes_back_in_its_queue() -> None:
     # Given a worker settling a LocalQueue message through the queue it polls
-    url = f"local-{uuid.uuid4().hex}"
-    manager = TaskManager(url, queue_constructor=LocalQueue)
-    manager.submit("ok", key="1")
-    intake = Intake(manager, prefetch=1, sqs_timeout=30, heartbeat_s=10, notify=Recorder())
-    assert intake.poll(0) == 1
+    url, intake = polled_local_intake(prefetch=1)
     taken = intake.take()
     assert taken is not None
     message = taken[0]
