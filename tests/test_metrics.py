@@ -159,7 +159,7 @@ def test_single_process_worker_serves_its_own_metrics(sqs_server: Any, sqs_queue
     try:
         assert worker.run_single() == 0
     finally:
-        metrics.stop()
+        metrics.stop_serving()
     assert seen, "the endpoint did not answer while the worker ran"
     assert scrape(port) is None  # stopped with the worker
     assert not metrics.enabled()

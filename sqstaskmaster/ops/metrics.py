@@ -161,7 +161,7 @@ def enabled() -> bool:
     return _metrics is not None
 
 
-# How often the endpoint's thread looks for a stop: stop() waits up to this long.
+# How often the endpoint's thread looks for a stop: stop_serving() waits up to this long.
 _SERVE_POLL_S = 0.05
 
 
@@ -204,7 +204,7 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 def serve_unless_supervised(port: Optional[int], host: str) -> bool:
     """A worker's start: serve on ``port`` unless off (None) or its supervisor serves.
 
-    Returns whether it started serving (then :func:`stop` it at the end).
+    Returns whether it started serving (then :func:`stop_serving` it at the end).
     """
     if port is None or enabled():
         return False
@@ -233,7 +233,7 @@ def serve_multiprocess(port: int, host: str = "127.0.0.1") -> None:
     try:
         _listen(prometheus, port, host, registry)
     except BaseException:
-        stop()
+        stop_serving()
         raise
 
 
@@ -255,7 +255,7 @@ def process_died(pid: int) -> None:
     multiprocess.mark_process_dead(pid, _multiprocess_dir)
 
 
-def stop() -> None:
+def stop_serving() -> None:
     """Stop serving and recording; remove the multiprocess folder, if any."""
     global _metrics, _server, _multiprocess_dir, _previous_dir
     server, _server = _server, None

@@ -142,7 +142,7 @@ def forget_group(pgid: int) -> None:
         _drop(reaper)
 
 
-def stop() -> None:
+def stop_reaper() -> None:
     """End this process's reaper (a worker's exit); it kills any group still listed."""
     reaper = _reaper
     if reaper is None or reaper.owner_pid != os.getpid():

@@ -201,7 +201,7 @@ class ChildPool:
         child = self.child
         if child is not None and not child.reaped and self.owner_pid == os.getpid():
             self.retire(child, "worker exit")
-        task_reaper.stop()
+        task_reaper.stop_reaper()
 
 
 def _send(child: ChildProcess, request: bytes) -> None:

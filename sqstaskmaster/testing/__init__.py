@@ -15,6 +15,9 @@ timeouts, redelivery, receive counts and dead-letter queues behave as SQS's
 do. With pytest, the fixtures ``sqs_server`` (one server per test session) and
 ``sqs_queue`` (a fresh queue per test) come from the plugin in
 :mod:`sqstaskmaster.testing.pytest_plugin`.
+
+This subpackage imports only :mod:`sqstaskmaster.errors`, :mod:`sqstaskmaster.sqs`
+and the 0.0.11 ``task_manager`` and ``local``: nothing of the worker.
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ class Worker(TaskRegistry, Configured):
             self.child_pool.close()  # and the task reaper
             self._idle()
             if serving:
-                metrics.stop()
+                metrics.stop_serving()
         logger.info("worker %d stopped after %d tasks", os.getpid(), self.tasks_run)
         return 0
 

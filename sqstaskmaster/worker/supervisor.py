@@ -188,7 +188,7 @@ class Supervisor:
             code = self._supervise()
         finally:
             if self.metrics_address is not None:
-                metrics.stop()
+                metrics.stop_serving()
             for sig, handler in previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             if self.protection is not None:
