@@ -17,7 +17,7 @@ from sqstaskmaster.errors import Reject, Retry, TaskControl
 from sqstaskmaster.sqs.facts import mark_received
 from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.retry import RetryPolicy
-from sqstaskmaster.worker.settlement import Disposition, Outcome
+from sqstaskmaster.worker.settlement import Outcome, Settlement
 
 MODES = pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
 
@@ -115,7 +115,7 @@ def test_retry_delay_is_capped_by_the_12_hour_budget(sqs_server: Any, sqs_queue:
     # Given a message received 11 hours ago (the receive time kept with it)
     mark_received([message], time.time() - 11 * 3600)
     # When its task asks for a day's delay, then it gets what the budget has left
-    delay = Disposition(Recorder()).retry_at(message, "retry", 1, 24 * 3600)
+    delay = Settlement(Recorder()).retry_at(message, "retry", 1, 24 * 3600)
     assert 3590 <= delay <= 3600
 
 

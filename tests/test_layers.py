@@ -1,5 +1,5 @@
 """The contracts of the small modules under the worker: wire, sqs, settings, shutdown,
-disposition and the supervisor's independence from the worker."""
+settlement and the supervisor's independence from the worker."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_stop_controller_handles_signals_only_inside() -> None:
     assert stop.stopping and signal.getsignal(signal.SIGTERM) is previous
 
 
-# -- disposition ------------------------------------------------------------------------
+# -- settlement -------------------------------------------------------------------------
 
 
 def test_outcomes_are_metric_labels_and_classify_errors() -> None:

@@ -32,7 +32,7 @@ from sqstaskmaster.worker.batching import Waiting
 from sqstaskmaster.worker.intake import Intake
 from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.retry import RetryPolicy
-from sqstaskmaster.worker.settlement import Disposition
+from sqstaskmaster.worker.settlement import Settlement
 
 HOUR_S = 3600
 
@@ -439,7 +439,7 @@ def test_a_running_local_message_handed_back_goes_back_in_its_queue() -> None:
     taken = intake.take()
     assert taken is not None
     message = taken[0]
-    settlement = Disposition(Recorder())
+    settlement = Settlement(Recorder())
     settlement.queue = intake.queue
     # When a stop hands the running task's message back, then it is in the queue again
     settlement.hand_back(message, "ok", "stopped by shutdown")

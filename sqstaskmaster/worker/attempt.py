@@ -2,7 +2,7 @@
 
 The worker builds the handler (:mod:`sqstaskmaster.worker.loop`); this module runs
 it (its exit only stops the task: ``caller_settles``) and hands how it ended to
-:meth:`~sqstaskmaster.worker.settlement.Disposition.settle`, which decides and
+:meth:`~sqstaskmaster.worker.settlement.Settlement.settle`, which decides and
 carries out what becomes of the message, once. What a task
 raises never ends the worker, save a KeyboardInterrupt (its message is handed
 back first); ``sys.exit()`` in a task fails that task, as it does in isolation.
@@ -19,7 +19,7 @@ from ..ops import metrics
 from ..sqs.facts import failure_context, message_id_of
 from .batching import DeleteBatch
 from .retry import RetryPolicy
-from .settlement import Disposition, Outcome
+from .settlement import Outcome, Settlement
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run_attempt(
     task: str,
     count: int,
     *,
-    disposition: Disposition,
+    settlement: Settlement,
     retry: RetryPolicy,
     protection: Any = None,
     shutdown_grace_s: float = 0.0,
@@ -51,7 +51,7 @@ def run_attempt(
     if protection is not None:  # protected (or tried, within ~2 s) before it starts
         protection.busy(handler.hard_timeout + shutdown_grace_s, task, message_id)
         if _stopping(handler):  # a stop came while the agent was asked: do not start
-            return disposition.not_started(message, task, "a stop came before the task started")
+            return settlement.not_started(message, task, "a stop came before the task started")
     metrics.task_started(task)
     handler.caller_settles = True  # settled below, once
     try:
@@ -67,7 +67,7 @@ def run_attempt(
         logger.exception(
             "task %s message %s receive %d: could not start the task", task, message_id, count
         )
-        disposition.notify(entry_error, context=failure_context(message))
+        settlement.notify(entry_error, context=failure_context(message))
         interrupted = entry_error
     except SystemExit as exit_request:
         # sys.exit() in a task (signal mode) fails that task, as in isolation:
@@ -83,7 +83,7 @@ def run_attempt(
         interrupted = exit_request
     except BaseException as fatal:
         # KeyboardInterrupt from the task: hand back, then stop.
-        disposition.settle(
+        settlement.settle(
             handler,
             message,
             task,
@@ -109,7 +109,7 @@ def run_attempt(
             f"task {task} message {message_id}: the handler's __exit__ did not reach "
             "MessageHandler.__exit__, so how the task ended is unknown; retried"
         )
-    return disposition.settle(
+    return settlement.settle(
         handler,
         message,
         task,

@@ -49,7 +49,7 @@ from .intake import Intake
 from .registry import Registry, TaskRegistry
 from .registry import TaskSpec as TaskSpec
 from .settings import Configured, WorkerSettings
-from .settlement import Disposition, Outcome
+from .settlement import Outcome, Settlement
 from .shutdown import StopController
 from .supervisor import Slot
 
@@ -92,7 +92,7 @@ class Worker(TaskRegistry, Configured):
         self._stop = StopController(self.shutdown_grace_s)
         self._task_manager: Any = None
         self._client: Any = None  # the short-bounded SQS client of connect()
-        self._disposition = Disposition(self.notify)
+        self._settlement = Settlement(self.notify)
         self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ops.ecs)
         self._intake: Optional[Intake] = None  # while run_single runs
         # Its reused task child (max_tasks_per_child > 1) rebuilds handlers with self.build.
@@ -114,7 +114,7 @@ class Worker(TaskRegistry, Configured):
             if value is not None:
                 setattr(clone, name, value)
         clone._stop = StopController(clone.shutdown_grace_s)
-        clone._disposition = Disposition(clone.notify)
+        clone._settlement = Settlement(clone.notify)
         clone.child_pool = ChildPool(clone.build)
         return clone
 
@@ -218,8 +218,8 @@ class Worker(TaskRegistry, Configured):
         )
         # A failed ECS protection enable is tried again among the chores, while the task runs.
         intake.chores.protection = self._protection
-        self._disposition.before_hand_back = intake.chores.flush
-        self._disposition.queue = intake.queue  # its visibility changes and deletes
+        self._settlement.before_hand_back = intake.chores.flush
+        self._settlement.queue = intake.queue  # its visibility changes and deletes
         try:
             with self._stop.handling_signals():
                 self._loop(intake)
@@ -227,7 +227,7 @@ class Worker(TaskRegistry, Configured):
             self._stop.announce()
             for message in intake.close("the worker is stopping"):
                 with task_context(message_id=message_id_of(message)):
-                    self._disposition.record(None, Outcome.HANDED_BACK)
+                    self._settlement.record(None, Outcome.HANDED_BACK)
             self._intake = None
             self.child_pool.close()  # and the task reaper
             self._idle()
@@ -301,10 +301,10 @@ class Worker(TaskRegistry, Configured):
         with task_context(message_id=message_id_of(message), receive_count=count):
             outcome = self._process(message, visible_until, count)
         if self._intake is not None:  # a FIFO group runs in order: 1, 1, 2, 3
-            given = self._disposition.visibility_given(message)
+            given = self._settlement.visibility_given(message)
             for waiting in self._intake.after(message, str(outcome), given):
                 with task_context(message_id=message_id_of(waiting)):
-                    self._disposition.record(None, Outcome.HANDED_BACK)
+                    self._settlement.record(None, Outcome.HANDED_BACK)
         return outcome
 
     def _process(self, message: Any, visible_until: Optional[float], count: int) -> Outcome:
@@ -312,16 +312,16 @@ class Worker(TaskRegistry, Configured):
         try:
             task, kwargs = wire.decode_task(message.body, message_id)
         except MalformedBodyError as malformed:
-            self._disposition.malformed(message, malformed, count, self.retry)
+            self._settlement.malformed(message, malformed, count, self.retry)
             return Outcome.INVALID
         except InvalidTaskMessageError as invalid:
-            self._disposition.refuse(message, invalid, None, count, self.retry, Outcome.INVALID)
+            self._settlement.refuse(message, invalid, None, count, self.retry, Outcome.INVALID)
             return Outcome.INVALID
         label = wire.task_label(task)
         add_to_context(task=label)
         if task not in self.registry:
             unknown = UnknownTaskError(message_id, task, self.registry)
-            self._disposition.refuse(message, unknown, label, count, self.retry, Outcome.UNKNOWN)
+            self._settlement.refuse(message, unknown, label, count, self.retry, Outcome.UNKNOWN)
             return Outcome.UNKNOWN
         spec = self.registry[task]
         hard_timeout = spec.hard_timeout or self.hard_timeout
@@ -330,7 +330,7 @@ class Worker(TaskRegistry, Configured):
                 task, message, kwargs, self.sqs_timeout, self.heartbeat_s, hard_timeout
             )
         except Exception as error:
-            self._disposition.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
+            self._settlement.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
             return Outcome.FAILED
         left = handler.visibility_budget_left()
         if not sqs.fits(handler.hard_timeout, left):
@@ -347,11 +347,11 @@ class Worker(TaskRegistry, Configured):
                         else f" (first received {time.time() - first:.0f} s ago)"
                     )
                 )
-                return self._disposition.not_started(message, task, why)
+                return self._settlement.not_started(message, task, why)
             refusal = VisibilityBudgetError(
                 message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
             )
-            self._disposition.refuse(message, refusal, task, count, self.retry, Outcome.REFUSED)
+            self._settlement.refuse(message, refusal, task, count, self.retry, Outcome.REFUSED)
             return Outcome.REFUSED
         handler.visible_until = visible_until
         intake = self._intake  # its chores are done while the task runs
@@ -373,7 +373,7 @@ class Worker(TaskRegistry, Configured):
             message,
             task,
             count,
-            disposition=self._disposition,
+            settlement=self._settlement,
             retry=self.retry,
             protection=self._protection,
             shutdown_grace_s=self.shutdown_grace_s,
@@ -381,4 +381,4 @@ class Worker(TaskRegistry, Configured):
         )
 
     def _hand_back(self, message: Any, task: Optional[str], why: str) -> None:
-        self._disposition.hand_back(message, task, why)
+        self._settlement.hand_back(message, task, why)

@@ -1,7 +1,7 @@
 """What becomes of a message once its task ran (or could not run): decided and done here, once.
 
 The vocabulary is :class:`~sqstaskmaster.ops.metrics.Outcome` (log fields and
-metric labels alike). For a task a worker ran, :meth:`Disposition.settle`
+metric labels alike). For a task a worker ran, :meth:`Settlement.settle`
 decides from how the handler's body ended, and carries it out:
 
 - delete: a message whose task succeeded is queued to the worker's batched deletes;
@@ -78,7 +78,7 @@ def _is_0_0_11_hard_timeout(error: BaseException) -> bool:
     )
 
 
-class Disposition:
+class Settlement:
     """Decides (:meth:`settle`) and carries out what becomes of a message.
 
     SQS errors are logged and notified, never raised.
