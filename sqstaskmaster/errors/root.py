@@ -60,7 +60,9 @@ class SQSTaskMasterError(Exception):
 
     Its types declared with :func:`error_type` get their message at
     construction (``args`` is ``(message,)``, as for any exception made with
-    one) and pickle by their fields.
+    one) and pickle by their fields, as exceptions do for the standard library's
+    own uses (logging handlers, multiprocessing). Nothing of this package sends
+    them pickled: a task child reports its error as JSON.
     """
 
     _template = ""

@@ -48,6 +48,13 @@ class EntryFailure:
     sender_fault: bool = False
     cause: Optional[BaseException] = None
 
+    @classmethod
+    def of(cls, failed: Mapping[str, Any]) -> EntryFailure:
+        """The failure of one entry of a batched call's ``Failed`` list."""
+        return cls(
+            failed.get("Code", "?"), failed.get("Message", ""), bool(failed.get("SenderFault"))
+        )
+
 
 @dataclass(frozen=True)
 class RetryRules:
@@ -126,11 +133,7 @@ def retry_entries(
             for failed in response.get("Failed", []):
                 if str(failed["Id"]) not in pending:
                     continue  # not an entry of this request: nothing to try again
-                failures[str(failed["Id"])] = EntryFailure(
-                    failed.get("Code", "?"),
-                    failed.get("Message", ""),
-                    bool(failed.get("SenderFault")),
-                )
+                failures[str(failed["Id"])] = EntryFailure.of(failed)
             for key in pending:
                 if key in answered or key in failures:
                     continue

@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..ops import metrics
 from ..ops.metrics import Outcome as Outcome
+from ..sqs.batch import EntryFailure
 from ..sqs.facts import (
     budget_left_s,
     capped_visibility,
@@ -363,5 +364,5 @@ def _raise_if_failed(
 ) -> None:
     """Raise BatchEntryError for the one entry of a one-entry batched call SQS failed."""
     for entry in response.get("Failed") or ():
-        code, text = entry.get("Code", "?"), entry.get("Message", "")
-        raise BatchEntryError(action, message_id, task, code, text)
+        failure = EntryFailure.of(entry)
+        raise BatchEntryError(action, message_id, task, failure.code, failure.text)
