@@ -33,6 +33,7 @@ _LAZY = {
     "WorkerSettings": "worker.settings",
     "RetryPolicy": "worker.retry",
     "Outcome": "ops.metrics",
+    "TaskContext": "run.context",
     # Steering a task's message from the task
     "Retry": "errors",
     "Reject": "errors",

@@ -42,7 +42,8 @@ from .errors import (
     WorkerShutdownError,
 )
 from .ops import metrics
-from .run.strategies import Entry, Execution, Forked, InProcess
+from .run.context import TaskContext
+from .run.strategies import Entry, Execution, Forked, InProcess, protected_codes
 from .sqs.facts import budget_left_s, failure_context, message_id_of
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class MessageHandler(abc.ABC):
     #: then neither deletes nor reports; it swallows an Exception (the caller reads
     #: ``error``) and lets any other BaseException through.
     caller_settles: bool = False
+    #: A resumable task may have a hard timeout past 12 hours: its whole run, across
+    #: continuation messages (README, "Tasks longer than 12 hours").
+    resumable: bool = False
+    #: Its checkpoints and stop requests (:class:`~sqstaskmaster.run.context.TaskContext`).
+    context: Optional[TaskContext] = None
 
     def __init__(self, message: Any, sqs_timeout: int, alarm_timeout: int, hard_timeout: int):
         if alarm_timeout <= 0:
@@ -333,7 +339,7 @@ class MessageHandler(abc.ABC):
     def __enter__(self) -> MessageHandler:
         self._heartbeats_stopped = False
         entry = self._strategy_entry = self.execution_strategy().enter(
-            self, _protected_codes(type(self))
+            self, protected_codes(MessageHandler, type(self))
         )
         try:
             self.set_entry_visibility()
@@ -386,14 +392,3 @@ class MessageHandler(abc.ABC):
             return True
         self.report_failure(exc)
         return isinstance(exc, Exception)
-
-
-def _protected_codes(handler_type: type) -> frozenset:
-    """Code objects of the enter and exit paths: an alarm landing there must not raise."""
-    codes = set()
-    for owner in (MessageHandler, handler_type):
-        for name in ("__enter__", "__exit__"):
-            code = getattr(getattr(owner, name, None), "__code__", None)
-            if code is not None:
-                codes.add(code)
-    return frozenset(codes)

@@ -30,6 +30,7 @@ from .operation import AppImportError, PollFailedError, TaskProtectionError
 from .root import Notify, SQSTaskMasterError
 from .task import (
     HARD_TIMEOUT_TEXT,
+    CheckpointRefusedError,
     ChildDiedError,
     ChildTaskError,
     HandlerThreadError,
@@ -48,6 +49,7 @@ __all__ = [
     "BatchEntryError",
     "BatchSendError",
     "BodyError",
+    "CheckpointRefusedError",
     "ChildDiedError",
     "ChildTaskError",
     "DecodeError",

@@ -113,6 +113,19 @@ class WorkerShutdownError(SQSTaskMasterError):
     reason: str
 
 
+@error_type(
+    "task {task} message {message_id}: checkpoint refused: {reason}. The last checkpoint "
+    "is kept and the task goes on; a state this big belongs in a store of its own (S3, a "
+    "database), with a checkpoint that points to it"
+)
+class CheckpointRefusedError(SQSTaskMasterError, ValueError):
+    """``context.checkpoint(state)`` was given a state JSON cannot carry, or one too large."""
+
+    task: Optional[str]
+    message_id: Optional[str]
+    reason: str
+
+
 # -- control flow: raised by tasks to steer their message, not errors ------------------
 
 

@@ -45,6 +45,7 @@ class Outcome(str, enum.Enum):
     HANDED_BACK = "handed_back"
     REJECTED = "rejected"
     RETRIED_BY_TASK = "retried_by_task"
+    CONTINUED = "continued"
 
     def __str__(self) -> str:
         return self.value
@@ -59,6 +60,7 @@ _PHRASES = {
     Outcome.TIMED_OUT: "timed out",
     Outcome.HANDED_BACK: "interrupted by shutdown",
     Outcome.RETRIED_BY_TASK: "retry asked by the task",
+    Outcome.CONTINUED: "stopped to go on in a continuation message",
 }
 _BY_WORDS = {**{o.phrase: o for o in Outcome}, **{o.value: o for o in Outcome}}
 
@@ -133,6 +135,12 @@ class _Metrics:
         )
         self.restarts = counter(
             PREFIX + "worker_restarts", "Worker processes restarted after dying", registry=registry
+        )
+        self.checkpoints = counter(
+            PREFIX + "checkpoints",
+            "Checkpoints tasks saved, by task name",
+            ["task"],
+            registry=registry,
         )
 
 
@@ -334,6 +342,12 @@ def hard_timeout_overshoot(seconds: float) -> None:
     """A task was stopped ``seconds`` after its hard deadline."""
     if _metrics is not None:
         _metrics.overshoot.observe(max(0.0, seconds))
+
+
+def checkpoints_saved(task: str, count: int) -> None:
+    """A task's run saved ``count`` checkpoints."""
+    if _metrics is not None and count > 0:
+        _metrics.checkpoints.labels(task).inc(count)
 
 
 def poll_failed() -> None:

@@ -27,6 +27,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
+from . import checkpoint_box
 from . import reaper as task_reaper
 from .fork_state import reset_signals
 from .pipes import FrameReader
@@ -101,6 +102,7 @@ def fork_child(child_side: ChildSide, *, requests: bool = False) -> ChildProcess
     report_reader, report_writer = os.pipe()
     request_reader, request_writer = os.pipe() if requests else (None, None)
     fds = [report_reader, report_writer, request_reader, request_writer]
+    checkpoint_box.box_for_children()  # shared with the child: its checkpoints land there
     task_reaper.before_task_fork()
     try:
         pid = os.fork()
@@ -301,6 +303,7 @@ def _enter_task_child(parent_pid: int, prctl: Optional[Callable[..., int]]) -> N
     except OSError:
         pass
     task_reaper.list_task_group()
+    checkpoint_box.entered_task_child()
     if prctl is not None:  # Linux: SIGKILL this child if the parent dies
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect

@@ -35,7 +35,9 @@ from typing import Any, Callable, FrozenSet, Optional, Protocol, Tuple, Type
 
 from ..errors import IsolationUnavailableError
 from .background import ChoreRunner, ChoreSource, wait_before_fork
+from .checkpoint_box import box_for_children
 from .child_error import REJECTED_MARK
+from .context import context_of
 from .fork import ForkedChild, fork_available, fork_task
 from .timer import SignalTimer
 from .waiting import StopSource, wait_for_child
@@ -224,19 +226,27 @@ class Forked(Execution):
         if time.monotonic() >= handler.deadline:
             handler.on_deadline()
         wait_before_fork(handler.label)  # no helper thread left where the child forks
+        box = box_for_children()  # the child's checkpoints land here, at once
+        box.clear()
         child = entry.child = self.start_child(handler, entry.in_child(body))
-        # A heartbeat that fell due between two run() calls is sent at once.
-        return wait_for_child(
-            child,
-            deadline=handler.deadline,
-            kill_grace_s=self.grace_for(handler),
-            heartbeat_s=handler.heartbeat_s,
-            next_heartbeat=entry.next_heartbeat,
-            on_heartbeat=handler.heartbeat,
-            on_deadline=handler.on_deadline,
-            stop=self.stop,
-            chores=self.chores,
-        )
+        try:
+            # A heartbeat that fell due between two run() calls is sent at once.
+            return wait_for_child(
+                child,
+                deadline=handler.deadline,
+                kill_grace_s=self.grace_for(handler),
+                heartbeat_s=handler.heartbeat_s,
+                next_heartbeat=entry.next_heartbeat,
+                on_heartbeat=handler.heartbeat,
+                on_deadline=handler.on_deadline,
+                stop=self.stop,
+                chores=self.chores,
+                stop_flag=box,
+            )
+        finally:
+            context = context_of(handler)
+            if context is not None:
+                context.absorb(box)
 
     def start_child(self, handler: TaskHandler, body: Callable[[], Any]) -> ForkedChild:
         """A started child running ``body()`` for ``handler`` (a fresh fork, here)."""
@@ -304,3 +314,14 @@ class _ForkedEntry(Entry):
         child = self.child
         if child is not None and not child.reaped:
             child.terminate(self.strategy.grace_for(self.handler))
+
+
+def protected_codes(*owners: type) -> FrozenSet[CodeType]:
+    """Code objects of the owners' ``__enter__`` and ``__exit__``: no alarm raises there."""
+    codes = set()
+    for owner in owners:
+        for name in ("__enter__", "__exit__"):
+            code = getattr(getattr(owner, name, None), "__code__", None)
+            if code is not None:
+                codes.add(code)
+    return frozenset(codes)

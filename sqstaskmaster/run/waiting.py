@@ -24,6 +24,7 @@ from .background import (
     ChoreSource,
     InlineFallback,
 )
+from .checkpoint_box import CheckpointBox
 from .fork import ForkedChild
 from .schedule import Schedule
 
@@ -61,6 +62,7 @@ def wait_for_child(
     on_deadline: Optional[Callable[[], None]] = None,
     stop: Optional[StopSource] = None,
     chores: Optional[ChoreSource] = None,
+    stop_flag: Optional[CheckpointBox] = None,
 ) -> Any:
     """Wait for ``child``, heartbeating and enforcing ``deadline``; return its result.
 
@@ -83,6 +85,10 @@ def wait_for_child(
     ``chores.run_due()`` runs, in a helper thread like a heartbeat, whenever
     ``chores.due_at()`` has come. When no thread can be started, a heartbeat
     or the chores run inline (:mod:`sqstaskmaster.run.background`).
+
+    ``stop_flag`` (the child's shared :class:`~.checkpoint_box.CheckpointBox`)
+    is told, at each look at ``stop``, whether the task is asked to stop: the
+    task reads it as ``context.stop_requested``.
     """
     fallback = InlineFallback(child.label)  # no thread to be had: the work is done inline
     runner = None if chores is None else ChoreRunner(chores, child.label, fallback=fallback)
@@ -131,6 +137,8 @@ def wait_for_child(
                     )
             if stop is not None:
                 stop.announce()  # a new stop gets its log line here, not in a signal handler
+                if stop_flag is not None:
+                    stop_flag.set_stop(stop.stopping)
             if schedule.stop_due(now) and not child.exited():
                 logger.warning(
                     "%s: worker stopping; stopping child process %s", child.label, child.pid

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # Outcomes after which a message is gone from its queue (deleted, or moved to the
 # dead-letter queue by the worker): its FIFO group goes on without it.
-_GONE = frozenset({"done", "rejected"})
+_GONE = frozenset({"done", "rejected", "continued"})
 # Seconds past a retried message's expected return during which its group is watched.
 _RETRY_WATCH_S = 60.0
 

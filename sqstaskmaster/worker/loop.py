@@ -32,18 +32,20 @@ from ..errors import (
     Notify,
     PollFailedError,
     UnknownTaskError,
-    VisibilityBudgetError,
 )
 from ..message_handler import MessageHandler
 from ..ops import metrics
 from ..ops.logformat import add_to_context, task_context
+from ..run.context import TaskStop, context_of
 from ..run.reuse_parent import ChildPool
 from ..run.strategies import for_worker
 from ..sqs import facts as sqs
 from ..sqs import wire
 from ..sqs.clients import worker_clients
+from ..sqs.continuation import Carried
 from ..sqs.facts import message_id_of, receive_count_of
 from .attempt import run_attempt
+from .budget import admit, run_hard_timeout, used_up, whole_seconds
 from .exitcodes import RET_CONNECT
 from .intake import Intake
 from .registry import Registry, TaskRegistry
@@ -121,7 +123,7 @@ class Worker(TaskRegistry, Configured):
     def check(self) -> None:
         """Raise ValueError, naming the value, for settings SQS or the handler would refuse."""
         self.settings.check()
-        tasks = {name: spec.hard_timeout for name, spec in self.registry.items()}
+        tasks = {n: s.hard_timeout for n, s in self.registry.items() if not s.resumable}
         problem = sqs.worker_hard_timeouts_problem(self.hard_timeout, tasks)
         if problem is not None:
             raise ValueError(problem)
@@ -324,40 +326,44 @@ class Worker(TaskRegistry, Configured):
             self._settlement.refuse(message, unknown, label, count, self.retry, Outcome.UNKNOWN)
             return Outcome.UNKNOWN
         spec = self.registry[task]
-        hard_timeout = spec.hard_timeout or self.hard_timeout
+        total_s = spec.hard_timeout or self.hard_timeout
+        carried = Carried.of(message)
+        run_s = run_hard_timeout(total_s, spec.resumable, carried)
+        if run_s <= 0:  # a resumable task that has run its whole hard timeout
+            return used_up(message, task, count, total_s, carried, self._settlement, self.retry)
         try:
             handler = self.build(
-                task, message, kwargs, self.sqs_timeout, self.heartbeat_s, hard_timeout
+                task,
+                message,
+                kwargs,
+                self.sqs_timeout,
+                self.heartbeat_s,
+                whole_seconds(run_s),
             )
         except Exception as error:
             self._settlement.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
             return Outcome.FAILED
-        left = handler.visibility_budget_left()
-        if not sqs.fits(handler.hard_timeout, left):
-            if sqs.fits_a_fresh_receive(handler.hard_timeout):
-                # Its wait here ate this receive's 12 hours: the next receive has fresh ones.
-                first = sqs.first_receive_of(message)  # a fact for the log only
-                why = (
-                    f"{max(int(left), 0)} s are left of this receive's 12-hour visibility "
-                    f"budget, the task needs {sqs.needed_s(handler.hard_timeout):g} s; "
-                    "its next receive has a fresh 12 hours"
-                    + (
-                        ""
-                        if first is None
-                        else f" (first received {time.time() - first:.0f} s ago)"
-                    )
-                )
-                return self._settlement.not_started(message, task, why)
-            refusal = VisibilityBudgetError(
-                message_id, task, handler.hard_timeout, left, sqs.STOP_MARGIN_S
-            )
-            self._settlement.refuse(message, refusal, task, count, self.retry, Outcome.REFUSED)
-            return Outcome.REFUSED
+        admission = admit(
+            handler,
+            message,
+            task,
+            count,
+            resumable=spec.resumable,
+            continue_after_s=self.continue_after_s,
+            grace_s=self.shutdown_grace_s,
+            settlement=self._settlement,
+            policy=self.retry,
+        )
+        if admission.outcome is not None:
+            return admission.outcome
         handler.visible_until = visible_until
         intake = self._intake  # its chores are done while the task runs
-        strategy = for_worker(
-            handler, self.isolate, self._stop, None if intake is None else intake.chores
-        )
+        stop = TaskStop(self._stop, admission.continue_at, self.shutdown_grace_s, handler.label)
+        context = context_of(handler)
+        if context is not None:
+            context.stop_check = lambda: stop.stopping
+        chores = None if intake is None else intake.chores
+        strategy = for_worker(handler, self.isolate, stop, chores)
         handler.execution = self.child_pool.execution_for(
             strategy,
             handler,

@@ -6,18 +6,34 @@ function, called as ``f(**kwargs)`` inside a generated handler.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from ..errors import Notify
 from ..message_handler import MessageHandler
+from ..run.context import TaskContext
 
 logger = logging.getLogger(__name__)
 
 
+def wants_context(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` declares a keyword-only parameter named ``context``."""
+    try:
+        parameter = inspect.signature(function).parameters.get("context")
+    except (TypeError, ValueError):  # no signature to be read (some builtins)
+        return False
+    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+
+
 def function_handler_class(name: str, function: Callable[..., Any], notify: Notify) -> type:
-    """A MessageHandler subclass that calls ``function(**kwargs)``."""
+    """A MessageHandler subclass that calls ``function(**kwargs)``.
+
+    A function with a keyword-only ``context`` parameter also gets the task's
+    :class:`~sqstaskmaster.run.context.TaskContext`.
+    """
+    with_context = wants_context(function)
 
     class FunctionHandler(MessageHandler):
         def __init__(
@@ -37,7 +53,15 @@ def function_handler_class(name: str, function: Callable[..., Any], notify: Noti
             # The return value is dropped: a function task's result has nowhere
             # to go, and in isolation a non-JSON result would fail a task that
             # did its work.
-            function(**self.kwargs)
+            if not with_context:
+                function(**self.kwargs)
+                return
+            if "context" in self.kwargs:
+                raise TypeError(
+                    f"task {name!r} declares a keyword-only context parameter, but its "
+                    "message also has a kwarg named 'context'; rename one of them"
+                )
+            function(**self.kwargs, context=self.context)
 
         def running(self) -> bool:
             return True
@@ -56,13 +80,15 @@ class TaskSpec:
     """One registry entry: a handler class or function, and its own hard timeout (seconds).
 
     ``throws`` lists exception types that mark a permanent failure of this
-    task, as :class:`~sqstaskmaster.errors.Reject` does.
+    task, as :class:`~sqstaskmaster.errors.Reject` does. A ``resumable`` task's
+    hard timeout may pass 12 hours: it bounds its run across continuation messages.
     """
 
     name: str
     target: Any
     hard_timeout: Optional[int] = None
     throws: Tuple[type, ...] = ()
+    resumable: bool = False
 
     @property
     def is_handler(self) -> bool:
@@ -73,7 +99,11 @@ Registry = Mapping[str, Any]
 
 
 def make_spec(
-    name: Any, target: Any, hard_timeout: Optional[int] = None, throws: Any = ()
+    name: Any,
+    target: Any,
+    hard_timeout: Optional[int] = None,
+    throws: Any = (),
+    resumable: Optional[bool] = None,
 ) -> TaskSpec:
     """A checked registry entry; raises TypeError or ValueError naming the bad value."""
     if not isinstance(name, str) or not name:
@@ -88,7 +118,9 @@ def make_spec(
     for kind in kinds:
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
             raise TypeError(f"Task {name!r}: throws must hold exception types, got {kind!r}")
-    return TaskSpec(name, target, hard_timeout, kinds)
+    if resumable is None:  # a handler class may say it itself
+        resumable = getattr(target, "resumable", False) is True and isinstance(target, type)
+    return TaskSpec(name, target, hard_timeout, kinds, bool(resumable))
 
 
 class TaskRegistry:
@@ -109,13 +141,21 @@ class TaskRegistry:
             logger.exception("notify raised while reporting %r", exception)
 
     def register(
-        self, name: str, target: Any, *, hard_timeout: Optional[int] = None, throws: Any = ()
+        self,
+        name: str,
+        target: Any,
+        *,
+        hard_timeout: Optional[int] = None,
+        throws: Any = (),
+        resumable: Optional[bool] = None,
     ) -> None:
         """Add task ``name``: a MessageHandler subclass or a function; ``hard_timeout`` seconds.
 
         ``throws``: exception types that mark a permanent failure (as ``Reject``).
+        ``resumable``: the task checkpoints and goes on in continuation messages,
+        so its hard timeout may pass 12 hours (None: a handler class's own ``resumable``).
         """
-        self.registry[name] = make_spec(name, target, hard_timeout, throws)
+        self.registry[name] = make_spec(name, target, hard_timeout, throws, resumable)
         self._classes.pop(name, None)
 
     def task(
@@ -125,11 +165,18 @@ class TaskRegistry:
         name: Optional[str] = None,
         hard_timeout: Any = None,
         throws: Any = (),
+        resumable: Optional[bool] = None,
     ) -> Any:
         """Decorator registering a function (or handler class) under its name or ``name``."""
 
         def decorate(target: Any) -> Any:
-            self.register(name or target.__name__, target, hard_timeout=hard_timeout, throws=throws)
+            self.register(
+                name or target.__name__,
+                target,
+                hard_timeout=hard_timeout,
+                throws=throws,
+                resumable=resumable,
+            )
             return target
 
         return decorate(function) if function is not None else decorate
@@ -156,7 +203,8 @@ class TaskRegistry:
         heartbeat_s: int,
         hard_timeout: int,
     ) -> Any:
-        """Task ``task``'s handler around ``message``, its ``throws`` joined by the task's own.
+        """Task ``task``'s handler around ``message``, its ``throws`` joined by the task's own,
+        its ``context`` read from the message.
 
         Raises KeyError for an unknown task, and what the handler's constructor raises.
         """
@@ -164,6 +212,15 @@ class TaskRegistry:
         cls = self._handler_type(task)
         handler = build_handler(spec, cls, message, sqs_timeout, heartbeat_s, hard_timeout, kwargs)
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
+        own = vars(handler).get("context")
+        if own is None:
+            handler.context = TaskContext.of_message(message, task, handler.notify_safely)
+        elif not isinstance(own, TaskContext):
+            logger.warning(
+                "task %s: its handler sets an attribute named context of its own; it keeps it, "
+                "and gets no TaskContext (no checkpoints, no continuation messages)",
+                task,
+            )
         return handler
 
     def handler_class(self, name: str) -> type:

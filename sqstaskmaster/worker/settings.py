@@ -157,6 +157,14 @@ class WorkerSettings:
             "isolated tasks one forked child runs in a row (default {default}: a fresh fork each)",
         ),
     )
+    continue_after_s: Optional[float] = setting(
+        None,
+        Flag(
+            "--continue-after",
+            "a resumable task is asked to stop and go on in a new message after this many "
+            "seconds of a receive (default: what the receive's 12 hours allow)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -213,6 +221,12 @@ class WorkerSettings:
             raise ValueError(
                 f"max_tasks_per_child must be >= 1 (1: a fresh fork per task), "
                 f"got {tasks_per_child!r}"
+            )
+
+        if self.continue_after_s is not None and not 0 < self.continue_after_s <= MAX_VISIBILITY_S:
+            raise ValueError(
+                f"continue_after_s must be over 0 and at most {MAX_VISIBILITY_S} s, "
+                f"got {self.continue_after_s!r}"
             )
 
     def replace(self, **changes: Any) -> WorkerSettings:

@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..ops import metrics
 from ..ops.metrics import Outcome as Outcome
+from ..run.context import context_of
 from ..sqs.batch import EntryFailure
 from ..sqs.facts import (
     budget_left_s,
@@ -44,6 +45,7 @@ from ..sqs.facts import (
 )
 from ..sqs.queue import Queue, queue_of
 from .batching import DeleteBatch
+from .continuing import continuation_outcome, continue_task
 from .retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,18 @@ class Settlement:
         outcome = Outcome.HANDED_BACK if fatal else classify(error, handler.throws)
         if from_body and error is not None and not isinstance(error, (Retry, WorkerShutdownError)):
             handler.report_failure(error)
+        context = context_of(handler)
+        why = "stopped by shutdown"
+        if context is not None:
+            metrics.checkpoints_saved(task, context.checkpoints)
+            if not fatal:
+                outcome, changed = continuation_outcome(outcome, context)
+                why = changed or why
+            if outcome is Outcome.CONTINUED and not continue_task(
+                self.queue_of(message), message, task, count, context, duration_s, self.notify
+            ):
+                outcome = Outcome.HANDED_BACK
+                why = "its continuation message could not be sent"
         self.record(task, outcome, duration_s)
         if fatal:
             self.hand_back(message, task, f"{type(error).__name__} while running")
@@ -135,13 +149,13 @@ class Settlement:
             duration_s,
             "" if error is None else f" ({type(error).__name__}: {error})",
         )
-        if outcome is Outcome.DONE:
+        if outcome in (Outcome.DONE, Outcome.CONTINUED):
             if deletes is None:
                 handler.delete_message()
             else:
                 deletes.add(message, task, handler.notify_safely)
         elif outcome is Outcome.HANDED_BACK:
-            self.hand_back(message, task, "stopped by shutdown")
+            self.hand_back(message, task, why)
         elif outcome is Outcome.RETRIED_BY_TASK and isinstance(error, Retry):
             self.retry_at(message, task, count, error.delay_s)
         elif outcome is Outcome.REJECTED:
