@@ -162,6 +162,7 @@ def test_outcomes_are_metric_labels_and_classify_errors() -> None:
         "handed_back",
         "rejected",
         "retried_by_task",
+        "continued",
     }
     assert Outcome.DONE == "done" and str(Outcome.TIMED_OUT) == "timed_out"
     assert classify(None) is Outcome.DONE
