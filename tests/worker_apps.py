@@ -132,3 +132,41 @@ class TooLong(Echo):
 watched = Worker(dict(TASKS))
 watched.register("stuck", sleep, hard_timeout=1)
 watched.register("too_long", TooLong)
+
+
+def stepper(key: str, total: int, step_s: float, *, context: Any) -> None:
+    """A resumable task of ``total`` steps: one checkpoint after each, a look at the stop first."""
+    step = (context.state or {}).get("step", 0)
+    _trace("resumed", key, step=step, continuation=context.continuation)
+    while step < total:
+        if context.stop_requested:
+            _trace("wrapped_up", key, step=step, continuation=context.continuation)
+            return
+        started = time.time()
+        time.sleep(step_s)
+        step += 1
+        _trace(
+            "step",
+            key,
+            step=step,
+            started=started,
+            message_id=context.message_id,
+            continuation=context.continuation,
+        )
+        context.checkpoint({"step": step})
+    _trace("done", key, step=step, continuation=context.continuation)
+
+
+def checkpoint_then_hang(key: str, *, context: Any) -> None:
+    """Saves one checkpoint, then ignores every stop request (it is killed after the grace)."""
+    _trace("start", key, continuation=context.continuation, state=context.state)
+    if context.state is None:
+        context.checkpoint({"step": 7, "note": "saved before the kill"})
+        time.sleep(60)
+    _trace("done", key)
+
+
+# Resumable tasks: checkpoints and continuation messages (test_continuation.py).
+resumable_app = Worker(dict(TASKS))
+resumable_app.register("stepper", stepper, resumable=True, hard_timeout=600)
+resumable_app.register("checkpoint_then_hang", checkpoint_then_hang, hard_timeout=600)
