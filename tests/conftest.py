@@ -1,4 +1,10 @@
-"""Shared fixtures: the Provisioner tests' (env, ecs) and the forking tests' thread count."""
+"""Shared fixtures: the Provisioner tests' (env, ecs) and the forking tests' thread count.
+
+The suite never reaches the EC2 metadata service (169.254.169.254): it is off
+for this process and every worker it starts (``--spot-notice auto`` is then
+off without a probe); a test of Spot notices points a worker at a
+FakeMetadataService instead.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import boto3
 import pytest
 
 from sqstaskmaster.run import reaper as task_reaper
+
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.fixture

@@ -75,6 +75,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             from ..ops.metrics import require
 
             require()
+        if worker.spot_notice == "on":
+            from ..ops.spot import metadata_address, metadata_endpoint
+
+            metadata_address(metadata_endpoint())  # a malformed endpoint is a usage error
     except (ValueError, ImportError) as error:
         logger.error("worker settings: %s", error)
         return RET_USAGE

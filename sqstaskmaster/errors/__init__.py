@@ -8,7 +8,7 @@ written for 0.0.11 still catches them.
 Every name is imported from here (``sqstaskmaster.errors``), the bottom of
 the package's layers. The modules below group them by what failed: ``task``
 (a task's run; Retry and Reject), ``messages`` (a message sent, received or
-settled), ``operation`` (running a worker: its queue, app, ECS protection);
+settled), ``operation`` (running a worker: its queue, app, ECS protection, EC2 metadata);
 ``root`` holds what they share, and ``Notify``.
 """
 
@@ -26,7 +26,12 @@ from .messages import (
     UnknownTaskError,
     VisibilityBudgetError,
 )
-from .operation import AppImportError, PollFailedError, TaskProtectionError
+from .operation import (
+    AppImportError,
+    MetadataServiceError,
+    PollFailedError,
+    TaskProtectionError,
+)
 from .root import Notify, SQSTaskMasterError
 from .task import (
     HARD_TIMEOUT_TEXT,
@@ -62,6 +67,7 @@ __all__ = [
     "IsolationUnavailableError",
     "MalformedBodyError",
     "MessageTooLargeError",
+    "MetadataServiceError",
     "Notify",
     "PollFailedError",
     "Reject",

@@ -1,4 +1,4 @@
-"""Errors met running a worker: its queue, its app, its ECS task protection."""
+"""Errors met running a worker: its queue, its app, its ECS task protection, the EC2 metadata."""
 
 from __future__ import annotations
 
@@ -42,4 +42,17 @@ class TaskProtectionError(SQSTaskMasterError):
 
     action: str
     kind: str
+    detail: str
+
+
+@error_type(
+    "EC2 instance metadata service at {endpoint}: {request} failed ({detail}). Spot "
+    "interruption notices go unseen while it fails. Check that the instance allows IMDSv2 "
+    "(in a container, a PUT response hop limit of 2), or turn them off: --spot-notice off."
+)
+class MetadataServiceError(SQSTaskMasterError):
+    """The EC2 instance metadata service did not answer a request (unreachable, timeout, status)."""
+
+    endpoint: str
+    request: str
     detail: str

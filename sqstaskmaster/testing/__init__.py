@@ -14,7 +14,9 @@ process cannot stall it), on a free port, with dummy credentials. Visibility
 timeouts, redelivery, receive counts and dead-letter queues behave as SQS's
 do. With pytest, the fixtures ``sqs_server`` (one server per test session) and
 ``sqs_queue`` (a fresh queue per test) come from the plugin in
-:mod:`sqstaskmaster.testing.pytest_plugin`.
+:mod:`sqstaskmaster.testing.pytest_plugin`. :class:`FakeMetadataService`
+(:mod:`sqstaskmaster.testing.metadata`) stands in for the EC2 metadata
+service, to test Spot interruption notices.
 
 This subpackage imports only :mod:`sqstaskmaster.errors`, :mod:`sqstaskmaster.sqs`
 and the 0.0.11 ``task_manager`` and ``local``: nothing of the worker.
@@ -35,6 +37,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Optional
+
+from .metadata import FakeMetadataService as FakeMetadataService
 
 DUMMY_ACCESS_KEY = "testing"
 DUMMY_SECRET_KEY = "testing"
@@ -103,13 +107,19 @@ class SQSServer:
 
     @property
     def environment(self) -> Dict[str, str]:
-        """Environment variables that point boto3's default configuration at this server."""
+        """Environment variables that point boto3's default configuration at this server.
+
+        The EC2 metadata service is off (``AWS_EC2_METADATA_DISABLED``): a worker
+        started with them does not probe 169.254.169.254 for Spot interruption
+        notices. Add a :class:`FakeMetadataService`'s ``environment()`` to test them.
+        """
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
         }
 
     def make_queue(

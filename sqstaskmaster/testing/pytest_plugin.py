@@ -11,6 +11,8 @@ Registered through the ``pytest11`` entry point, so installing
   credentials, region) for one test, for code that builds its own clients.
 - ``ecs_client``: a boto3 ECS client on the same server; the test is skipped
   when the server has no ECS (LocalStack's free edition).
+- ``metadata_service``: a :class:`sqstaskmaster.testing.FakeMetadataService`
+  for one test (EC2 Spot interruption notices); pass its ``environment()`` on.
 
 To run the same tests against an SQS-compatible server that is already
 running (LocalStack, ElasticMQ, an AWS account), pass ``--sqs-endpoint URL``
@@ -23,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from . import SQSServer, TestQueue
+from . import FakeMetadataService, SQSServer, TestQueue
 from . import sqs_server as _start_server
 
 
@@ -64,3 +66,10 @@ def ecs_client(sqs_server: SQSServer) -> Any:
     if not sqs_server.has_ecs:
         pytest.skip(f"the test server at {sqs_server.endpoint_url} does not emulate ECS")
     return sqs_server.session.client("ecs", endpoint_url=sqs_server.endpoint_url)
+
+
+@pytest.fixture
+def metadata_service() -> Iterator[FakeMetadataService]:
+    """A fake EC2 instance metadata service on 127.0.0.1, no notice yet; stopped after the test."""
+    with FakeMetadataService() as service:
+        yield service

@@ -151,15 +151,18 @@ class Worker(TaskRegistry, Configured):
     def run(self, queue_url: Optional[str] = None) -> int:
         """Run until shutdown (or burst end); returns an exit code (0 when all went well).
 
-        Supervised with ``processes`` > 1, or metrics and isolation (no thread where tasks fork).
+        Supervised with ``processes`` > 1, metrics and isolation, or Spot interruption
+        notices (the supervisor polls for them: no thread where tasks fork).
         """
         if queue_url:
             self.queue_url = queue_url
         self.check()
+        from ..ops.spot import spot_notice_for
         from .supervisor import resolve_processes, supervise_processes
 
         count = resolve_processes(self.processes)
-        if count > 1 or (self.metrics_port is not None and self.isolate):
+        spot = spot_notice_for(self.spot_notice)  # "auto" probes here, before any fork
+        if count > 1 or (self.metrics_port is not None and self.isolate) or spot is not None:
             from ..ops.ecs import agent_uri_for, make_state
 
             return supervise_processes(
@@ -170,6 +173,7 @@ class Worker(TaskRegistry, Configured):
                     agent_uri_for(self.ecs_protection), self.notify, self.heartbeat_s
                 ),
                 metrics_address=None if self.metrics_port is None else self.metrics_address(),
+                spot_notice=spot,
             )
         return self.run_single()
 

@@ -72,7 +72,9 @@ class WorkerSettings:
     ``sqs_timeout``, the visibility each heartbeat sets). ``isolate``: run
     each task in a forked child (else "signal mode"). ``poll_wait_s``: a
     shutdown while idle waits at most this long. ``ecs_protection`` "auto"
-    is on when ``ECS_AGENT_URI`` is set (:mod:`sqstaskmaster.ops.ecs`).
+    is on when ``ECS_AGENT_URI`` is set (:mod:`sqstaskmaster.ops.ecs`);
+    ``spot_notice`` "auto" when the EC2 metadata service answers
+    (:mod:`sqstaskmaster.ops.spot`).
     ``metrics_port`` needs ``sqstaskmaster[metrics]``
     (:mod:`sqstaskmaster.ops.metrics`). The messages a ``prefetch`` holds
     while waiting their turn are kept invisible by batched heartbeats
@@ -136,6 +138,15 @@ class WorkerSettings:
         Flag(
             "--ecs-protection",
             "ECS task scale-in protection while a task runs (default {default}: on under ECS)",
+            choices=("auto", "on", "off"),
+        ),
+    )
+    spot_notice: str = setting(
+        "auto",
+        Flag(
+            "--spot-notice",
+            "warm stop on an EC2 Spot interruption notice, polled every 5 s "
+            "(default {default}: on when the EC2 metadata service answers)",
             choices=("auto", "on", "off"),
         ),
     )
@@ -206,6 +217,8 @@ class WorkerSettings:
             raise ValueError(
                 f"ecs_protection must be 'auto', 'on' or 'off', got {self.ecs_protection!r}"
             )
+        if self.spot_notice not in ("auto", "on", "off"):
+            raise ValueError(f"spot_notice must be 'auto', 'on' or 'off', got {self.spot_notice!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be 0-65535, got {self.metrics_port!r}")
         prefetch = self.prefetch

@@ -10,6 +10,8 @@ it on once) and makes its own boto3 resource. The parent:
   whose burst ended (burst mode), which it reports through a shared flag;
 - passes each SIGTERM/SIGINT it gets on to every worker as SIGTERM (the first
   is a warm stop, the second a cold stop);
+- with ``spot_notice``, polls for an EC2 Spot interruption notice from its
+  wait loop (:mod:`sqstaskmaster.ops.spot`) and takes one as a first signal;
 - exits 0 once every worker stopped cleanly; if some worker still runs
   ``shutdown_grace_s`` + :data:`STOP_MARGIN_S` after the first signal, it is
   killed and the parent exits with ``RET_KILLED``.
@@ -28,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..ops import metrics
 from ..ops.ecs import ProtectionState, SharedProtection, SlotProtection
+from ..ops.spot import SpotNotice
 from .exitcodes import RET_ERROR, RET_KILLED, RET_OK
 from .sharing import freeze_for_fork, thaw
 from .shutdown import record_early_signals, take_early_signals
@@ -96,6 +99,8 @@ class Supervisor:
     ``protection`` is the container's ECS scale-in protection, owned here:
     protected while any process runs a task. ``metrics`` is the ``(port,
     host)`` of the one Prometheus endpoint for every process, or None.
+    ``spot_notice`` polls for a Spot interruption notice, or None: a notice
+    is a warm stop of every worker, as a first SIGTERM is.
     """
 
     def __init__(
@@ -106,10 +111,12 @@ class Supervisor:
         *,
         protection: Optional[ProtectionState] = None,
         metrics_address: Optional[Tuple[int, str]] = None,
+        spot_notice: Optional[SpotNotice] = None,
     ) -> None:
         self.run_one = run_one
         self.shutdown_grace_s = shutdown_grace_s
         self.metrics_address = metrics_address
+        self.spot_notice = spot_notice
         self.count = count
         self._context = multiprocessing.get_context("fork")
         self._children: Dict[int, Any] = {}
@@ -125,9 +132,28 @@ class Supervisor:
         self.protection = SharedProtection(protection, count) if protection else None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self._count_stop()
+
+    def _count_stop(self) -> None:
+        """One more stop to pass on: a signal, or a Spot interruption notice."""
         self._signals += 1
         if self._stop_at is None:
             self._stop_at = time.monotonic()
+
+    def _poll_spot_notice(self, now: float) -> None:
+        """Poll for a Spot interruption notice when due; on one, stop as a first SIGTERM does."""
+        if self.spot_notice is None or self._signals:
+            return
+        notice = self.spot_notice.poll(now)
+        if notice is None:
+            return
+        logger.warning(
+            "spot interruption notice: %s at %s; warm stop of every worker process",
+            notice.action,
+            notice.time,
+        )
+        self._count_stop()
+        self._forward()
 
     def _start(self, slot: int) -> None:
         burst_ended = self._context.RawValue("b", 0)
@@ -210,6 +236,7 @@ class Supervisor:
             else:
                 time.sleep(0.1)
             now = time.monotonic()
+            self._poll_spot_notice(now)
             for slot, process in list(self._children.items()):
                 if process.is_alive():
                     continue
