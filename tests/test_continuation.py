@@ -24,6 +24,7 @@ from sqstaskmaster.message_handler import MessageHandler
 from sqstaskmaster.run.checkpoint_box import CheckpointBox
 from sqstaskmaster.sqs import continuation
 from sqstaskmaster.sqs.continuation import Carried, deduplication_id
+from sqstaskmaster.testing import FakeMetadataService
 from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.retry import RetryPolicy
 
@@ -175,6 +176,46 @@ def test_sigterm_in_the_middle_continues_on_a_second_worker_from_the_last_checkp
     assert [step["step"] for step in steps] == list(range(1, 9))  # nothing lost, nothing twice
     assert_one_copy_at_a_time(steps)
     assert second.stop() == 0
+
+
+def test_a_spot_notice_continues_the_task_on_a_second_worker_within_ten_seconds(
+    sqs_server: Any,
+    sqs_queue: Any,
+    trace_dir: Path,
+    start_worker: Any,
+    metadata_service: FakeMetadataService,
+) -> None:
+    first = WorkerProcess(
+        sqs_server,
+        "worker_apps:resumable_app",
+        sqs_queue.url,
+        *("--poll-wait", "1", "--shutdown-grace", "5", "--spot-notice", "auto"),
+        directory_variable="SQSTM_TEST_DIR",
+        directory=trace_dir,
+        log_path=trace_dir / "spot.log",
+        env=metadata_service.environment(),
+    )
+    try:
+        sqs_server.task_manager(sqs_queue).submit("stepper", key="n", total=30, step_s=0.5)
+        wait_for(lambda: len(traces(trace_dir, "step", "n")) >= 2, 30, "two steps")
+        wait_for(lambda: metadata_service.notice_requests, 10, "the supervisor's first poll")
+        metadata_service.announce()
+        announced = time.time()
+        assert first.wait(15) == 0
+        assert "spot interruption notice" in first.log and "continued as message" in first.log
+        wrapped = wait_for(lambda: traces(trace_dir, "wrapped_up", "n"), 5, "wrapped up")
+        assert wrapped[0]["time"] - announced < 10  # stopped within 10 s of the notice
+        last = wrapped[0]["step"]
+        second = start_worker(sqs_queue.url, name="after-spot")
+        resumed = wait_for(
+            lambda: [r for r in traces(trace_dir, "resumed", "n") if r["continuation"] == 1],
+            15,
+            "the second worker resumed",
+        )
+        assert resumed[0]["step"] == last and resumed[0]["pid"] != wrapped[0]["pid"]
+        assert second.stop() == 0
+    finally:
+        first.close()
 
 
 def test_a_checkpoint_survives_the_kill_of_its_child_and_travels_in_the_attributes(
