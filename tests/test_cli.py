@@ -308,6 +308,16 @@ def test_python_dash_m_runs_the_same_command() -> None:
     assert result.returncode == RET_USAGE
 
 
+@pytest.mark.parametrize("seconds", ["0.5", "61", "soon"])
+def test_demo_continue_after_outside_1_to_60_seconds_exits_ret_usage(
+    seconds: str, capsys: Any
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["demo", "--continue-after", seconds])
+    assert exit.value.code == RET_USAGE
+    assert "--continue-after: " in capsys.readouterr().err
+
+
 # -- stats --watch ----------------------------------------------------------------
 
 

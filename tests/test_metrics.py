@@ -5,6 +5,8 @@ The end-to-end test runs ``sqstaskmaster worker worker_apps:watched -p 2
 outcome, SIGTERMs one worker process mid-task (handed back) and kill -9s
 another mid-task (restarted), and checks after each step that the scraped
 counts equal what happened, and that every log line is JSON with the task fields.
+A resumable task crossing ``--continue-after`` is counted the same way, isolated
+(a fresh or a reused child) and in signal mode.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ def test_cli_without_the_extra_exits_ret_usage(
         ("invalid", "invalid"),
         ("rejected", "rejected"),
         ("retried_by_task", "retried_by_task"),
+        ("stopped to go on in a continuation message", "continued"),
+        ("continued", "continued"),
     ],
 )
 def test_outcome_labels(outcome: str, label: str) -> None:
@@ -289,6 +293,56 @@ def test_two_processes_one_endpoint_counts_every_outcome(
 
     assert worker.stop(30) == 0
     check_json_log(worker.log)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ("--processes", "2", "--isolate"),
+        ("--processes", "2", "--isolate", "--max-tasks-per-child", "5"),
+        ("--processes", "1", "--signal-mode"),
+    ],
+    ids=["isolated", "isolated-reused-child", "signal-mode"],
+)
+def test_a_resumable_task_counts_each_continuation_and_each_checkpoint_once(
+    sqs_server: Any, sqs_queue: Any, tmp_path: Path, watched_worker: Any, mode: Tuple[str, ...]
+) -> None:
+    # Given a worker that asks a resumable task to stop after 1 s of a receive
+    # (isolated: the worker counts its child's checkpoints after the child ends;
+    # a supervisor serves the metrics, so no worker process forks with a thread)
+    port = free_port()
+    worker = watched_worker(
+        *mode, "--metrics-port", str(port), "--poll-wait", "1", "--sqs-timeout", "6",
+        "--continue-after", "1", "--shutdown-grace", "2",
+    )  # fmt: skip
+    wait_for(lambda: scrape(port) is not None, 60, "metrics endpoint up")
+
+    # When a task of 10 steps of 0.3 s, a checkpoint after each, runs to its end
+    sqs_server.task_manager(sqs_queue).submit("steps", key="resume", total=10, step_s=0.3)
+
+    def finished() -> Optional[Samples]:
+        samples = scrape(port)
+        if samples is None or ("steps", "done") not in tasks_total(samples):
+            return None
+        return samples if in_progress(samples) == 0 else None
+
+    try:
+        samples = wait_for(finished, 60, "steps done")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; log: {worker.log[-6000:]}")
+
+    # Then every message but the last counts as continued, each checkpoint once
+    runs = [json.loads(path.read_text()) for path in tmp_path.glob("start.resume.*")]
+    continuations = sorted(run["continuation"] for run in runs)
+    assert continuations == list(range(len(runs))) and len(runs) >= 2, runs
+    assert tasks_total(samples) == {
+        ("steps", "continued"): len(runs) - 1,
+        ("steps", "done"): 1,
+    }, worker.log[-6000:]
+    assert value(samples, "sqstaskmaster_checkpoints_total", task="steps") == 10
+    histogram = "sqstaskmaster_task_duration_seconds_count"
+    assert value(samples, histogram, task="steps", outcome="continued") == len(runs) - 1
+    assert worker.stop(30) == 0
 
 
 def restarts(port: int) -> Optional[float]:

@@ -13,6 +13,7 @@ import time
 from typing import Any, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
+from sqstaskmaster.run.context import TaskContext
 from sqstaskmaster.sqs.facts import MAX_VISIBILITY_S
 from sqstaskmaster.worker.loop import Worker
 
@@ -73,6 +74,22 @@ def hard_exit_first(key: str) -> None:
     _trace("done", key)
 
 
+def steps(key: str, total: int, step_s: float, *, context: TaskContext) -> None:
+    """A resumable task: ``total`` steps of ``step_s`` seconds, a checkpoint after each.
+
+    Returns when asked to stop; each run traces the continuation it ran from.
+    """
+    step = (context.state or {"step": 0})["step"]
+    _trace("start", key, continuation=context.continuation, step=step)
+    while step < total:
+        if context.stop_requested:
+            return
+        time.sleep(step_s)
+        step += 1
+        context.checkpoint({"step": step})
+    _trace("done", key, continuation=context.continuation)
+
+
 class Echo(MessageHandler):
     """A 0.0.11-style handler class."""
 
@@ -128,10 +145,12 @@ class TooLong(Echo):
 
 
 # Every outcome the metrics and JSON-log tests need: "stuck" times out after
-# 1 s; "too_long" fits no receive's 12-hour budget (refused).
+# 1 s; "too_long" fits no receive's 12-hour budget (refused); "steps" goes on
+# in continuation messages (continued).
 watched = Worker(dict(TASKS))
 watched.register("stuck", sleep, hard_timeout=1)
 watched.register("too_long", TooLong)
+watched.register("steps", steps, resumable=True, hard_timeout=60)
 
 
 def stepper(key: str, total: int, step_s: float, *, context: Any) -> None:

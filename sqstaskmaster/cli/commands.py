@@ -39,6 +39,22 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     _add_region(parser)
 
 
+def _demo_continue_after(text: str) -> float:
+    """``demo --continue-after``: seconds, at least the shortest run a resumable task is given."""
+    from ..worker.budget import MIN_RUN_S
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    if not MIN_RUN_S <= seconds <= 60:
+        raise argparse.ArgumentTypeError(
+            f"{text} s: give {MIN_RUN_S:g} to 60 seconds (the worker starts no resumable "
+            f"task for a run shorter than {MIN_RUN_S:g} s)"
+        )
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from .provision import add_arguments
@@ -61,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(demo)
     demo.add_argument(
         "--json", action="store_true", help="print the summary as JSON on the last line"
+    )
+    demo.add_argument(
+        "--continue-after",
+        type=_demo_continue_after,
+        metavar="SECONDS",
+        help="seconds the demo's resumable task runs on one receive before it goes on in a "
+        "new message (default 2; at least 1)",
     )
 
     worker = commands.add_parser("worker", help="run a worker on a queue")
@@ -113,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             endpoint_url=args.endpoint_url,
             region=args.region,
             as_json=args.json,
+            **({} if args.continue_after is None else {"continue_after_s": args.continue_after}),
         )
     except ServerStartError as error:
         logger.error("demo: %s", error)

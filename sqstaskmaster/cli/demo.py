@@ -12,13 +12,17 @@ a message after 2 receives, and submits a mix:
 - ``python_spin`` and ``native_spin``: a Python loop and a GIL-holding C loop
   (``sum(range(10**10))``) that run past their 2-second hard timeout: killed
   on time, retried, then dead-lettered;
+- ``train``: a resumable task of 10 half-second epochs that saves a checkpoint
+  after each; the worker asks it to stop at its ``--continue-after`` (2 s by
+  default), and it goes on from its last epoch in a continuation message;
 - one message that is not JSON: never run, dead-lettered.
 
 Then it runs ``sqstaskmaster worker sqstaskmaster.cli.demo:app --processes 2``
-as a subprocess, shows progress, stops the worker with SIGTERM, and prints a
-summary. What ran is measured from the trace files each task run leaves,
-not assumed: see :mod:`sqstaskmaster.cli.demo_report`, which also shows the
-progress and the summary.
+as a subprocess, shows progress, stops the worker with SIGTERM, and prints
+the training task's messages and a summary. What ran is measured from the
+trace files each task run leaves, not assumed: see
+:mod:`sqstaskmaster.cli.demo_report`, which also shows the progress, the
+training task's messages and the summary.
 """
 
 from __future__ import annotations
@@ -33,8 +37,18 @@ import tempfile
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ..run.context import TaskContext
 from ..worker.loop import Worker
-from .demo_report import DIR_ENV, drain, print_table, read_runs, record, show_progress, summarize
+from .demo_report import (
+    DIR_ENV,
+    drain,
+    print_table,
+    print_training,
+    read_runs,
+    record,
+    show_progress,
+    summarize,
+)
 
 SPIN_HARD_TIMEOUT_S = 2
 SQS_TIMEOUT_S = 3
@@ -42,6 +56,10 @@ HEARTBEAT_S = 1
 CRUNCH_S = 3 * SQS_TIMEOUT_S
 MAX_RECEIVE_COUNT = 2
 MALFORMED_BODY = "this message is not JSON"
+EPOCHS = 10
+EPOCH_S = 0.5
+#: Seconds the worker lets a resumable task run on one receive (``--continue-after``).
+CONTINUE_AFTER_S = 2.0
 
 app = Worker()
 
@@ -84,6 +102,27 @@ def python_spin(task_id: str) -> None:
 def native_spin(task_id: str) -> None:
     record(task_id, "start")
     sum(range(10**10))  # minutes of C code holding the GIL
+
+
+@app.task(resumable=True, hard_timeout=60)
+def train(task_id: str, epochs: int, epoch_s: float, *, context: TaskContext) -> int:
+    """``epochs`` epochs of ``epoch_s`` seconds, a checkpoint after each; stops when asked.
+
+    A run that stops before the last epoch goes on, from its checkpoint, in a
+    continuation message; its trace notes the continuation and the epoch it
+    resumed from.
+    """
+    epoch = int((context.state or {}).get("epoch", 0))
+    record(task_id, "start", continuation=context.continuation, resumed_from=epoch)
+    while epoch < epochs:
+        if context.stop_requested:
+            record(task_id, "end", continued=True, epoch=epoch)
+            return epoch
+        time.sleep(epoch_s)
+        epoch += 1
+        context.checkpoint({"epoch": epoch})
+    record(task_id, "end", ok=True, epoch=epoch)
+    return epoch
 
 
 def _calibrate(seconds: float) -> int:
@@ -143,6 +182,7 @@ def _submit_mix(tm: Any, queue: Any) -> Tuple[Dict[str, str], int]:
     """Submit the mix: each message body with its task id ("" for the malformed one), and
     how many tasks should succeed."""
     plan: List[Tuple[str, Dict[str, Any]]] = [("add", {"x": i, "y": i}) for i in range(6)]
+    plan += [("train", {"epochs": EPOCHS, "epoch_s": EPOCH_S})]
     plan += [("flaky", {}), ("crunch", {"n": _calibrate(CRUNCH_S)})]
     plan += [("python_spin", {}), ("native_spin", {})]
     submitted: Dict[str, str] = {}
@@ -173,8 +213,13 @@ def run_demo(
     endpoint_url: Optional[str] = None,
     region: Optional[str] = None,
     as_json: bool = False,
+    continue_after_s: float = CONTINUE_AFTER_S,
 ) -> int:
-    """Run the demo; returns 0 when nothing was lost or run twice, 1 otherwise."""
+    """Run the demo; returns 0 when nothing was lost or run twice, 1 otherwise.
+
+    ``continue_after_s``: seconds the worker lets the resumable ``train`` task
+    run on one receive before it is asked to stop and go on in a new message.
+    """
     out = sys.stderr if as_json else sys.stdout
     interactive = out.isatty()
     started = time.monotonic()
@@ -186,14 +231,14 @@ def run_demo(
             print(f"queue {url}\n  dead-letter queue {dlq_url}", file=out)
             submitted, expected_done = _submit_mix(tm, sqs.Queue(url))
             print(
-                f"submitted {len(submitted)} messages: 6 x add, flaky, crunch "
-                f"({CRUNCH_S} s of C code, visibility timeout {SQS_TIMEOUT_S} s), "
-                "python_spin, native_spin, and one that is not JSON",
+                f"submitted {len(submitted)} messages: 6 x add, train ({EPOCHS} epochs of "
+                f"{EPOCH_S:g} s, resumable), flaky, crunch ({CRUNCH_S} s of C code, visibility "
+                f"timeout {SQS_TIMEOUT_S} s), python_spin, native_spin, and one that is not JSON",
                 file=out,
             )
             log_path = os.path.join(directory, "worker.log")
             command = [sys.executable, "-m", "sqstaskmaster", "worker", APP, "--queue-url", url]
-            command += [*WORKER_OPTIONS, *extra]
+            command += [*WORKER_OPTIONS, "--continue-after", f"{continue_after_s:g}", *extra]
             environment = dict(os.environ, **env)
             environment[DIR_ENV] = directory
             print("running: sqstaskmaster " + " ".join(command[3:]), file=out)
@@ -226,7 +271,11 @@ def run_demo(
                 f"(its log: {len(open(log_path).read().splitlines())} lines)",
                 file=out,
             )
-            summary = summarize(submitted, read_runs(directory), drain(sqs, dlq_url))
+            runs = read_runs(directory)
+            for task_id in sorted(set(submitted.values())):
+                if task_id.startswith("train-"):
+                    print_training(task_id, runs.get(task_id, []), EPOCHS, continue_after_s, out)
+            summary = summarize(submitted, runs, drain(sqs, dlq_url))
             if code != 0:
                 print(open(log_path).read()[-4000:], file=out)
     print_table(summary, out)

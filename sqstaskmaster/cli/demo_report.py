@@ -2,7 +2,9 @@
 
 Each task run leaves a start file and an end file in the directory named by
 ``SQSTASKMASTER_DEMO_DIR`` (see :func:`record`), so "lost" and "run twice
-while running" are measured from what ran, not assumed.
+while running" are measured from what ran, not assumed. A resumable task's
+runs also note the continuation message they ran from, the epoch they
+resumed from, and whether they went on in a new message (:func:`print_training`).
 """
 
 from __future__ import annotations
@@ -63,7 +65,11 @@ Run = Dict[str, Any]
 
 
 def read_runs(directory: str) -> Dict[str, List[Run]]:
-    """Every run per task id: its start time, end time (None if killed) and success."""
+    """Every run per task id: its start time, end time (None if killed) and success.
+
+    A resumable task's run also has its ``continuation`` number, the epoch it
+    ``resumed_from``, whether it ``continued`` in a new message and its last ``epoch``.
+    """
     runs: Dict[Tuple[str, str], Run] = {}
     for name in os.listdir(directory):
         if name.endswith(".tmp") or name.count(".") != 2:
@@ -74,9 +80,13 @@ def read_runs(directory: str) -> Dict[str, List[Run]]:
         if data["event"] == "start":
             run["start"] = data["time"]
             run["alongside"] = data.get("alongside", [])
+            run["continuation"] = data.get("continuation", 0)
+            run["resumed_from"] = data.get("resumed_from")
         else:
             run["end"] = data["time"]
             run["ok"] = data.get("ok", False)
+            run["continued"] = data.get("continued", False)
+            run["epoch"] = data.get("epoch")
     by_task: Dict[str, List[Run]] = {}
     for (task_id, _pid), run in runs.items():
         by_task.setdefault(task_id, []).append(run)
@@ -104,6 +114,16 @@ def overlapping_runs(task_runs: List[Run]) -> int:
     return max(noted, overlapping)
 
 
+def rerun(task_runs: List[Run]) -> bool:
+    """Whether one message of a task ran more than once (a continuation is a new message)."""
+    return len(task_runs) > len({run.get("continuation", 0) for run in task_runs})
+
+
+def continued(task_runs: List[Run]) -> int:
+    """Runs of a resumable task that stopped and went on in a continuation message."""
+    return sum(1 for run in task_runs if run.get("continued"))
+
+
 def summarize(
     submitted: Dict[str, str], runs: Dict[str, List[Run]], dead_bodies: List[str]
 ) -> Dict[str, int]:
@@ -117,7 +137,8 @@ def summarize(
     lost = sum(1 for body, task_id in submitted.items() if (task_id or body) not in accounted)
     return {
         "done": len(done),
-        "retried": sum(1 for task_runs in runs.values() if len(task_runs) > 1),
+        "retried": sum(1 for task_runs in runs.values() if rerun(task_runs)),
+        "continued": sum(continued(task_runs) for task_runs in runs.values()),
         "timed_out": sum(
             1 for task_runs in runs.values() if any(r["end"] is None for r in task_runs)
         ),
@@ -153,7 +174,8 @@ def print_table(summary: Dict[str, int], out: Any) -> None:
     """The summary, one outcome a line with its count and meaning."""
     rows = [
         ("done", "tasks that succeeded"),
-        ("retried", "tasks run more than once"),
+        ("retried", "tasks whose message ran more than once"),
+        ("continued", "times a resumable task went on in a new message"),
         ("timed_out", "tasks stopped at their hard timeout"),
         ("dead_lettered", "messages moved to the dead-letter queue"),
         ("lost", "messages neither done nor dead-lettered"),
@@ -163,6 +185,48 @@ def print_table(summary: Dict[str, int], out: Any) -> None:
     print(f"  {'outcome':<15}{'count':>6}  meaning", file=out)
     for key, meaning in rows:
         print(f"  {key:<15}{summary[key]:>6}  {meaning}", file=out)
+
+
+def _epochs_run(first: int, last: int) -> str:
+    """The epochs after ``first`` up to ``last``, in words."""
+    if last <= first:
+        return "ran no epoch"
+    if last == first + 1:
+        return f"ran epoch {last}"
+    return f"ran epochs {first + 1}-{last}"
+
+
+def training_line(run: Run, epochs: int) -> str:
+    """What one run of the resumable training task did: its message, where it began, its end."""
+    number = run.get("continuation", 0)
+    message = f"continuation {number}" if number else "first message"
+    first = int(run.get("resumed_from") or 0)
+    began = f"resumed from epoch {first}" if first else "started at epoch 0"
+    last = run.get("epoch")
+    if run["end"] is None or last is None:
+        return f"  {message:<16}{began}, stopped before it ended (killed)"
+    ran = _epochs_run(first, last)
+    if run.get("ok"):
+        done = f"finished all {epochs} epochs" if last >= epochs else f"returned at epoch {last}"
+        return f"  {message:<16}{began}, {ran}: {done}"
+    if run.get("continued"):
+        return f"  {message:<16}{began}, {ran}; asked to stop: goes on in a new message"
+    return f"  {message:<16}{began}, {ran}; failed"
+
+
+def print_training(
+    task_id: str, task_runs: List[Run], epochs: int, continue_after_s: float, out: Any
+) -> None:
+    """The resumable task's messages: one line per run, in the order they started."""
+    print(
+        f"\n{task_id}: {epochs} epochs, a checkpoint after each; the worker's "
+        f"--continue-after is {continue_after_s:g} s",
+        file=out,
+    )
+    for run in task_runs:
+        print(training_line(run, epochs), file=out)
+    if not task_runs:
+        print("  never ran", file=out)
 
 
 def show_progress(
@@ -184,10 +248,11 @@ def show_progress(
         runs = read_runs(directory)
         done = sum(1 for r in runs.values() if any(run.get("ok") for run in r))
         running = sum(1 for r in runs.values() for run in r if run["end"] is None)
+        went_on = sum(continued(r) for r in runs.values())
         visible, in_flight, delayed = _depths(sqs, url)
         dead = sum(_depths(sqs, dlq_url)[:2])
         line = (
-            f"done {done}/{expected_done}  dead-lettered {dead}/3  "
+            f"done {done}/{expected_done}  continued {went_on}  dead-lettered {dead}/3  "
             f"queue: {visible} visible, {in_flight} in flight, {delayed} delayed  "
             f"(runs started {sum(len(r) for r in runs.values())}, unfinished {running})"
         )

@@ -236,10 +236,10 @@ class WorkerSettings:
                 f"got {tasks_per_child!r}"
             )
 
-        if self.continue_after_s is not None and not 0 < self.continue_after_s <= MAX_VISIBILITY_S:
+        if self.continue_after_s is not None and not 1 <= self.continue_after_s <= MAX_VISIBILITY_S:
             raise ValueError(
-                f"continue_after_s must be over 0 and at most {MAX_VISIBILITY_S} s, "
-                f"got {self.continue_after_s!r}"
+                f"continue_after_s must be from 1 to {MAX_VISIBILITY_S} s (a resumable task's "
+                f"run on one receive), got {self.continue_after_s!r}"
             )
 
     def replace(self, **changes: Any) -> WorkerSettings:
