@@ -332,7 +332,7 @@ def test_a_resumable_task_counts_each_continuation_and_each_checkpoint_once(
         raise AssertionError(f"{error}; log: {worker.log[-6000:]}")
 
     # Then every message but the last counts as continued, each checkpoint once
-    runs = [json.loads(path.read_text()) for path in tmp_path.glob("start.resume.*")]
+    runs = [json.loads(path.read_text()) for path in tmp_path.glob("resumed.resume.*")]
     continuations = sorted(run["continuation"] for run in runs)
     assert continuations == list(range(len(runs))) and len(runs) >= 2, runs
     assert tasks_total(samples) == {

@@ -13,7 +13,6 @@ import time
 from typing import Any, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
-from sqstaskmaster.run.context import TaskContext
 from sqstaskmaster.sqs.facts import MAX_VISIBILITY_S
 from sqstaskmaster.worker.loop import Worker
 
@@ -72,22 +71,6 @@ def hard_exit_first(key: str) -> None:
     if first:
         os._exit(0)
     _trace("done", key)
-
-
-def steps(key: str, total: int, step_s: float, *, context: TaskContext) -> None:
-    """A resumable task: ``total`` steps of ``step_s`` seconds, a checkpoint after each.
-
-    Returns when asked to stop; each run traces the continuation it ran from.
-    """
-    step = (context.state or {"step": 0})["step"]
-    _trace("start", key, continuation=context.continuation, step=step)
-    while step < total:
-        if context.stop_requested:
-            return
-        time.sleep(step_s)
-        step += 1
-        context.checkpoint({"step": step})
-    _trace("done", key, continuation=context.continuation)
 
 
 class Echo(MessageHandler):
@@ -150,7 +133,6 @@ class TooLong(Echo):
 watched = Worker(dict(TASKS))
 watched.register("stuck", sleep, hard_timeout=1)
 watched.register("too_long", TooLong)
-watched.register("steps", steps, resumable=True, hard_timeout=60)
 
 
 def stepper(key: str, total: int, step_s: float, *, context: Any) -> None:
@@ -189,3 +171,4 @@ def checkpoint_then_hang(key: str, *, context: Any) -> None:
 resumable_app = Worker(dict(TASKS))
 resumable_app.register("stepper", stepper, resumable=True, hard_timeout=600)
 resumable_app.register("checkpoint_then_hang", checkpoint_then_hang, hard_timeout=600)
+watched.register("steps", stepper, resumable=True, hard_timeout=60)

@@ -149,7 +149,11 @@ class Settlement:
             duration_s,
             "" if error is None else f" ({type(error).__name__}: {error})",
         )
-        if outcome in (Outcome.DONE, Outcome.CONTINUED):
+        if outcome is Outcome.CONTINUED:
+            # At once, not batched: until it is gone, a crash would bring it back
+            # beside its continuation (the task would run twice).
+            handler.delete_message()
+        elif outcome is Outcome.DONE:
             if deletes is None:
                 handler.delete_message()
             else:

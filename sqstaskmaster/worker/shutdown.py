@@ -131,7 +131,8 @@ class StopController:
             if self.announced == 1 and not self.cold:
                 logger.info(
                     "worker %d: %s: warm stop; no new task, a running task has %.1f s "
-                    "to finish before it is stopped and its message handed back",
+                    "to finish (or checkpoint and return) before it is stopped and its "
+                    "message handed back (continued, if it saved a checkpoint)",
                     os.getpid(),
                     cause,
                     self.grace_s,
