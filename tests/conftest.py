@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator, List
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
 
 import boto3
 import pytest
+from worker_process import WorkerProcess
 
 from sqstaskmaster.run import reaper as task_reaper
 
@@ -63,3 +65,45 @@ def count_threads_at_fork() -> Iterator[List[int]]:
     yield _threads_at_fork
     _counting.clear()
     assert set(_threads_at_reaper_fork) <= {1}, "the task reaper forked beside a thread"
+
+
+@pytest.fixture
+def trace_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where tasks (``worker_apps``) leave their traces, in this process and in workers."""
+    monkeypatch.setenv("SQSTM_TEST_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def start_worker(sqs_server: Any, trace_dir: Path) -> Iterator[Any]:
+    """Starts ``python -m sqstaskmaster worker APP`` against the test server; killed at the end.
+
+    ``start(queue_url, *args, app=..., name=..., env=...)``: the log is ``trace_dir/NAME.log``.
+    """
+    started: List[WorkerProcess] = []
+
+    def start(
+        queue_url: str,
+        *args: str,
+        app: str = "worker_apps:app",
+        name: str = "worker",
+        env: Optional[Dict[str, str]] = None,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            sqs_server,
+            app,
+            queue_url,
+            "--poll-wait",
+            "1",
+            *args,
+            directory_variable="SQSTM_TEST_DIR",
+            directory=trace_dir,
+            log_path=trace_dir / f"{name}.log",
+            env=env,
+        )
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()

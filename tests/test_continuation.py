@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import worker_apps as apps
-from worker_process import WorkerProcess, wait_for
+from worker_process import traces, wait_for
 
 from sqstaskmaster import TaskContext
 from sqstaskmaster.errors import CheckpointRefusedError
@@ -29,14 +29,7 @@ from sqstaskmaster.worker.loop import Worker
 from sqstaskmaster.worker.retry import RetryPolicy
 
 THIRTEEN_HOURS_S = 13 * 60 * 60
-
-
-def traces(directory: Path, kind: str, key: str) -> List[Dict[str, Any]]:
-    found = []
-    for path in directory.glob(f"{kind}.{key}.*"):
-        if not path.name.endswith(".tmp"):
-            found.append(json.loads(path.read_text()))
-    return sorted(found, key=lambda trace: trace.get("started", trace["time"]))
+RESUMABLE = "worker_apps:resumable_app"
 
 
 def receive_all(queue: Any, visibility: int = 30) -> List[Any]:
@@ -62,36 +55,6 @@ def assert_one_copy_at_a_time(steps: List[Dict[str, Any]]) -> None:
     ordered = sorted(steps, key=lambda step: step["started"])
     for before, after in zip(ordered, ordered[1:]):
         assert after["started"] >= before["time"] - 0.01, (before, after)
-
-
-@pytest.fixture
-def trace_dir(tmp_path: Path, monkeypatch: Any) -> Path:
-    monkeypatch.setenv("SQSTM_TEST_DIR", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def start_worker(sqs_server: Any, trace_dir: Path):
-    started: List[WorkerProcess] = []
-
-    def start(queue_url: str, *args: str, name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(
-            sqs_server,
-            "worker_apps:resumable_app",
-            queue_url,
-            "--poll-wait",
-            "1",
-            *args,
-            directory_variable="SQSTM_TEST_DIR",
-            directory=trace_dir,
-            log_path=trace_dir / f"{name}.log",
-        )
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.close()
 
 
 # -- in this process, every execution mode ----------------------------------------------
@@ -136,7 +99,7 @@ def test_twenty_one_second_steps_cross_six_messages_on_two_workers_one_copy_at_a
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
 ) -> None:
     options = ("--continue-after", "3", "--shutdown-grace", "3", "--sqs-timeout", "10")
-    workers = [start_worker(sqs_queue.url, *options, name=f"w{n}") for n in range(2)]
+    workers = [start_worker(sqs_queue.url, *options, app=RESUMABLE, name=f"w{n}") for n in range(2)]
     sqs_server.task_manager(sqs_queue).submit("stepper", key="t", total=20, step_s=1)
     wait_for(lambda: traces(trace_dir, "done", "t"), 90, "all 20 steps done")
     steps = traces(trace_dir, "step", "t")
@@ -157,7 +120,9 @@ def test_twenty_one_second_steps_cross_six_messages_on_two_workers_one_copy_at_a
 def test_sigterm_in_the_middle_continues_on_a_second_worker_from_the_last_checkpoint(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
 ) -> None:
-    first = start_worker(sqs_queue.url, "--shutdown-grace", "5", "--sqs-timeout", "10", name="a")
+    first = start_worker(
+        sqs_queue.url, "--shutdown-grace", "5", "--sqs-timeout", "10", app=RESUMABLE, name="a"
+    )
     sqs_server.task_manager(sqs_queue).submit("stepper", key="m", total=8, step_s=0.5)
     wait_for(lambda: len(traces(trace_dir, "step", "m")) >= 3, 30, "three steps")
     first.signal(signal.SIGTERM)
@@ -168,7 +133,7 @@ def test_sigterm_in_the_middle_continues_on_a_second_worker_from_the_last_checkp
     wrapped = traces(trace_dir, "wrapped_up", "m")
     assert wrapped and wrapped[0]["step"] == last  # it checkpointed, then returned
 
-    second = start_worker(sqs_queue.url, name="b")
+    second = start_worker(sqs_queue.url, app=RESUMABLE, name="b")
     wait_for(lambda: traces(trace_dir, "done", "m"), 30, "the task done on the second worker")
     resumed = [r for r in traces(trace_dir, "resumed", "m") if r["continuation"] == 1]
     assert resumed and resumed[0]["step"] == last and resumed[0]["pid"] != before[0]["pid"]
@@ -185,44 +150,40 @@ def test_a_spot_notice_continues_the_task_on_a_second_worker_within_ten_seconds(
     start_worker: Any,
     metadata_service: FakeMetadataService,
 ) -> None:
-    first = WorkerProcess(
-        sqs_server,
-        "worker_apps:resumable_app",
+    first = start_worker(
         sqs_queue.url,
-        *("--poll-wait", "1", "--shutdown-grace", "5", "--spot-notice", "auto"),
-        directory_variable="SQSTM_TEST_DIR",
-        directory=trace_dir,
-        log_path=trace_dir / "spot.log",
+        *("--shutdown-grace", "5", "--spot-notice", "auto"),
+        app=RESUMABLE,
+        name="spot",
         env=metadata_service.environment(),
     )
-    try:
-        sqs_server.task_manager(sqs_queue).submit("stepper", key="n", total=30, step_s=0.5)
-        wait_for(lambda: len(traces(trace_dir, "step", "n")) >= 2, 30, "two steps")
-        wait_for(lambda: metadata_service.notice_requests, 10, "the supervisor's first poll")
-        metadata_service.announce()
-        announced = time.time()
-        assert first.wait(15) == 0
-        assert "spot interruption notice" in first.log and "continued as message" in first.log
-        wrapped = wait_for(lambda: traces(trace_dir, "wrapped_up", "n"), 5, "wrapped up")
-        assert wrapped[0]["time"] - announced < 10  # stopped within 10 s of the notice
-        last = wrapped[0]["step"]
-        second = start_worker(sqs_queue.url, name="after-spot")
-        resumed = wait_for(
-            lambda: [r for r in traces(trace_dir, "resumed", "n") if r["continuation"] == 1],
-            15,
-            "the second worker resumed",
-        )
-        assert resumed[0]["step"] == last and resumed[0]["pid"] != wrapped[0]["pid"]
-        assert second.stop() == 0
-    finally:
-        first.close()
+    sqs_server.task_manager(sqs_queue).submit("stepper", key="n", total=30, step_s=0.5)
+    wait_for(lambda: len(traces(trace_dir, "step", "n")) >= 2, 30, "two steps")
+    wait_for(lambda: metadata_service.notice_requests, 10, "the supervisor's first poll")
+    metadata_service.announce()
+    announced = time.time()
+    assert first.wait(15) == 0
+    assert "spot interruption notice" in first.log and "continued as message" in first.log
+    wrapped = wait_for(lambda: traces(trace_dir, "wrapped_up", "n"), 5, "wrapped up")
+    assert wrapped[0]["time"] - announced < 10  # stopped within 10 s of the notice
+    last = wrapped[0]["step"]
+    second = start_worker(sqs_queue.url, app=RESUMABLE, name="after-spot")
+    resumed = wait_for(
+        lambda: [r for r in traces(trace_dir, "resumed", "n") if r["continuation"] == 1],
+        15,
+        "the second worker resumed",
+    )
+    assert resumed[0]["step"] == last and resumed[0]["pid"] != wrapped[0]["pid"]
+    assert second.stop() == 0
 
 
 def test_a_checkpoint_survives_the_kill_of_its_child_and_travels_in_the_attributes(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, start_worker: Any
 ) -> None:
     # Not resumable: a task that saved a checkpoint is continued, not handed back, on a stop.
-    worker = start_worker(sqs_queue.url, "--shutdown-grace", "1", "--sqs-timeout", "10")
+    worker = start_worker(
+        sqs_queue.url, "--shutdown-grace", "1", "--sqs-timeout", "10", app=RESUMABLE
+    )
     tasks = sqs_server.task_manager(sqs_queue)
     tasks.submit("checkpoint_then_hang", key="k")
     first = wait_for(lambda: traces(trace_dir, "start", "k"), 30, "the task started")[0]

@@ -7,7 +7,6 @@ sqstaskmaster worker worker_apps:app`` in a subprocess, as an operator would.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -19,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import worker_apps as apps
-from worker_process import WorkerProcess, running, wait_for
+from worker_process import running, traces, wait_for
 
 from sqstaskmaster.errors import (
     DecodeError,
@@ -39,14 +38,6 @@ from sqstaskmaster.worker.supervisor import resolve_processes
 TOO_DEEP = '{"task": "ok", "kwargs": {"a": ' + "[" * 100_000 + "]" * 100_000 + "}}"
 
 
-def traces(directory: Path, kind: str, key: str) -> List[Dict[str, Any]]:
-    found = []
-    for path in directory.glob(f"{kind}.{key}.*"):
-        if not path.name.endswith(".tmp"):
-            found.append(json.loads(path.read_text()))
-    return sorted(found, key=lambda trace: trace["time"])
-
-
 def receive(queue: Any, visibility: int = 30) -> List[Any]:
     return queue.receive_messages(
         AttributeNames=["All"],
@@ -54,37 +45,6 @@ def receive(queue: Any, visibility: int = 30) -> List[Any]:
         WaitTimeSeconds=0,
         VisibilityTimeout=visibility,
     )
-
-
-@pytest.fixture
-def trace_dir(tmp_path: Path, monkeypatch: Any) -> Path:
-    monkeypatch.setenv("SQSTM_TEST_DIR", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def start_worker(sqs_server: Any, trace_dir: Path):
-    started: List[WorkerProcess] = []
-
-    def start(queue_url: str, *args: str, app: str = "worker_apps:app") -> WorkerProcess:
-        """``python -m sqstaskmaster worker <app>`` against the test server."""
-        worker = WorkerProcess(
-            sqs_server,
-            app,
-            queue_url,
-            "--poll-wait",
-            "1",
-            *args,
-            directory_variable="SQSTM_TEST_DIR",
-            directory=trace_dir,
-            log_path=trace_dir / "worker.log",
-        )
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.close()
 
 
 # -- backoff ------------------------------------------------------------------

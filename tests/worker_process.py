@@ -7,13 +7,14 @@ tests/ on the ``PYTHONPATH`` and as the working directory.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 TESTS = Path(__file__).resolve().parent
 
@@ -113,3 +114,13 @@ def wait_for(
             return value
         time.sleep(step_s)
     raise AssertionError(f"{what}: not met within {timeout_s} s")
+
+
+def traces(directory: Path, kind: str, key: str) -> List[Dict[str, Any]]:
+    """The ``kind`` traces tasks left for ``key`` (``worker_apps._trace``), oldest first
+    (by the time a step ``started``, if they say it)."""
+    found = []
+    for path in directory.glob(f"{kind}.{key}.*"):
+        if not path.name.endswith(".tmp"):
+            found.append(json.loads(path.read_text()))
+    return sorted(found, key=lambda trace: trace.get("started", trace["time"]))
