@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -32,12 +33,12 @@ THIRTEEN_HOURS_S = 13 * 60 * 60
 RESUMABLE = "worker_apps:resumable_app"
 
 
-def receive_all(queue: Any, visibility: int = 30) -> List[Any]:
+def receive_all(queue: Any, visibility: int = 30, wait_s: int = 1) -> List[Any]:
     return queue.receive_messages(
         AttributeNames=["All"],
         MessageAttributeNames=["All"],
         MaxNumberOfMessages=10,
-        WaitTimeSeconds=1,
+        WaitTimeSeconds=wait_s,
         VisibilityTimeout=visibility,
     )
 
@@ -240,10 +241,10 @@ def test_a_checkpoint_json_cannot_carry_or_too_large_is_refused_and_the_task_goe
 
 def test_only_a_resumable_task_may_have_a_hard_timeout_past_twelve_hours() -> None:
     worker = Worker()
-    worker.register("long", apps.ok, hard_timeout=THIRTEEN_HOURS_S)
+    worker.register("long", apps.stepper, hard_timeout=THIRTEEN_HOURS_S)
     with pytest.raises(ValueError, match="12-hour"):
         worker.check()
-    worker.register("long", apps.ok, hard_timeout=THIRTEEN_HOURS_S, resumable=True)
+    worker.register("long", apps.stepper, hard_timeout=THIRTEEN_HOURS_S, resumable=True)
     worker.check()
 
     class Training(MessageHandler):
@@ -299,27 +300,101 @@ def test_a_resumable_task_that_ran_its_whole_hard_timeout_is_dead_lettered(
     assert Carried.of(dead).run_s == 601
 
 
+def slow_steps(key: str, *, context: TaskContext) -> None:
+    """Steps longer than its run on one receive: it never saves a checkpoint."""
+    apps._trace("run", key, continuation=context.continuation, run_total_s=context.run_total_s)
+    time.sleep(30)
+
+
+def test_a_resumable_run_that_ends_without_a_checkpoint_goes_on_and_its_hard_timeout_ends_it(
+    sqs_server: Any, trace_dir: Path
+) -> None:
+    queue = sqs_server.make_queue()
+    worker = Worker(continue_after_s=1, shutdown_grace_s=0.5, sqs_timeout=6)
+    worker.register("slow", slow_steps, resumable=True, hard_timeout=4)
+    worker.connect(queue.url, sqs=sqs_server.sqs)
+    sqs_server.task_manager(queue).submit("slow", key="w")
+    outcomes = []
+    while not outcomes or outcomes[-1] == "continued":
+        (message,) = wait_for(lambda: receive_all(queue.queue), 10, "the next message")
+        outcomes.append(worker.process(message))
+    # Each run carried its time on: the 4 s hard timeout ends it in a few runs.
+    assert outcomes[-1] == "timed_out" and 2 <= outcomes.count("continued") <= 4, outcomes
+    runs = traces(trace_dir, "run", "w")
+    assert [run["continuation"] for run in runs] == list(range(len(runs)))
+    assert all(b["run_total_s"] > a["run_total_s"] for a, b in zip(runs, runs[1:]))
+
+
+def test_a_resumable_function_must_take_a_context() -> None:
+    with pytest.raises(TypeError, match="keyword-only context"):
+        Worker().register("r", apps.ok, resumable=True)
+
+
+class OwnContext(apps.Echo):
+    """A 0.0.11 handler with an attribute of its own named context (a property here)."""
+
+    @property
+    def context(self) -> str:
+        return "mine"
+
+    def run(self) -> None:
+        apps._trace("context", "own", context=self.context)
+
+
+def test_a_handler_with_its_own_context_keeps_it(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, caplog: Any
+) -> None:
+    worker = Worker({"own": OwnContext}, sqs_timeout=6, isolate=False)
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    sqs_server.task_manager(sqs_queue).submit("own")
+    (message,) = receive_all(sqs_queue.queue)
+    assert worker.process(message) == "done"
+    assert traces(trace_dir, "context", "own")[0]["context"] == "mine"
+    assert "attribute named context of its own" in caplog.text
+
+
+def test_an_unreadable_checkpoint_is_reported_and_the_task_runs_from_its_start(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path
+) -> None:
+    notify = Recorder()
+    worker = Worker(notify=notify, sqs_timeout=6)
+    worker.register("stepper", apps.stepper, resumable=True, hard_timeout=60)
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    broken = {continuation.CHECKPOINT: {"DataType": "String", "StringValue": "{cut sho"}}
+    sqs_server.task_manager(sqs_queue).submit_with(
+        "stepper", {"key": "u", "total": 2, "step_s": 0.01}, message_attributes=broken
+    )
+    (message,) = receive_all(sqs_queue.queue)
+    assert worker.process(message) == "done"
+    assert "checkpoint attribute is no JSON" in str(notify.errors[0])
+    assert traces(trace_dir, "resumed", "u")[0]["step"] == 0
+
+
 def returns_when_asked(key: str, *, context: TaskContext) -> None:
     while not context.stop_requested:
         time.sleep(0.05)
     apps._trace("returned", key)
 
 
-def test_a_task_that_returns_on_a_stop_request_without_a_checkpoint_is_handed_back(
-    sqs_server: Any, sqs_queue: Any, trace_dir: Path
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
+def test_a_task_that_returns_on_a_warm_stop_without_a_checkpoint_is_handed_back(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, isolate: bool
 ) -> None:
-    worker = Worker(continue_after_s=1, shutdown_grace_s=2, sqs_timeout=6)
-    worker.register("asked", returns_when_asked, resumable=True, hard_timeout=60)
+    worker = Worker({"asked": returns_when_asked}, shutdown_grace_s=5, sqs_timeout=6)
+    worker.isolate = isolate
     worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
     sqs_server.task_manager(sqs_queue).submit("asked", key="h")
     (message,) = receive_all(sqs_queue.queue)
+    threading.Timer(0.5, worker.request_stop).start()  # a warm stop, as SIGTERM makes
+    started = time.monotonic()
     assert worker.process(message) == "handed_back"  # not done: its work is not finished
+    assert time.monotonic() - started < 4  # it returned when asked, within the grace
     assert traces(trace_dir, "returned", "h")
     (again,) = wait_for(lambda: receive_all(sqs_queue.queue), 10, "the message back")
     assert again.message_id == message.message_id and Carried.of(again).continuation == 0
 
 
-def test_a_continuation_sqs_would_refuse_is_not_sent_and_the_message_is_handed_back(
+def test_a_continuation_sqs_would_refuse_is_not_sent_and_the_message_is_retried_later(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path
 ) -> None:
     notify = Recorder()
@@ -331,9 +406,13 @@ def test_a_continuation_sqs_would_refuse_is_not_sent_and_the_message_is_handed_b
     sqs_server.task_manager(sqs_queue).submit_with(
         "stepper", {"key": "f", "total": 20, "step_s": 0.2}, message_attributes=own
     )
+    worker.retry = RetryPolicy(first_s=1, factor=1, max_s=1, jitter="none")
     (message,) = receive_all(sqs_queue.queue)
-    assert worker.process(message) == "handed_back"
+    # Failed, retried after the retry delay (a refusal now is a refusal each time:
+    # the redrive policy bounds it), never at once.
+    assert worker.process(message) == "failed"
     assert "over SQS's 10" in str(notify.errors[0])
+    assert receive_all(sqs_queue.queue, wait_s=0) == []
     (again,) = wait_for(lambda: receive_all(sqs_queue.queue), 10, "the message back")
     assert again.message_id == message.message_id  # not lost, not duplicated
 

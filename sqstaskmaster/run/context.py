@@ -66,6 +66,8 @@ class TaskContext:
         self.stop_seen = False
         #: The worker's "should the task stop now?" (None: never asked to).
         self.stop_check: Optional[Callable[[], bool]] = None
+        #: The worker's "has this run reached continue_after?" (a resumable task's).
+        self.run_end_check: Optional[Callable[[], bool]] = None
         self._notify = notify
         self._state_text = carried.checkpoint
         self._state: Any = None if carried.checkpoint is None else json.loads(carried.checkpoint)
@@ -163,6 +165,10 @@ class TaskContext:
         return False
 
     # -- the worker's side ------------------------------------------------------
+
+    def run_ended(self) -> bool:
+        """Whether this run of a resumable task reached its ``continue_after``."""
+        return self.run_end_check is not None and self.run_end_check()
 
     def absorb(self, box: CheckpointBox) -> None:
         """Take what the task's child saved in ``box`` (after the child ended)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
 #: The largest checkpoint a task may save: its JSON text, UTF-8, in bytes.
@@ -47,6 +47,8 @@ class Carried:
     continuation: int = 0
     run_s: float = 0.0
     first_started: Optional[float] = None
+    #: Why a checkpoint the message carries could not be read (then ``checkpoint`` is None).
+    problem: Optional[str] = field(default=None, compare=False)
 
     @classmethod
     def of(cls, message: Any) -> Carried:
@@ -55,17 +57,21 @@ class Carried:
         if not isinstance(attributes, Mapping):
             return cls()
         checkpoint = _string(attributes, CHECKPOINT)
+        problem = None
         if checkpoint is not None:
             try:
                 json.loads(checkpoint)
-            except ValueError:
-                checkpoint = None
+            except ValueError as error:
+                checkpoint, problem = None, f"its checkpoint attribute is no JSON ({error})"
+        elif CHECKPOINT in attributes:
+            problem = "its checkpoint attribute has no string value"
         return cls(
             checkpoint=checkpoint,
             first_message_id=_string(attributes, FIRST_MESSAGE_ID),
             continuation=max(int(_number(attributes, CONTINUATION) or 0), 0),
             run_s=max(_number(attributes, RUN_S) or 0.0, 0.0),
             first_started=_number(attributes, FIRST_STARTED),
+            problem=problem,
         )
 
     def attributes(self) -> Dict[str, Dict[str, str]]:

@@ -118,5 +118,5 @@ def admit(
 
 
 def whole_seconds(seconds: float) -> int:
-    """A handler's hard timeout from a run's seconds (at least 1)."""
-    return max(int(math.ceil(seconds)), 1)
+    """A handler's hard timeout from a run's seconds: never more, at least 1."""
+    return max(int(math.floor(seconds)), 1)

@@ -31,6 +31,7 @@ from ..sqs.facts import (
     group_of,
     message_id_of,
     message_size,
+    visibility_for,
 )
 from ..sqs.queue import Queue
 
@@ -38,22 +39,31 @@ logger = logging.getLogger(__name__)
 
 
 def continuation_outcome(outcome: Outcome, context: TaskContext) -> Tuple[Outcome, Optional[str]]:
-    """The outcome of a task with ``context`` that ended as ``outcome``, and why if it changed."""
+    """The outcome of a task with ``context`` that ended as ``outcome``, and why if it changed.
+
+    A resumable task whose run reached ``continue_after`` is continued even
+    without a checkpoint of this run: its continuation carries the checkpoint
+    it started from and the time it ran, so its hard timeout bounds it.
+    """
+    goes_on = context.checkpoints > 0 or context.run_ended()
     if outcome is Outcome.DONE and context.stop_seen:
-        if context.checkpoints:
+        if goes_on:
             return Outcome.CONTINUED, None
         return (
             Outcome.HANDED_BACK,
             "the task returned after it was asked to stop, with no checkpoint saved in this "
             "run; it runs again from what its message carries",
         )
-    if outcome is Outcome.HANDED_BACK and context.checkpoints:
+    if outcome is Outcome.HANDED_BACK and goes_on:
         return Outcome.CONTINUED, None
     return outcome, None
 
 
-def entry(message: Any, task: str, context: TaskContext, run_s: float) -> dict:
-    """The SendMessageBatch entry of the continuation of ``message``; raises if SQS would refuse."""
+def entry(
+    queue: Queue, message: Any, task: str, context: TaskContext, run_s: float, limit: int
+) -> dict:
+    """The SendMessageBatch entry of the continuation of ``message``; raises if SQS would refuse
+    it (``limit``: the queue's MaximumMessageSize)."""
     carried = context.next_message(run_s)
     attributes = continuation.others(getattr(message, "message_attributes", None))
     attributes.update(carried.attributes())
@@ -64,23 +74,38 @@ def entry(message: Any, task: str, context: TaskContext, run_s: float) -> dict:
             f"the task's message has {len(attributes) - len(carried.attributes())} of its own"
         )
     size = message_size(message.body, attributes)
-    if size > MAX_MESSAGE_BYTES:
-        raise MessageTooLargeError(task, size, MAX_MESSAGE_BYTES, None)
+    if size > limit:
+        raise MessageTooLargeError(task, size, limit, None)
     sent = {"Id": "0", "MessageBody": message.body, "MessageAttributes": attributes}
     group = group_of(message)
-    if group is not None:
+    if group is not None:  # a FIFO queue's, or a fair standard queue's tenant
         sent["MessageGroupId"] = group
-        sent["MessageDeduplicationId"] = continuation.deduplication_id(
-            carried.first_message_id or "", carried.continuation
-        )
+        if str(getattr(queue, "url", "")).endswith(".fifo"):
+            sent["MessageDeduplicationId"] = continuation.deduplication_id(
+                carried.first_message_id or "", carried.continuation
+            )
     return sent
+
+
+def size_limit(queue: Queue) -> int:
+    """The queue's MaximumMessageSize (SQS's largest when it cannot be read)."""
+    try:
+        value = queue.queue_attributes(["MaximumMessageSize"]).get("MaximumMessageSize")
+        return int(value) if value else MAX_MESSAGE_BYTES
+    except Exception:
+        logger.warning(
+            "cannot read the queue's MaximumMessageSize; taking SQS's %d bytes",
+            MAX_MESSAGE_BYTES,
+            exc_info=True,
+        )
+        return MAX_MESSAGE_BYTES
 
 
 def send_continuation(
     queue: Queue, message: Any, task: str, context: TaskContext, run_s: float
 ) -> str:
     """Send the continuation of ``message`` to ``queue``; its message id. Raises on failure."""
-    response = queue.send_batch([entry(message, task, context, run_s)])
+    response = queue.send_batch([entry(queue, message, task, context, run_s, size_limit(queue))])
     for failed in response.get("Failed") or ():
         failure = EntryFailure.of(failed)
         raise BatchEntryError(
@@ -98,15 +123,32 @@ def continue_task(
     context: TaskContext,
     run_s: float,
     notify: Notify,
+    cover_s: int,
 ) -> bool:
     """Send the continuation of ``message``; False (logged, notified) if it could not be
-    sent: the caller then hands the message back."""
+    sent: the caller then retries the message later.
+
+    First the message is kept invisible ``cover_s`` more seconds (its heartbeats
+    have stopped): long enough to send and delete, so it cannot come back beside
+    its continuation.
+    """
+    try:
+        queue.change_visibility(message, visibility_for(message, cover_s))
+    except Exception as error:
+        logger.warning(
+            "task %s message %s: could not extend its visibility before its continuation "
+            "is sent (%r); sending anyway",
+            task,
+            message_id_of(message),
+            error,
+        )
+        notify(error, context=failure_context(message))
     try:
         sent = send_continuation(queue, message, task, context, run_s)
     except Exception as error:
         logger.exception(
             "task %s message %s receive %d: the continuation message could not be sent; "
-            "the message is handed back and runs again from the checkpoint it carries",
+            "the message is retried after the retry delay, from the checkpoint it carries",
             task,
             message_id_of(message),
             count,

@@ -332,6 +332,10 @@ class Worker(TaskRegistry, Configured):
         spec = self.registry[task]
         total_s = spec.hard_timeout or self.hard_timeout
         carried = Carried.of(message)
+        if carried.problem is not None:
+            unreadable = ValueError(f"task {task} message {message_id}: {carried.problem}")
+            logger.error("%s; the task runs from its start", unreadable)
+            self.notify(unreadable, context=sqs.failure_context(message))
         run_s = run_hard_timeout(total_s, spec.resumable, carried)
         if run_s <= 0:  # a resumable task that has run its whole hard timeout
             return used_up(message, task, count, total_s, carried, self._settlement, self.retry)
@@ -366,6 +370,7 @@ class Worker(TaskRegistry, Configured):
         context = context_of(handler)
         if context is not None:
             context.stop_check = lambda: stop.stopping
+            context.run_end_check = stop.continuing
         chores = None if intake is None else intake.chores
         strategy = for_worker(handler, self.isolate, stop, chores)
         handler.execution = self.child_pool.execution_for(

@@ -118,8 +118,14 @@ def make_spec(
     for kind in kinds:
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
             raise TypeError(f"Task {name!r}: throws must hold exception types, got {kind!r}")
+    is_class = isinstance(target, type)
     if resumable is None:  # a handler class may say it itself
-        resumable = getattr(target, "resumable", False) is True and isinstance(target, type)
+        resumable = getattr(target, "resumable", False) is True and is_class
+    if resumable and not is_class and not wants_context(target):
+        raise TypeError(
+            f"Task {name!r} is resumable but {target!r} takes no keyword-only context "
+            "parameter: it could never checkpoint. Declare it: def task(..., *, context)"
+        )
     return TaskSpec(name, target, hard_timeout, kinds, bool(resumable))
 
 
@@ -212,8 +218,9 @@ class TaskRegistry:
         cls = self._handler_type(task)
         handler = build_handler(spec, cls, message, sqs_timeout, heartbeat_s, hard_timeout, kwargs)
         handler.throws = tuple(spec.throws) + tuple(handler.throws)
+        owner = next((k for k in type(handler).__mro__ if "context" in vars(k)), None)
         own = vars(handler).get("context")
-        if own is None:
+        if own is None and owner is MessageHandler:
             handler.context = TaskContext.of_message(message, task, handler.notify_safely)
         elif not isinstance(own, TaskContext):
             logger.warning(

@@ -132,10 +132,13 @@ class Settlement:
                 outcome, changed = continuation_outcome(outcome, context)
                 why = changed or why
             if outcome is Outcome.CONTINUED and not continue_task(
-                self.queue_of(message), message, task, count, context, duration_s, self.notify
+                self.queue_of(message),
+                *(message, task, count, context, duration_s, self.notify),
+                cover_s=handler.sqs_timeout,
             ):
-                outcome = Outcome.HANDED_BACK
-                why = "its continuation message could not be sent"
+                # Not at once (visibility 0): a continuation SQS refuses would be
+                # refused each time; the retry delay and the redrive policy bound it.
+                outcome = Outcome.FAILED
         self.record(task, outcome, duration_s)
         if fatal:
             self.hand_back(message, task, f"{type(error).__name__} while running")
