@@ -1,4 +1,7 @@
-"""EC2 Spot interruption notices: the metadata client, the 5 s poll, auto/on/off, the warm stop."""
+"""EC2 Spot interruption notices: the metadata client, the 5 s poll, auto/on/off, the warm stop.
+
+Also: auto is off on an On-Demand instance, and the SIGTERM after a notice joins its warm stop.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from sqstaskmaster.ops.spot import (
 from sqstaskmaster.testing import FakeMetadataService, free_port
 from sqstaskmaster.worker.exitcodes import RET_OK
 from sqstaskmaster.worker.settings import WorkerSettings
-from sqstaskmaster.worker.supervisor import supervise_processes
+from sqstaskmaster.worker.supervisor import Supervisor, supervise_processes
 
 AT = "2026-12-07T12:00:00Z"
 
@@ -138,14 +141,45 @@ def test_a_service_back_up_is_logged(metadata_service: FakeMetadataService, capl
 # -- auto, on, off ---------------------------------------------------------------------
 
 
-def test_auto_is_on_when_the_service_answers_and_keeps_the_probes_token(
-    metadata_service: FakeMetadataService,
+def test_auto_is_on_on_a_spot_instance_and_keeps_the_probes_token(
+    metadata_service: FakeMetadataService, caplog: Any
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sqstaskmaster.ops.spot")
     spot = spot_notice_for("auto", metadata_service.environment())
     assert isinstance(spot, SpotNotice)
-    assert metadata_service.token_requests == 1 and metadata_service.notice_requests == 0
+    assert metadata_service.token_requests == 1 and metadata_service.life_cycle_requests == 1
+    assert metadata_service.notice_requests == 0
+    assert "spot notices: on (instance-life-cycle spot)" in caplog.text
     spot.poll(time.monotonic())
     assert metadata_service.token_requests == 1
+
+
+@pytest.mark.parametrize("life_cycle", ["on-demand", "scheduled"])
+def test_auto_is_off_on_an_instance_that_is_not_spot(
+    metadata_service: FakeMetadataService, caplog: Any, life_cycle: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="sqstaskmaster.ops.spot")
+    metadata_service.life_cycle = life_cycle
+    assert spot_notice_for("auto", metadata_service.environment()) is None
+    assert metadata_service.life_cycle_requests == 1 and metadata_service.notice_requests == 0
+    decisions = [r for r in caplog.records if r.getMessage().startswith("spot notices:")]
+    assert [(r.levelno, r.getMessage()) for r in decisions] == [
+        (logging.INFO, f"spot notices: off (instance-life-cycle {life_cycle})")
+    ]
+    # "on" is asked for by name: it polls all the same, without asking the life cycle.
+    assert isinstance(spot_notice_for("on", metadata_service.environment()), SpotNotice)
+    assert metadata_service.life_cycle_requests == 1
+
+
+def test_auto_is_off_with_a_warning_when_the_life_cycle_is_not_read(
+    metadata_service: FakeMetadataService, caplog: Any
+) -> None:
+    metadata_service.life_cycle = None  # the token works, the life cycle answers 404
+    assert spot_notice_for("auto", metadata_service.environment()) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("spot notices: off")
+    assert "instance-life-cycle" in warnings[0] and "HTTP 404" in warnings[0]
+    assert "--spot-notice on" in warnings[0]
 
 
 def test_auto_is_off_where_nothing_answers() -> None:
@@ -235,6 +269,50 @@ def test_a_notice_is_a_warm_stop_of_every_worker_process(tmp_path: Path, caplog:
     assert sorted(p.read_text() for p in tmp_path.glob("slot*")) == ["1", "1"]
     assert f"spot interruption notice: terminate at {AT}" in caplog.text
     assert "passing a warm stop on" in caplog.text and "restarting" not in caplog.text
+
+
+@pytest.mark.parametrize("sigterms", [1, 2])
+def test_the_sigterm_after_a_notice_joins_its_warm_stop_and_a_second_is_cold(
+    tmp_path: Path, caplog: Any, sigterms: int
+) -> None:
+    # Given two worker processes that note the SIGTERMs they get for 1.5 s after the first;
+    # worker 0, once warned, sends the supervisor `sigterms` SIGTERMs 0.3 s apart (as ECS
+    # draining the instance would after the notice)
+    def run_one(slot: Any) -> int:
+        got: List[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(sigterms if slot.index == 0 else 0):
+            time.sleep(0.3)
+            os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(1.5 - 0.3 * sigterms)
+        (tmp_path / f"slot{slot.index}").write_text(str(len(got)))
+        return 0
+
+    # When the supervisor sees a notice, then the SIGTERM(s)
+    caplog.set_level(logging.INFO, logger="sqstaskmaster.worker.supervisor")
+    options: Dict[str, Any] = {"spot_notice": NoticeAfter(0.3)}
+    assert supervise_processes(run_one, 2, 5.0, **options) == RET_OK
+    # Then the first SIGTERM is absorbed into the notice's warm stop; a second is cold
+    counts = sorted(p.read_text() for p in tmp_path.glob("slot*"))
+    assert counts == [str(sigterms)] * 2
+    assert "SIGTERM after the spot interruption notice: the warm stop goes on" in caplog.text
+    assert "passing a warm stop on" in caplog.text
+    assert ("passing a cold stop on" in caplog.text) == (sigterms == 2)
+
+
+def test_the_kill_deadline_counts_from_the_notice() -> None:
+    options: Dict[str, Any] = {"spot_notice": NoticeAfter(0.0)}
+    supervisor = Supervisor(lambda slot: 0, 1, **options)
+    supervisor._poll_spot_notice(time.monotonic())
+    noticed_at = supervisor._stop_at
+    assert supervisor._signals == 1 and noticed_at is not None
+    supervisor._on_signal(signal.SIGTERM, None)
+    assert supervisor._signals == 1 and supervisor._stop_at == noticed_at
+    supervisor._on_signal(signal.SIGTERM, None)
+    assert supervisor._signals == 2 and supervisor._stop_at == noticed_at
 
 
 # -- end to end ------------------------------------------------------------------------

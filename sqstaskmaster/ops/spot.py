@@ -5,16 +5,20 @@ instance metadata service (IMDSv2): ``PUT /latest/api/token`` (header
 ``X-aws-ec2-metadata-token-ttl-seconds``) gives a session token, and ``GET
 /latest/meta-data/spot/instance-action`` with it (header
 ``X-aws-ec2-metadata-token``) answers 404 while there is no notice, then 200
-and ``{"action": "terminate", "time": "2026-12-07T12:00:00Z"}``.
+and ``{"action": "terminate", "time": "2026-12-07T12:00:00Z"}``. ``GET
+/latest/meta-data/instance-life-cycle`` answers ``spot``, ``on-demand`` or
+``scheduled``.
 
 :func:`spot_notice_for` turns the ``spot_notice`` setting (auto, on, off)
-into a :class:`SpotNotice`, or None; the supervisor calls its
-:meth:`~SpotNotice.poll` from its wait loop, since no thread may live in a
-process that forks tasks, and takes a notice as a first SIGTERM. The endpoint
-is botocore's: ``AWS_EC2_METADATA_SERVICE_ENDPOINT``, and
-``AWS_EC2_METADATA_DISABLED=true`` turns ``auto`` off. Each request is tried
-once, its connect and each read bounded by :data:`TIMEOUT_S`; the next poll
-is the retry.
+into a :class:`SpotNotice`, or None. ``auto`` is on only on a Spot instance
+(the life cycle answers ``spot``): an On-Demand one gets no notice, and
+polling it would only cost requests and force the supervised path. The
+supervisor calls :meth:`~SpotNotice.poll` from its wait loop, since no
+thread may live in a process that forks tasks; a notice starts a warm stop,
+which the SIGTERM that usually follows joins. The endpoint is botocore's:
+``AWS_EC2_METADATA_SERVICE_ENDPOINT``, and ``AWS_EC2_METADATA_DISABLED=true``
+turns ``auto`` off. Each request is tried once, its connect and each read
+bounded by :data:`TIMEOUT_S`; the next poll is the retry.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ DISABLED_VARIABLE = "AWS_EC2_METADATA_DISABLED"
 DEFAULT_ENDPOINT = "http://169.254.169.254/"
 TOKEN_PATH = "latest/api/token"
 NOTICE_PATH = "latest/meta-data/spot/instance-action"
+LIFE_CYCLE_PATH = "latest/meta-data/instance-life-cycle"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 #: Seconds a token lives (the service's maximum); a new one is asked for before it ends.
@@ -88,7 +93,7 @@ def metadata_address(endpoint: str) -> Tuple[str, int, str, bool]:
 
 
 class MetadataClient:
-    """IMDSv2 requests to ``endpoint``: a session token, and the Spot instance action.
+    """IMDSv2 requests to ``endpoint``: a session token, the life cycle, the Spot instance action.
 
     One connection per request, tried once; its connect and each read take at
     most ``timeout_s`` seconds. The token is kept and asked for again
@@ -124,18 +129,17 @@ class MetadataClient:
         self._token_until = now + self.token_ttl_s - margin
         return self._token
 
-    def instance_action(self, now: float) -> Optional[InterruptionNotice]:
-        """The announced interruption, or None; MetadataServiceError when there is no answer.
+    def instance_life_cycle(self, now: float) -> str:
+        """``spot``, ``on-demand`` or ``scheduled``; MetadataServiceError if there is no answer."""
+        status, body = self._get(LIFE_CYCLE_PATH, now)
+        life_cycle = body.decode("ascii", "replace").strip()
+        if status != 200 or not life_cycle:
+            raise MetadataServiceError(self.endpoint, f"GET {LIFE_CYCLE_PATH}", f"HTTP {status}")
+        return life_cycle[:40]
 
-        A 401 (the token expired early, say the service restarted) gets a new
-        token and one more try, so a notice is not a poll late.
-        """
-        for _ in range(2):
-            headers = {TOKEN_HEADER: self.token(now)}
-            status, body = self._request("GET", NOTICE_PATH, headers)
-            if status != 401:
-                break
-            self._token = None
+    def instance_action(self, now: float) -> Optional[InterruptionNotice]:
+        """The announced interruption, or None; MetadataServiceError when there is no answer."""
+        status, body = self._get(NOTICE_PATH, now)
         if status == 404:
             return None
         request = f"GET {NOTICE_PATH}"
@@ -147,6 +151,19 @@ class MetadataClient:
         except (ValueError, TypeError, KeyError):
             # Not a notice: a proxy's page, say. Warm-stopping every worker on it would be wrong.
             raise MetadataServiceError(self.endpoint, request, f"a body not read: {body[:200]!r}")
+
+    def _get(self, path: str, now: float) -> Tuple[int, bytes]:
+        """``GET path`` with a token: ``(status, body)``; MetadataServiceError if no answer.
+
+        A 401 (the token expired early, say the service restarted) gets a new
+        token and one more try, so a notice is not a poll late.
+        """
+        for _ in range(2):
+            status, body = self._request("GET", path, {TOKEN_HEADER: self.token(now)})
+            if status != 401:
+                break
+            self._token = None
+        return status, body
 
     def _request(self, method: str, path: str, headers: dict) -> Tuple[int, bytes]:
         """One request: ``(status, body)``; MetadataServiceError if it got no answer."""
@@ -231,11 +248,14 @@ def spot_notice_for(
 ) -> Optional[SpotNotice]:
     """The :class:`SpotNotice` for ``spot_notice`` = ``setting``, or None when off.
 
-    ``"auto"``: on when the metadata service answers a token request (one
-    probe, bounded by :data:`TIMEOUT_S` per connect and read; its token is
-    kept), off without a probe when ``AWS_EC2_METADATA_DISABLED`` is true.
-    ``"on"``: polls even if the service does not answer (each failing poll
-    is logged). ``environ``: where the two variables are read (``os.environ``).
+    ``"auto"``: on when the metadata service gives a token and its
+    instance-life-cycle is ``spot`` (two requests, each bounded by
+    :data:`TIMEOUT_S` per connect and read; the token is kept); off when it
+    does not answer, on any other life cycle (logged at INFO), when the life
+    cycle cannot be read (a WARNING), and without a request when
+    ``AWS_EC2_METADATA_DISABLED`` is true. ``"on"``: polls, asking nothing
+    first, even if the service does not answer (each failing poll is logged).
+    ``environ``: where the two variables are read (``os.environ``).
     """
     if setting not in SETTINGS:
         raise ValueError(f"spot_notice must be 'auto', 'on' or 'off', got {setting!r}")
@@ -249,13 +269,30 @@ def spot_notice_for(
             raise
         logger.warning("spot interruption notices off: %s", error)
         return None
-    if setting == "auto":
-        try:
-            client.token(time.monotonic())
-        except MetadataServiceError as error:
-            logger.info("spot interruption notices off: not on EC2, it seems: %s", error)
-            return None
-    elif metadata_disabled(environ):
+    if setting == "auto" and not _on_a_spot_instance(client):
+        return None
+    if setting == "on" and metadata_disabled(environ):
         logger.info("spot interruption notices on: %s=true is overridden", DISABLED_VARIABLE)
     logger.info("spot interruption notices: polling %s every %g s", endpoint, POLL_INTERVAL_S)
     return SpotNotice(client)
+
+
+def _on_a_spot_instance(client: MetadataClient) -> bool:
+    """Whether ``auto`` turns on: the service gives a token and its life cycle is ``spot``."""
+    try:
+        client.token(time.monotonic())
+    except MetadataServiceError as error:
+        logger.info("spot interruption notices off: not on EC2, it seems: %s", error)
+        return False
+    try:
+        life_cycle = client.instance_life_cycle(time.monotonic())
+    except MetadataServiceError as error:
+        logger.warning(
+            "spot notices: off (instance-life-cycle not read: %s failed, %s); "
+            "--spot-notice on polls for notices all the same",
+            *(error.request, error.detail),
+        )
+        return False
+    decision = "on" if life_cycle == "spot" else "off"
+    logger.info("spot notices: %s (instance-life-cycle %s)", decision, life_cycle)
+    return decision == "on"

@@ -10,9 +10,12 @@
         imds.announce(action="terminate")        # then the worker warm-stops
 
 It serves the IMDSv2 requests the worker makes: ``PUT /latest/api/token``
-(400 without ``X-aws-ec2-metadata-token-ttl-seconds`` in 1-21600) and ``GET
-/latest/meta-data/spot/instance-action`` (401 without a token it gave, 404
-until :meth:`FakeMetadataService.announce`, then 200 and the notice's JSON).
+(400 without ``X-aws-ec2-metadata-token-ttl-seconds`` in 1-21600), ``GET
+/latest/meta-data/instance-life-cycle`` (its ``life_cycle``, ``spot`` unless
+told otherwise; 404 when None) and ``GET
+/latest/meta-data/spot/instance-action`` (404 until
+:meth:`FakeMetadataService.announce`, then 200 and the notice's JSON). Each
+GET answers 401 without a token it gave.
 It runs in a thread of the test process; the worker under test is another
 process. Standard library only.
 """
@@ -28,6 +31,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 TOKEN_PATH = "/latest/api/token"
 NOTICE_PATH = "/latest/meta-data/spot/instance-action"
+LIFE_CYCLE_PATH = "/latest/meta-data/instance-life-cycle"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_TTL_S = 21600
@@ -37,14 +41,18 @@ class FakeMetadataService:
     """An IMDSv2 endpoint that serves a token and, once announced, a Spot interruption notice.
 
     ``endpoint`` is its URL; :meth:`environment` points botocore (and the
-    worker) at it. ``requests`` lists ``(method, path)`` of every request
-    served; :attr:`token_requests` and :attr:`notice_requests` count them.
-    :meth:`expire_tokens` makes the tokens given so far answer 401, as after
-    their TTL. Use it as a context manager, or :meth:`start` and :meth:`stop`.
+    worker) at it. ``life_cycle`` is what instance-life-cycle answers
+    (``spot``, ``on-demand``, ``scheduled``; None: 404); change it at any
+    time. ``requests`` lists ``(method, path)`` of every request served;
+    :attr:`token_requests`, :attr:`life_cycle_requests` and
+    :attr:`notice_requests` count them. :meth:`expire_tokens` makes the
+    tokens given so far answer 401, as after their TTL. Use it as a context
+    manager, or :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", life_cycle: Optional[str] = "spot") -> None:
         self.host = host
+        self.life_cycle = life_cycle
         self.requests: List[Tuple[str, str]] = []
         self.notice: Optional[Dict[str, str]] = None
         self._tokens: Set[str] = set()
@@ -70,6 +78,11 @@ class FakeMetadataService:
     def token_requests(self) -> int:
         """How many token PUTs were served."""
         return sum(1 for method, path in list(self.requests) if path == TOKEN_PATH)
+
+    @property
+    def life_cycle_requests(self) -> int:
+        """How many instance-life-cycle GETs were served (with a valid token or not)."""
+        return sum(1 for method, path in list(self.requests) if path == LIFE_CYCLE_PATH)
 
     @property
     def notice_requests(self) -> int:
@@ -156,6 +169,9 @@ def _handler_for(service: FakeMetadataService) -> type:
             service.requests.append(("GET", self.path))
             if not service._knows(self.headers.get(TOKEN_HEADER)):
                 return self._answer(401, b"")
+            life_cycle = service.life_cycle
+            if self.path == LIFE_CYCLE_PATH and life_cycle is not None:
+                return self._answer(200, life_cycle.encode())
             notice = service.notice
             if self.path != NOTICE_PATH or notice is None:
                 return self._answer(404, b"")

@@ -11,10 +11,12 @@ it on once) and makes its own boto3 resource. The parent:
 - passes each SIGTERM/SIGINT it gets on to every worker as SIGTERM (the first
   is a warm stop, the second a cold stop);
 - with ``spot_notice``, polls for an EC2 Spot interruption notice from its
-  wait loop (:mod:`sqstaskmaster.ops.spot`) and takes one as a first signal;
+  wait loop (:mod:`sqstaskmaster.ops.spot`) and passes one on as a warm
+  stop; the first SIGTERM/SIGINT after it (ECS draining the instance, the OS
+  shutting down) joins that warm stop, and only a second is the cold stop;
 - exits 0 once every worker stopped cleanly; if some worker still runs
-  ``shutdown_grace_s`` + :data:`STOP_MARGIN_S` after the first signal, it is
-  killed and the parent exits with ``RET_KILLED``.
+  ``shutdown_grace_s`` + :data:`STOP_MARGIN_S` after the first signal (or
+  notice), it is killed and the parent exits with ``RET_KILLED``.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Supervisor:
     protected while any process runs a task. ``metrics`` is the ``(port,
     host)`` of the one Prometheus endpoint for every process, or None.
     ``spot_notice`` polls for a Spot interruption notice, or None: a notice
-    is a warm stop of every worker, as a first SIGTERM is.
+    is a warm stop of every worker, which the next SIGTERM joins.
     """
 
     def __init__(
@@ -123,8 +125,12 @@ class Supervisor:
         self._burst_flags: Dict[int, Any] = {}
         self._started_at: Dict[int, float] = {}
         self._pauses: Dict[int, float] = {}
-        self._signals = 0
+        self._signals = 0  # stops to pass on: see _count_stop
         self._forwarded = 0
+        self._received = 0  # SIGTERMs and SIGINTs
+        self._first_signal = signal.SIGTERM
+        self._noticed = False
+        self._joined_logged = False
         self._stop_at: Optional[float] = None
         self.restarts = 0
         # ECS scale-in protection: this one container is one ECS task, so the
@@ -132,16 +138,24 @@ class Supervisor:
         self.protection = SharedProtection(protection, count) if protection else None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self._received += 1
+        if self._received == 1:
+            self._first_signal = signal.Signals(signum)
         self._count_stop()
 
     def _count_stop(self) -> None:
-        """One more stop to pass on: a signal, or a Spot interruption notice."""
-        self._signals += 1
-        if self._stop_at is None:
+        """Count the stops to pass on: one per signal, and a Spot notice is a first one.
+
+        A notice does not add to the signals: the SIGTERM that follows it
+        joins its warm stop (its tasks keep the grace to checkpoint), and only
+        a second signal is cold. The kill deadline counts from the first stop.
+        """
+        self._signals = max(self._received, 1 if self._noticed else 0)
+        if self._signals and self._stop_at is None:
             self._stop_at = time.monotonic()
 
     def _poll_spot_notice(self, now: float) -> None:
-        """Poll for a Spot interruption notice when due; on one, stop as a first SIGTERM does."""
+        """Poll for a Spot interruption notice when due; on one, start a warm stop."""
         if self.spot_notice is None or self._signals:
             return
         notice = self.spot_notice.poll(now)
@@ -152,6 +166,7 @@ class Supervisor:
             notice.action,
             notice.time,
         )
+        self._noticed = True
         self._count_stop()
         self._forward()
 
@@ -182,6 +197,12 @@ class Supervisor:
         logger.info("supervisor: worker %d started as pid %s", slot, process.pid)
 
     def _forward(self) -> None:
+        if self._noticed and self._received and not self._joined_logged:
+            self._joined_logged = True
+            logger.info(
+                "supervisor: %s after the spot interruption notice: the warm stop goes on",
+                self._first_signal.name,
+            )
         while self._forwarded < self._signals:
             self._forwarded += 1
             kind = "warm" if self._forwarded == 1 else "cold"
