@@ -6,6 +6,8 @@ and every notify call one ``notify.<ErrorType>.<pid>.<ns>`` file holding the
 error's text, so a test counts from outside, after any number of kills, what
 ran how often and what was reported. Files are created with O_EXCL and never
 rewritten, so a killed process leaves at worst an event it already wrote.
+The resumable ``steps`` task also writes ``run``, ``begin`` and ``step``
+events: where each of its runs starts, and each step's start and end.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from typing import Any, Dict, Optional
 
 from sqstaskmaster.message_handler import MessageHandler
+from sqstaskmaster.run.context import TaskContext
 from sqstaskmaster.worker.loop import Worker
 
 DIRECTORY_VARIABLE = "SQSTM_RELIABILITY_DIR"
@@ -99,6 +102,38 @@ def takes_number(key: str, number: int) -> None:
     record("done", key)
 
 
+def steps(key: str, total: int, step_s: float, *, context: TaskContext) -> None:
+    """A resumable task: ``total`` steps of ``step_s`` seconds, a checkpoint after each.
+
+    A run goes on from the checkpoint its message carries and returns, between
+    two steps, once the worker asks it to stop. Its events carry the run's
+    id, the worker process (the task child's parent), the message id, the
+    receive count and the continuation number: ``run`` (the step it starts
+    from), ``begin`` (a step's start), ``step`` (a step's end, with its start
+    and end times), ``stop`` (it returned when asked), ``done`` (all steps).
+    """
+    step = (context.state or {"step": 0})["step"]
+    facts: Dict[str, Any] = dict(
+        run=f"{os.getpid()}-{time.monotonic_ns()}",
+        worker=os.getppid(),
+        message_id=context.message_id,
+        receive_count=context.receive_count,
+        continuation=context.continuation,
+    )
+    record("run", key, step=step, **facts)
+    while step < total:
+        if context.stop_requested:
+            record("stop", key, step=step, **facts)
+            return
+        started = time.time()
+        record("begin", key, step=step + 1, **facts)
+        time.sleep(step_s)
+        step += 1
+        record("step", key, step=step, started=started, ended=time.time(), **facts)
+        context.checkpoint({"step": step})
+    record("done", key, **facts)
+
+
 class PoisonHandler(MessageHandler):
     """A 0.0.11-style handler class whose run() always fails."""
 
@@ -129,3 +164,4 @@ app = Worker(
 )
 app.register("hang", hang, hard_timeout=1)
 app.register("poison_class", PoisonHandler)
+app.register("steps", steps, hard_timeout=300, resumable=True)

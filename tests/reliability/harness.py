@@ -68,10 +68,17 @@ class Events:
         return sorted(found)
 
     def data(self, kind: str) -> List[Dict[str, Any]]:
-        """What every ``kind`` event recorded, with its key, in the order written."""
+        """What every ``kind`` event recorded, with its key, in the order written.
+
+        A file not yet written (read while its writer runs, or left empty by a
+        kill between its creation and its write) is skipped.
+        """
         found = []
         for name in self.names(kind):
-            data = json.loads((self.directory / name).read_text())
+            try:
+                data = json.loads((self.directory / name).read_text())
+            except ValueError:
+                continue
             data["key"] = name.split(".")[1]
             data["order"] = int(name.split(".")[3])
             found.append(data)
