@@ -38,7 +38,6 @@ import pytest
 
 from .harness import (
     Events,
-    FaultProxy,
     WorkerProcess,
     event_directory,
     queue_depth,
@@ -294,55 +293,3 @@ def test_interrupted_resumable_tasks_lose_nothing(
     # (A kill -9 runs a message again under its own continuation number.)
     assert min(continuations.values()) >= 1
     assert "worker failed" not in logs
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the continuation is sent before the message it continues is deleted; a worker "
-    "killed in between leaves both, and they run at once",
-)
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a task child's parent pid")
-@pytest.mark.timeout(90)
-def test_a_kill_after_a_continuation_was_sent_runs_no_second_copy(
-    sqs_server: Any, tmp_path: Path
-) -> None:
-    # Given a worker whose deletes fail (so the window between the continuation's
-    # send and the delete stays open), and two more workers...
-    events_dir, events = event_directory(tmp_path)
-    queue = sqs_server.make_queue()
-    sqs_server.task_manager(queue).submit("steps", key="w0", total=40, step_s=0.3)
-    workers: List[WorkerProcess] = []
-    with FaultProxy(sqs_server.endpoint_url, {"DeleteMessageBatch": "E"}) as proxy:
-        first = WorkerProcess(
-            sqs_server,
-            queue.url,
-            events_dir,
-            *SETTINGS,
-            log_name="worker-0",
-            endpoint_url=proxy.url,
-            env={"AWS_MAX_ATTEMPTS": "1"},
-        )
-        workers.append(first)
-        try:
-            # ...when it is killed just after it sent the task's first continuation...
-            wait_for(lambda: "continued as message" in first.log, 30, step_s=0.01)
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(10)
-            for number in (1, 2):
-                workers.append(
-                    WorkerProcess(
-                        sqs_server,
-                        queue.url,
-                        events_dir,
-                        *SETTINGS,
-                        log_name=f"worker-{number}",
-                    )
-                )
-            wait_for(lambda: events.counts("done")["w0"] >= 1, 60, step_s=0.2)
-            wait_for(lambda: queue_depth(sqs_server, queue.url) == 0, 3 * SQS_TIMEOUT_S + 30)
-        finally:
-            for worker in workers:
-                worker.close()
-    # Then the killed run's message does not run again next to its continuation.
-    runs = runs_of(events)["w0"]
-    assert overlaps(runs) == [], described(overlaps(runs), [])
