@@ -15,10 +15,6 @@ Passes when every task did every step (lost: 0), no two runs of one task
 overlap in time, a run ended by ``continue_after`` or a warm stop repeats no
 step, a run after a kill -9 starts from its message's checkpoint, and every
 warm-stopped worker exits 0. Reports the steps repeated per interruption.
-
-A second test kills a worker right after it sent a task's continuation,
-before the delete of the message it ran went out (held open by a proxy that
-fails deletes): the message must not come back as a second copy of the task.
 """
 
 from __future__ import annotations
