@@ -248,14 +248,20 @@ class NoticeAfter:
         return InterruptionNotice("terminate", AT)
 
 
+def sigterms_after_the_first() -> List[int]:
+    """In a worker process: note each SIGTERM; return (the list, still filling) after the first."""
+    got: List[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return got
+
+
 def test_a_notice_is_a_warm_stop_of_every_worker_process(tmp_path: Path, caplog: Any) -> None:
     # Given two worker processes that each note the SIGTERMs they get
     def run_one(slot: Any) -> int:
-        got: List[int] = []
-        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
+        got = sigterms_after_the_first()
         (tmp_path / f"slot{slot.index}").write_text(str(len(got)))
         return 0
 
@@ -279,11 +285,7 @@ def test_the_sigterm_after_a_notice_joins_its_warm_stop_and_a_second_is_cold(
     # worker 0, once warned, sends the supervisor `sigterms` SIGTERMs 0.3 s apart (as ECS
     # draining the instance would after the notice)
     def run_one(slot: Any) -> int:
-        got: List[int] = []
-        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
+        got = sigterms_after_the_first()
         for _ in range(sigterms if slot.index == 0 else 0):
             time.sleep(0.3)
             os.kill(os.getppid(), signal.SIGTERM)
