@@ -9,8 +9,9 @@ which process ran which step, from which message, when.
 from __future__ import annotations
 
 import json
+import os
 import signal
-import threading
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -385,10 +386,17 @@ def test_a_task_that_returns_on_a_warm_stop_without_a_checkpoint_is_handed_back(
     worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
     sqs_server.task_manager(sqs_queue).submit("asked", key="h")
     (message,) = receive_all(sqs_queue.queue)
-    threading.Timer(0.5, worker.request_stop).start()  # a warm stop, as SIGTERM makes
-    started = time.monotonic()
-    assert worker.process(message) == "handed_back"  # not done: its work is not finished
-    assert time.monotonic() - started < 4  # it returned when asked, within the grace
+    # A warm stop half a second in, as SIGTERM makes: sent by a process of its own
+    # (no thread may run here while the worker forks its task).
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: worker.request_stop())
+    sender = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill -USR1 {os.getpid()}"])
+    try:
+        started = time.monotonic()
+        assert worker.process(message) == "handed_back"  # not done: its work is not finished
+        assert time.monotonic() - started < 4  # it returned when asked, within the grace
+    finally:
+        sender.wait()
+        signal.signal(signal.SIGUSR1, previous)
     assert traces(trace_dir, "returned", "h")
     (again,) = wait_for(lambda: receive_all(sqs_queue.queue), 10, "the message back")
     assert again.message_id == message.message_id and Carried.of(again).continuation == 0
