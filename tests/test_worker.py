@@ -262,8 +262,12 @@ def test_a_handler_exit_that_skips_messagehandlers_is_retried_not_deleted(
     worker.register("swallows", SwallowsWithoutSuper)
     sqs_server.task_manager(sqs_queue).submit("swallows")
     started = time.monotonic()
+    before = signal.getsignal(signal.SIGALRM)
     # Then the task is not counted done: reported, and its message comes back
     assert worker.process(receive_one(sqs_queue)) == "failed"
+    # and its timer is gone: no heartbeat after the settlement
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is before
     reported = SwallowsWithoutSuper.notified
     assert any("did not reach MessageHandler.__exit__" in str(e) for e in reported)
     assert_back_after(sqs_queue, 1, 3, started)

@@ -104,7 +104,10 @@ def run_attempt(
         reported = True
         # The handler's exit never reached MessageHandler.__exit__ (a subclass's
         # own __exit__ returned early): how the task ended is unknown, so the
-        # message is not deleted; it is retried as a failure, reported.
+        # message is not deleted; it is retried as a failure, reported. Its
+        # timer (or child) is stopped here, since that exit never did it: no
+        # heartbeat may follow the settlement.
+        _leave_strategy(handler)
         error = RuntimeError(
             f"task {task} message {message_id}: the handler's __exit__ did not reach "
             "MessageHandler.__exit__, so how the task ended is unknown; retried"
@@ -126,3 +129,12 @@ def _stopping(handler: Any) -> bool:
     """Whether the worker is stopping: its stop controller reaches the task via the strategy."""
     stop = getattr(handler.execution, "stop", None)
     return stop is not None and stop.stopping
+
+
+def _leave_strategy(handler: Any) -> None:
+    """Stop and put back what the handler's execution strategy set up on entry, if still set."""
+    entry = getattr(handler, "_strategy_entry", None)
+    if entry is not None:
+        handler._strategy_entry = None
+        entry.leave()
+        entry.restore()
