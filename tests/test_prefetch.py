@@ -217,7 +217,7 @@ def test_waiting_messages_are_kept_invisible_by_batched_heartbeats(
 @MODES
 @pytest.mark.parametrize("signals", [1, 2], ids=["warm", "cold"])
 def test_a_stop_hands_every_waiting_message_back_in_one_request(
-    sqs_server: Any, tmp_path: Path, isolate: bool, signals: int
+    sqs_server: Any, tmp_path: Path, isolate: bool, signals: int, caplog: Any
 ) -> None:
     queue = sqs_server.make_queue()
     stopper = {"directory": str(tmp_path), "worker_pid": os.getpid(), "signals": signals}
@@ -239,6 +239,11 @@ def test_a_stop_hands_every_waiting_message_back_in_one_request(
     ]
     assert len(hand_backs) == 1
     assert len(hand_backs[0]["Entries"]) == 4
+    # Each hand-back's log line names its task.
+    lines = [
+        r.getMessage() for r in caplog.records if "handed back (visibility 0)" in r.getMessage()
+    ]
+    assert sum(line.startswith("task noop message") for line in lines) == 4, lines
     # All five can be received at once (visibility 30 s otherwise); the
     # warm-stopped task ended in its grace and was deleted.
     expected = 4 if signals == 1 else 5

@@ -34,6 +34,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import Notify
+from ..sqs import wire
 from ..sqs.batch import PASS_THROUGH, BatchCall, QueuedMessage
 from ..sqs.facts import MAX_BATCH_ENTRIES, group_of, message_id_of, receive_count_of, visibility_for
 from ..sqs.queue import Queue, queue_of
@@ -265,13 +266,22 @@ class Waiting:
             done = self._hand_back(entries, seconds=seconds)
         for message in done:
             logger.warning(
-                "task None message %s receive %d: %s; handed back (visibility %d)",
+                "task %s message %s receive %d: %s; handed back (visibility %d)",
+                _task_of(message),
                 message_id_of(message),
                 receive_count_of(message),
                 why,
                 seconds,
             )
         return [h.message for h in held_now]
+
+
+def _task_of(message: Any) -> Optional[str]:
+    """The task name a waiting message's body names (for a log line), None if it names none."""
+    try:
+        return wire.task_label(wire.decode_task(message.body)[0])
+    except Exception:  # an undecodable body: the worker never got to read it
+        return None
 
 
 def _warn_lapsed(held: _Held, what: str) -> None:
