@@ -64,25 +64,28 @@ class TaskContext:
         self.checkpoints = 0
         #: True once the task read ``stop_requested`` as True.
         self.stop_seen = False
-        #: The worker's "should the task stop now?" (None: never asked to).
-        self.stop_check: Optional[Callable[[], bool]] = None
-        #: The worker's "has this run reached continue_after?" (a resumable task's).
-        self.run_end_check: Optional[Callable[[], bool]] = None
+        #: The stop this task sees, set by the worker (None: never asked to stop).
+        self.stop: Optional[TaskStop] = None
         self._notify = notify
         self._state_text = carried.checkpoint
-        self._state: Any = None if carried.checkpoint is None else json.loads(carried.checkpoint)
+        self._state: Any = carried.state
         self._first_started = carried.first_started or time.time()
         self._run_started = time.monotonic()
 
     @classmethod
     def of_message(
-        cls, message: Any, task: Optional[str] = None, notify: Optional[Callable[..., Any]] = None
+        cls,
+        message: Any,
+        task: Optional[str] = None,
+        notify: Optional[Callable[..., Any]] = None,
+        carried: Optional[Carried] = None,
     ) -> TaskContext:
-        """The context of a task run from ``message`` (what its attributes carry)."""
+        """The context of a task run from ``message``: what its attributes carry
+        (``carried``, if the caller read them already)."""
         return cls(
             message_id_of(message),
             receive_count_of(message),
-            Carried.of(message),
+            Carried.of(message) if carried is None else carried,
             task=task,
             notify=notify,
         )
@@ -111,7 +114,7 @@ class TaskContext:
         if box is not None:
             asked = box.stop_requested()
         else:
-            asked = self.stop_check is not None and self.stop_check()
+            asked = self.stop is not None and self.stop.stopping
         if asked and not self.stop_seen:
             self.stop_seen = True
             logger.info(
@@ -168,7 +171,7 @@ class TaskContext:
 
     def run_ended(self) -> bool:
         """Whether this run of a resumable task reached its ``continue_after``."""
-        return self.run_end_check is not None and self.run_end_check()
+        return self.stop is not None and self.stop.continuing()
 
     def absorb(self, box: CheckpointBox) -> None:
         """Take what the task's child saved in ``box`` (after the child ended)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional
 
 #: The largest checkpoint a task may save: its JSON text, UTF-8, in bytes.
@@ -39,7 +39,8 @@ NAMES = (CHECKPOINT, FIRST_MESSAGE_ID, CONTINUATION, RUN_S, FIRST_STARTED)
 class Carried:
     """A task's history as its message carries it; a first message carries nothing.
 
-    ``checkpoint`` is JSON text (None: no checkpoint yet).
+    ``checkpoint`` is JSON text (None: no checkpoint yet); ``state`` is its value,
+    read once, here.
     """
 
     checkpoint: Optional[str] = None
@@ -49,6 +50,12 @@ class Carried:
     first_started: Optional[float] = None
     #: Why a checkpoint the message carries could not be read (then ``checkpoint`` is None).
     problem: Optional[str] = field(default=None, compare=False)
+    state: Any = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Raises ValueError for a checkpoint that is no JSON.
+        state = None if self.checkpoint is None else json.loads(self.checkpoint)
+        object.__setattr__(self, "state", state)
 
     @classmethod
     def of(cls, message: Any) -> Carried:
@@ -56,23 +63,21 @@ class Carried:
         attributes = getattr(message, "message_attributes", None)
         if not isinstance(attributes, Mapping):
             return cls()
-        checkpoint = _string(attributes, CHECKPOINT)
-        problem = None
-        if checkpoint is not None:
-            try:
-                json.loads(checkpoint)
-            except ValueError as error:
-                checkpoint, problem = None, f"its checkpoint attribute is no JSON ({error})"
-        elif CHECKPOINT in attributes:
-            problem = "its checkpoint attribute has no string value"
-        return cls(
-            checkpoint=checkpoint,
+        history = cls(
             first_message_id=_string(attributes, FIRST_MESSAGE_ID),
             continuation=max(int(_number(attributes, CONTINUATION) or 0), 0),
             run_s=max(_number(attributes, RUN_S) or 0.0, 0.0),
             first_started=_number(attributes, FIRST_STARTED),
-            problem=problem,
         )
+        checkpoint = _string(attributes, CHECKPOINT)
+        if checkpoint is None:
+            if CHECKPOINT not in attributes:
+                return history
+            return replace(history, problem="its checkpoint attribute has no string value")
+        try:
+            return replace(history, checkpoint=checkpoint)
+        except ValueError as error:
+            return replace(history, problem=f"its checkpoint attribute is no JSON ({error})")
 
     def attributes(self) -> Dict[str, Dict[str, str]]:
         """These facts as SQS ``MessageAttributes`` (only the ones that are set)."""

@@ -66,12 +66,13 @@ def entry(
     it (``limit``: the queue's MaximumMessageSize)."""
     carried = context.next_message(run_s)
     attributes = continuation.others(getattr(message, "message_attributes", None))
+    own = len(attributes)
     attributes.update(carried.attributes())
     if len(attributes) > MAX_MESSAGE_ATTRIBUTES:
         raise ValueError(
             f"the continuation of message {message_id_of(message)} would have "
             f"{len(attributes)} message attributes, over SQS's {MAX_MESSAGE_ATTRIBUTES}: "
-            f"the task's message has {len(attributes) - len(carried.attributes())} of its own"
+            f"the task's message has {own} of its own"
         )
     size = message_size(message.body, attributes)
     if size > limit:

@@ -347,6 +347,7 @@ class Worker(TaskRegistry, Configured):
                 self.sqs_timeout,
                 self.heartbeat_s,
                 whole_seconds(run_s),
+                carried,
             )
         except Exception as error:
             self._settlement.unbuilt(message, task, count, sorted(kwargs), error, self.retry)
@@ -369,8 +370,7 @@ class Worker(TaskRegistry, Configured):
         stop = TaskStop(self._stop, admission.continue_at, self.shutdown_grace_s, handler.label)
         context = context_of(handler)
         if context is not None:
-            context.stop_check = lambda: stop.stopping
-            context.run_end_check = stop.continuing
+            context.stop = stop
         chores = None if intake is None else intake.chores
         strategy = for_worker(handler, self.isolate, stop, chores)
         handler.execution = self.child_pool.execution_for(

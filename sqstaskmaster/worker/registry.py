@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from ..errors import Notify
 from ..message_handler import MessageHandler
 from ..run.context import TaskContext
+from ..sqs.continuation import Carried
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +209,10 @@ class TaskRegistry:
         sqs_timeout: int,
         heartbeat_s: int,
         hard_timeout: int,
+        carried: Optional[Carried] = None,
     ) -> Any:
         """Task ``task``'s handler around ``message``, its ``throws`` joined by the task's own,
-        its ``context`` read from the message.
+        its ``context`` read from the message (``carried``: what the caller read of it).
 
         Raises KeyError for an unknown task, and what the handler's constructor raises.
         """
@@ -221,7 +223,7 @@ class TaskRegistry:
         owner = next((k for k in type(handler).__mro__ if "context" in vars(k)), None)
         own = vars(handler).get("context")
         if own is None and owner is MessageHandler:
-            handler.context = TaskContext.of_message(message, task, handler.notify_safely)
+            handler.context = TaskContext.of_message(message, task, handler.notify_safely, carried)
         elif not isinstance(own, TaskContext):
             logger.warning(
                 "task %s: its handler sets an attribute named context of its own; it keeps it, "

@@ -133,8 +133,13 @@ class Settlement:
                 why = changed or why
             if outcome is Outcome.CONTINUED and not continue_task(
                 self.queue_of(message),
-                *(message, task, count, context, duration_s, self.notify),
-                cover_s=handler.sqs_timeout,
+                message,
+                task,
+                count,
+                context,
+                duration_s,
+                self.notify,
+                handler.sqs_timeout,
             ):
                 # Not at once (visibility 0): a continuation SQS refuses would be
                 # refused each time; the retry delay and the redrive policy bound it.
