@@ -45,6 +45,7 @@ _LAZY = {
     "ChildDiedError": "errors",
     "IsolationUnavailableError": "errors",
     "TaskStuckError": "errors",
+    "TaskCancelled": "errors",
     "MessageTooLargeError": "errors",
     "EncodeError": "errors",
     "DecodeError": "errors",

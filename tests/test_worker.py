@@ -416,7 +416,7 @@ def test_a_message_received_while_stopping_is_handed_back(
     messages = wait_for(lambda: worker._task_manager.receive(0, 30), 5)
     started = time.monotonic()
     for message in messages:
-        worker._hand_back(message, "ok", "received while shutting down")
+        worker._settlement.hand_back(message, "ok", "received while shutting down")
     assert_back_after(sqs_queue, 0, 1.5, started)
     assert list(trace_dir.glob("start.*")) == []
 

@@ -172,3 +172,41 @@ resumable_app = Worker(dict(TASKS))
 resumable_app.register("stepper", stepper, resumable=True, hard_timeout=600)
 resumable_app.register("checkpoint_then_hang", checkpoint_then_hang, hard_timeout=600)
 watched.register("steps", stepper, resumable=True, hard_timeout=60)
+
+
+def answer(key: str, value: Any) -> Any:
+    """Returns ``value`` (the status table stores it as the task's result)."""
+    _trace("done", key)
+    return value
+
+
+def progressing(key: str, steps: int, step_s: float, *, context: Any) -> str:
+    """Reports its progress after each of ``steps`` steps."""
+    for step in range(1, steps + 1):
+        time.sleep(step_s)
+        context.progress(step / steps, f"step {step} of {steps}")
+        _trace("step", key, step=step)
+    return f"{steps} steps"
+
+
+def until_stopped(key: str, seconds: float, cooperative: bool = True, *, context: Any) -> None:
+    """Runs up to ``seconds``; once asked to stop, returns (``cooperative``) or ignores it."""
+    _trace("start", key)
+    end = time.monotonic() + seconds
+    seen = False
+    while time.monotonic() < end:
+        if not seen and context.stop_requested:
+            seen = True
+            _trace("stop_seen", key)
+            if cooperative:
+                return
+        time.sleep(0.05)
+    _trace("done", key)
+
+
+# The status table (test_status_worker.py).
+status_app = Worker(dict(TASKS))
+status_app.register("answer", answer)
+status_app.register("progressing", progressing)
+status_app.register("until_stopped", until_stopped, hard_timeout=120)
+status_app.register("stuck", sleep, hard_timeout=1)

@@ -114,6 +114,22 @@ class WorkerShutdownError(SQSTaskMasterError):
 
 
 @error_type(
+    "task {task} message {message_id}: cancelled ({reason}); its message is deleted, "
+    "not retried and not dead-lettered"
+)
+class TaskCancelled(WorkerShutdownError):
+    """Someone cancelled the task through the status table (``sqstaskmaster cancel``).
+
+    A running task is asked to stop (``context.stop_requested``) at its worker's
+    next status write, and stopped after the shutdown grace; a message not yet
+    received is deleted unrun. Passed to ``notify``; the outcome is ``cancelled``.
+    """
+
+    task: Optional[str]
+    message_id: Optional[str]
+
+
+@error_type(
     "task {task} message {message_id}: checkpoint refused: {reason}. The last checkpoint "
     "is kept and the task goes on; a state this big belongs in a store of its own (S3, a "
     "database), with a checkpoint that points to it"

@@ -46,6 +46,7 @@ class Outcome(str, enum.Enum):
     REJECTED = "rejected"
     RETRIED_BY_TASK = "retried_by_task"
     CONTINUED = "continued"
+    CANCELLED = "cancelled"
 
     def __str__(self) -> str:
         return self.value
@@ -61,6 +62,7 @@ _PHRASES = {
     Outcome.HANDED_BACK: "interrupted by shutdown",
     Outcome.RETRIED_BY_TASK: "retry asked by the task",
     Outcome.CONTINUED: "stopped to go on in a continuation message",
+    Outcome.CANCELLED: "cancelled",
 }
 _BY_WORDS = {**{o.phrase: o for o in Outcome}, **{o.value: o for o in Outcome}}
 
@@ -140,6 +142,12 @@ class _Metrics:
             PREFIX + "checkpoints",
             "Checkpoints tasks saved, by task name",
             ["task"],
+            registry=registry,
+        )
+        self.status_failures = counter(
+            PREFIX + "status_table_failures",
+            "Status table requests that failed, by kind of failure (the tasks went on)",
+            ["kind"],
             registry=registry,
         )
 
@@ -360,3 +368,9 @@ def worker_restarted() -> None:
     """The supervisor restarted a worker process that died."""
     if _metrics is not None:
         _metrics.restarts.inc()
+
+
+def status_table_failed(kind: str) -> None:
+    """A status table request failed (``kind``: timeout, throttled, refused, ...)."""
+    if _metrics is not None:
+        _metrics.status_failures.labels(kind).inc()

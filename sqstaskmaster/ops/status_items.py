@@ -165,9 +165,7 @@ def result_fields(value: Any) -> Dict[str, Any]:
         return {"result_dropped": f"not stored: JSON cannot carry it ({type(error).__name__})"}
     size = len(text.encode("utf-8"))
     if size > MAX_RESULT_BYTES:
-        return {
-            "result_dropped": f"not stored: its JSON is {size} bytes, over {MAX_RESULT_BYTES}"
-        }
+        return {"result_dropped": f"not stored: its JSON is {size} bytes, over {MAX_RESULT_BYTES}"}
     return {"result": text}
 
 

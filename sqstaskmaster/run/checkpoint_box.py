@@ -9,7 +9,9 @@ so every child it forks shares it) and the child writes into it; what is
 there survives the child's death.
 
 Layout: a header (the worker's stop flag, the child's "stop seen" flag, the
-number of checkpoints of this task), then two slots, each a sequence number,
+number of checkpoints of this task), the task's progress (a fraction and a
+note, under a sequence number that is odd while the child writes them, so
+the worker never takes half of one), then two slots, each a sequence number,
 a length, a CRC-32 and up to :data:`MAX_CHECKPOINT_BYTES` of JSON text. A
 checkpoint goes to the slot the previous one is not in, its sequence number
 last; the worker takes the highest-numbered slot whose CRC matches, so a
@@ -34,6 +36,10 @@ _STOP = 0  # the worker asks the task to stop (1) or not (0)
 _SEEN = 1  # the task read a stop request
 _COUNT = struct.Struct("<Q")  # at offset 8: checkpoints saved in this task
 _HEADER_BYTES = 64
+_PROGRESS = struct.Struct("<QdI")  # at _HEADER_BYTES: sequence number, fraction, note length
+_NOTE_BYTES = 1024
+_PROGRESS_BYTES = _PROGRESS.size + _NOTE_BYTES
+_SLOTS_AT = _HEADER_BYTES + _PROGRESS_BYTES
 _SLOT = struct.Struct("<QII")  # sequence number, length, CRC-32
 _SLOT_BYTES = _SLOT.size + MAX_CHECKPOINT_BYTES
 
@@ -42,13 +48,13 @@ class CheckpointBox:
     """One worker process's shared checkpoint memory (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, _HEADER_BYTES + 2 * _SLOT_BYTES)  # MAP_SHARED
+        self._memory = mmap.mmap(-1, _SLOTS_AT + 2 * _SLOT_BYTES)  # MAP_SHARED
 
     # -- the worker's side ------------------------------------------------------
 
     def clear(self) -> None:
         """Forget the last task's checkpoints and flags (before the next task starts)."""
-        self._memory[0:_HEADER_BYTES] = bytes(_HEADER_BYTES)
+        self._memory[0:_SLOTS_AT] = bytes(_SLOTS_AT)
         for slot in (0, 1):
             start = _slot_start(slot)
             self._memory[start : start + _SLOT.size] = bytes(_SLOT.size)
@@ -75,7 +81,31 @@ class CheckpointBox:
                 continue
         return count, best[1], self._memory[_SEEN] == 1
 
+    def progress(self) -> Optional[Tuple[float, str]]:
+        """The task's last progress (fraction, note), or None if it reported none."""
+        for _ in range(5):
+            sequence, fraction, length = _PROGRESS.unpack_from(self._memory, _HEADER_BYTES)
+            if sequence == 0:
+                return None
+            start = _HEADER_BYTES + _PROGRESS.size
+            note = self._memory[start : start + min(length, _NOTE_BYTES)]
+            if sequence % 2 == 0 and _PROGRESS.unpack_from(self._memory, _HEADER_BYTES)[0] == (
+                sequence
+            ):
+                return fraction, note.decode("utf-8", errors="replace")
+        return None  # the child writes it again and again right now: taken next time
+
     # -- the task child's side --------------------------------------------------
+
+    def set_progress(self, fraction: float, note: str) -> None:
+        """Report the task's progress (the worker writes it to the status table)."""
+        data = note.encode("utf-8")[:_NOTE_BYTES]
+        sequence = _PROGRESS.unpack_from(self._memory, _HEADER_BYTES)[0]
+        struct.pack_into("<Q", self._memory, _HEADER_BYTES, sequence + 1)  # odd: being written
+        start = _HEADER_BYTES + _PROGRESS.size
+        self._memory[start : start + len(data)] = data
+        struct.pack_into("<dI", self._memory, _HEADER_BYTES + 8, fraction, len(data))
+        struct.pack_into("<Q", self._memory, _HEADER_BYTES, sequence + 2)
 
     def stop_requested(self) -> bool:
         """Whether the worker asks the task to stop; a yes is remembered as seen."""
@@ -100,7 +130,7 @@ class CheckpointBox:
 
 
 def _slot_start(slot: int) -> int:
-    return _HEADER_BYTES + slot * _SLOT_BYTES
+    return _SLOTS_AT + slot * _SLOT_BYTES
 
 
 _box: Optional[CheckpointBox] = None

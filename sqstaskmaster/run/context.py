@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
-from ..errors import CheckpointRefusedError, WorkerShutdownError
+from ..errors import CheckpointRefusedError, TaskCancelled, WorkerShutdownError
+from ..ops.status_items import MAX_NOTE_CHARS, excerpt
 from ..sqs.continuation import MAX_CHECKPOINT_BYTES, Carried
 from ..sqs.facts import message_id_of, receive_count_of
 from .checkpoint_box import CheckpointBox, child_box
@@ -36,6 +38,7 @@ class TaskContext:
 
     - ``state``: the last checkpoint (a JSON value), None before the first;
     - ``checkpoint(state)``: save one (see :meth:`checkpoint`);
+    - ``progress(fraction, note)``: say how far the task is (see :meth:`progress`);
     - ``stop_requested``: True once the worker wants the task to wrap up (a warm
       stop, a Spot notice, the end of this receive's run for a resumable task);
     - ``message_id``, ``receive_count``, ``continuation`` (0 for a task's first
@@ -71,6 +74,9 @@ class TaskContext:
         self._state: Any = carried.state
         self._first_started = carried.first_started or time.time()
         self._run_started = time.monotonic()
+        self._progress: Optional[Tuple[float, str]] = None
+        #: The id of the continuation message this run was continued as (set by the worker).
+        self.continued_as: Optional[str] = None
 
     @classmethod
     def of_message(
@@ -160,6 +166,32 @@ class TaskContext:
         )
         return True
 
+    def progress(self, fraction: float, note: str = "") -> None:
+        """Say how far the task is: ``fraction`` from 0 to 1, and a short ``note``.
+
+        The worker writes it to its status table (``--status-table``) with its
+        next heartbeat; a task in a forked child reports it through the
+        worker's shared memory, so it reaches the table even if the child is
+        killed. A fraction outside 0 to 1 is clamped (with a warning); a note
+        is cut to 200 characters. Cheap: call it as often as you like.
+        """
+        value = float(fraction)
+        if not math.isfinite(value):
+            raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
+        if not 0.0 <= value <= 1.0:
+            logger.warning(
+                "task %s message %s: progress %r is outside 0 to 1; clamped",
+                self.task,
+                self.message_id,
+                fraction,
+            )
+            value = min(max(value, 0.0), 1.0)
+        text = excerpt(str(note), MAX_NOTE_CHARS)
+        box = child_box()
+        if box is not None:
+            box.set_progress(value, text)
+        self._progress = (value, text)
+
     def _refuse(self, reason: str) -> bool:
         error = CheckpointRefusedError(self.task, self.message_id, reason)
         logger.error("%s", error)
@@ -172,6 +204,15 @@ class TaskContext:
     def run_ended(self) -> bool:
         """Whether this run of a resumable task reached its ``continue_after``."""
         return self.stop is not None and self.stop.continuing()
+
+    def reported_progress(self, box: Optional[CheckpointBox] = None) -> Optional[Tuple[float, str]]:
+        """The task's last progress (fraction, note): from ``box`` (the shared memory of
+        the task's child, while an isolated task runs), else what it told this object."""
+        if box is not None:
+            shared = box.progress()
+            if shared is not None:
+                return shared
+        return self._progress
 
     def absorb(self, box: CheckpointBox) -> None:
         """Take what the task's child saved in ``box`` (after the child ended)."""
@@ -221,6 +262,11 @@ class TaskStop:
         self.continue_at = continue_at
         self.grace_s = grace_s
         self._announced = False
+        #: When (``time.monotonic()``) the task was found cancelled, and by whom.
+        self.cancel_at: Optional[float] = None
+        self.cancelled_by = ""
+        self._cancel_announced = False
+        self._cancel_names: Tuple[Optional[str], Optional[str]] = (None, None)
 
     @property
     def listener(self) -> Optional[Callable[[], None]]:
@@ -235,17 +281,46 @@ class TaskStop:
         return self.continue_at is not None and time.monotonic() >= self.continue_at
 
     @property
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled (through the status table)."""
+        return self.cancel_at is not None
+
+    def cancel(self, by: str, task: Optional[str], message_id: Optional[str]) -> None:
+        """The task was cancelled (``by`` whom): ask it to stop, stop it after the grace.
+
+        Safe from any thread: it sets attributes and calls the listener (a
+        signal-mode timer re-arms); an isolated task's wait loop sees it within 50 ms.
+        """
+        if self.cancel_at is not None:
+            return
+        self.cancelled_by = by
+        self._cancel_names = (task, message_id)
+        self.cancel_at = time.monotonic()
+        listener = self.listener
+        if listener is not None:
+            listener()
+
+    @property
     def stopping(self) -> bool:
-        return self.worker.stopping or self.continuing()
+        return self.worker.stopping or self.continuing() or self.cancelled
 
     def interrupt_at(self) -> Optional[float]:
         times = [self.worker.interrupt_at()]
         if self.continue_at is not None:
             times.append(self.continue_at + self.grace_s)
+        if self.cancel_at is not None:
+            times.append(self.cancel_at + self.grace_s)
         due = [at for at in times if at is not None]
         return min(due) if due else None
 
     def error(self) -> WorkerShutdownError:
+        if self.cancel_at is not None and time.monotonic() >= self.cancel_at + self.grace_s:
+            task, message_id = self._cancel_names
+            return TaskCancelled(
+                f"by {self.cancelled_by}; the task did not return within {self.grace_s:g} s",
+                task,
+                message_id,
+            )
         worker_at = self.worker.interrupt_at()
         if worker_at is not None and time.monotonic() >= worker_at:
             return self.worker.error()
@@ -256,6 +331,16 @@ class TaskStop:
 
     def announce(self) -> None:
         self.worker.announce()
+        if self.cancel_at is not None and not self._cancel_announced:
+            self._cancel_announced = True
+            logger.warning(
+                "%s: cancelled by %s (status table): the task is asked to stop "
+                "(stop_requested) and is stopped in %.1f s unless it returns; its message "
+                "is deleted, not retried",
+                self.label,
+                self.cancelled_by,
+                self.grace_s,
+            )
         if self.continuing() and not self._announced:
             self._announced = True
             logger.info(

@@ -35,6 +35,7 @@ def run_attempt(
     protection: Any = None,
     shutdown_grace_s: float = 0.0,
     deletes: Optional[DeleteBatch] = None,
+    status: Any = None,
 ) -> Outcome:
     """Run ``handler`` (built for ``message``, receive number ``count``); returns the outcome.
 
@@ -42,12 +43,14 @@ def run_attempt(
     the hard timeout plus ``shutdown_grace_s`` before the task starts; when a
     stop arrives meanwhile, the task does not start and its message is handed
     back (visibility 0). ``deletes`` (the worker's batched deletes, or None:
-    deleted at once) takes the message of a task that succeeded.
+    deleted at once) takes the message of a task that succeeded. ``status``
+    (the worker's status table writer, or None) is told the task's end.
     """
     message_id = message_id_of(message)
     logger.info("task %s message %s receive %d: started", task, message_id, count)
     started = time.monotonic()
     interrupted: Optional[BaseException] = None
+    result: Any = None
     if protection is not None:  # protected (or tried, within ~2 s) before it starts
         protection.busy(handler.hard_timeout + shutdown_grace_s, task, message_id)
         if _stopping(handler):  # a stop came while the agent was asked: do not start
@@ -56,7 +59,7 @@ def run_attempt(
     handler.caller_settles = True  # settled below, once
     try:
         with handler:
-            handler.run()
+            result = handler.run()
     except WorkerShutdownError as stop:
         # Raised outside the body (in the handler's entry or exit path).
         interrupted = stop
@@ -94,6 +97,8 @@ def run_attempt(
             from_body=handler.finished,
             fatal=True,
         )
+        if status is not None:
+            status.ended(message, task, Outcome.HANDED_BACK, fatal)
         raise
     reported = handler.finished  # a failure of the body is reported by settle
     if handler.finished:
@@ -112,17 +117,13 @@ def run_attempt(
             f"task {task} message {message_id}: the handler's __exit__ did not reach "
             "MessageHandler.__exit__, so how the task ended is unknown; retried"
         )
-    return settlement.settle(
-        handler,
-        message,
-        task,
-        count,
-        error,
-        retry,
-        time.monotonic() - started,
-        from_body=reported,
-        deletes=deletes,
+    duration_s = time.monotonic() - started
+    outcome = settlement.settle(
+        handler, message, task, count, error, retry, duration_s, from_body=reported, deletes=deletes
     )
+    if status is not None:
+        status.ended(message, task, outcome, error, result, duration_s)
+    return outcome
 
 
 def _stopping(handler: Any) -> bool:

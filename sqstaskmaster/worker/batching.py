@@ -307,6 +307,9 @@ class Chores:
         self.notify = notify
         # ECS scale-in protection hooks (due_at(), run_due()): a failed enable tried again.
         self.protection: Any = None
+        # The status table's writer (sqstaskmaster.worker.status), or None: its run_due
+        # starts its own helper thread, so a slow table never holds the others up.
+        self.status: Any = None
 
     def _sources(self) -> List[Tuple[Optional[float], Callable[[], None], str]]:
         sources = [
@@ -318,6 +321,9 @@ class Chores:
             sources.append(
                 (protection.due_at(), protection.run_due, "ECS task scale-in protection retry")
             )
+        status = self.status
+        if status is not None:
+            sources.append((status.due_at(), status.run_due, "status table writes"))
         return sources
 
     def due_at(self) -> Optional[float]:

@@ -156,6 +156,7 @@ def continue_task(
         )
         notify(error, context=failure_context(message))
         return False
+    context.continued_as = sent
     logger.info(
         "task %s message %s receive %d: continued as message %s (continuation %d, "
         "%d checkpoint(s) in this run, %.1f s run in all)",

@@ -68,6 +68,8 @@ class Intake:
         self.deletes.queue = self.waiting.queue = self.queue
         self.chores = Chores(self.deletes, self.waiting, notify)
         self.notify = notify
+        # The status table's writer (sqstaskmaster.worker.status), or None.
+        self.status: Any = None
         self.failures = 0  # failed polls in a row
         # FIFO groups with a message to be retried -> until when (monotonic) that
         # may take: meanwhile a poll takes one message (see after()).
@@ -79,6 +81,8 @@ class Intake:
         SQS errors propagate (the worker counts failed polls).
         """
         self.chores.flush()
+        if self.status is not None:  # ended tasks' states, in a helper thread
+            self.status.flush()
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
         if self.queue is not None:  # how many one receive may take
             count = min(count, self.queue.max_receive)
@@ -92,6 +96,8 @@ class Intake:
         # polled_at + sqs_timeout.
         self.failures = 0
         bind(messages, self.client)
+        if self.status is not None:  # those cancelled before they ran are deleted unrun
+            messages = self.status.screen(list(messages), self.deletes)
         self.waiting.add(messages, polled_at)
         return len(messages)
 
@@ -165,3 +171,6 @@ class Intake:
         except Exception:
             logger.exception("closing the worker's intake failed")
             return []
+        finally:
+            if self.status is not None:  # the last tasks' states (bounded: a few seconds)
+                self.status.close()

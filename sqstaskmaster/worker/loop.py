@@ -53,6 +53,7 @@ from .registry import TaskSpec as TaskSpec
 from .settings import Configured, WorkerSettings
 from .settlement import Outcome, Settlement
 from .shutdown import StopController
+from .status import writer_for
 from .supervisor import Slot
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Worker(TaskRegistry, Configured):
         self._settlement = Settlement(self.notify)
         self._protection: Any = None  # ECS scale-in protection hooks (sqstaskmaster.ops.ecs)
         self._intake: Optional[Intake] = None  # while run_single runs
+        self._status: Any = None  # its status table writer (sqstaskmaster.worker.status)
         # Its reused task child (max_tasks_per_child > 1) rebuilds handlers with self.build.
         self.child_pool = ChildPool(self.build)
         self.tasks_run = 0
@@ -162,24 +164,20 @@ class Worker(TaskRegistry, Configured):
 
         count = resolve_processes(self.processes)
         spot = spot_notice_for(self.spot_notice)  # "auto" probes here, before any fork
-        if count > 1 or (self.metrics_port is not None and self.isolate) or spot is not None:
+        port = self.metrics_port
+        if count > 1 or (port is not None and self.isolate) or spot is not None:
             from ..ops.ecs import agent_uri_for, make_state
 
+            uri = agent_uri_for(self.ecs_protection)
             return supervise_processes(
                 self.run_slot,
                 count,
                 self.shutdown_grace_s,
-                protection=make_state(
-                    agent_uri_for(self.ecs_protection), self.notify, self.heartbeat_s
-                ),
-                metrics_address=None if self.metrics_port is None else self.metrics_address(),
+                protection=make_state(uri, self.notify, self.heartbeat_s),
+                metrics_address=None if port is None else (port, self.metrics_host),
                 spot_notice=spot,
             )
         return self.run_single()
-
-    def metrics_address(self) -> Any:
-        """``(metrics_port, metrics_host)``."""
-        return (self.metrics_port, self.metrics_host)
 
     def run_slot(self, slot: Slot) -> int:
         """One supervised worker process (see :mod:`.supervisor`); its exit code."""
@@ -224,6 +222,7 @@ class Worker(TaskRegistry, Configured):
         )
         # A failed ECS protection enable is tried again among the chores, while the task runs.
         intake.chores.protection = self._protection
+        intake.status = intake.chores.status = self._status = writer_for(self)
         self._settlement.before_hand_back = intake.chores.flush
         self._settlement.queue = intake.queue  # its visibility changes and deletes
         try:
@@ -306,6 +305,8 @@ class Worker(TaskRegistry, Configured):
         count = receive_count_of(message)
         with task_context(message_id=message_id_of(message), receive_count=count):
             outcome = self._process(message, visible_until, count)
+            if self._status is not None:  # its final state, unless run_attempt wrote it
+                self._status.settled(message, outcome, self._settlement.last_refusal)
         if self._intake is not None:  # a FIFO group runs in order: 1, 1, 2, 3
             given = self._settlement.visibility_given(message)
             for waiting in self._intake.after(message, str(outcome), given):
@@ -373,6 +374,8 @@ class Worker(TaskRegistry, Configured):
             context.stop = stop
         chores = None if intake is None else intake.chores
         strategy = for_worker(handler, self.isolate, stop, chores)
+        if self._status is not None:
+            self._status.begin(message, task, kwargs, context, stop, strategy.isolated)
         handler.execution = self.child_pool.execution_for(
             strategy,
             handler,
@@ -393,7 +396,5 @@ class Worker(TaskRegistry, Configured):
             protection=self._protection,
             shutdown_grace_s=self.shutdown_grace_s,
             deletes=None if intake is None else intake.deletes,
+            status=self._status,
         )
-
-    def _hand_back(self, message: Any, task: Optional[str], why: str) -> None:
-        self._settlement.hand_back(message, task, why)

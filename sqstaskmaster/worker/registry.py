@@ -50,19 +50,17 @@ def function_handler_class(name: str, function: Callable[..., Any], notify: Noti
             super().__init__(message, sqs_timeout, alarm_timeout, hard_timeout)
             self.kwargs = task_kwargs
 
-        def run(self) -> None:
-            # The return value is dropped: a function task's result has nowhere
-            # to go, and in isolation a non-JSON result would fail a task that
-            # did its work.
+        def run(self) -> Any:
+            # The return value goes to the status table (when there is one); in
+            # isolation one JSON cannot carry is dropped, not a failure.
             if not with_context:
-                function(**self.kwargs)
-                return
+                return function(**self.kwargs)
             if "context" in self.kwargs:
                 raise TypeError(
                     f"task {name!r} declares a keyword-only context parameter, but its "
                     "message also has a kwarg named 'context'; rename one of them"
                 )
-            function(**self.kwargs, context=self.context)
+            return function(**self.kwargs, context=self.context)
 
         def running(self) -> bool:
             return True

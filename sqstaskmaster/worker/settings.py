@@ -76,7 +76,9 @@ class WorkerSettings:
     ``spot_notice`` "auto" when the EC2 metadata service answers
     (:mod:`sqstaskmaster.ops.spot`).
     ``metrics_port`` needs ``sqstaskmaster[metrics]``
-    (:mod:`sqstaskmaster.ops.metrics`). The messages a ``prefetch`` holds
+    (:mod:`sqstaskmaster.ops.metrics`). ``status_table``: a DynamoDB table's
+    name (or a :class:`~sqstaskmaster.StatusTable`) the worker writes each task's
+    state to (:mod:`sqstaskmaster.worker.status`). The messages a ``prefetch`` holds
     while waiting their turn are kept invisible by batched heartbeats
     (:mod:`sqstaskmaster.worker.intake`). ``max_tasks_per_child``: see
     :mod:`sqstaskmaster.run.reuse_parent`.
@@ -176,6 +178,23 @@ class WorkerSettings:
             "seconds of a receive (default: what the receive's 12 hours allow)",
         ),
     )
+    status_table: Any = setting(
+        None,
+        Flag(
+            "--status-table",
+            "write each task's state, progress and result to this DynamoDB table, and "
+            "honour cancels from it (README: Watching and cancelling tasks)",
+        ),
+    )
+    status_kwargs: bool = setting(
+        False,
+        Flag(
+            "--status-kwargs",
+            "store an excerpt of each task's kwargs in the status table (they may hold secrets)",
+            off="--no-status-kwargs",
+            off_help="store no kwargs in the status table (the default)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -240,6 +259,13 @@ class WorkerSettings:
             raise ValueError(
                 f"continue_after_s must be from 1 to {MAX_VISIBILITY_S} s (a resumable task's "
                 f"run on one receive), got {self.continue_after_s!r}"
+            )
+        table = self.status_table
+        if table is not None and not (
+            (isinstance(table, str) and table) or hasattr(table, "client")
+        ):
+            raise ValueError(
+                f"status_table must be a DynamoDB table's name or a StatusTable, got {table!r}"
             )
 
     def replace(self, **changes: Any) -> WorkerSettings:

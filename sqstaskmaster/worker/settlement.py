@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import (
     HARD_TIMEOUT_TEXT,
-    BatchEntryError,
     ChildTaskError,
     HardTimeoutError,
     MalformedBodyError,
@@ -35,7 +34,6 @@ from ..errors import (
 from ..ops import metrics
 from ..ops.metrics import Outcome as Outcome
 from ..run.context import context_of
-from ..sqs.batch import EntryFailure
 from ..sqs.facts import (
     budget_left_s,
     capped_visibility,
@@ -45,7 +43,9 @@ from ..sqs.facts import (
 )
 from ..sqs.queue import Queue, queue_of
 from .batching import DeleteBatch
+from .cancelling import cancel_of, settle_cancelled
 from .continuing import continuation_outcome, continue_task
+from .dead_letter import move_to_dead_letter
 from .retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ class Settlement:
         self._dead_letter_queues: Dict[Queue, Optional[Queue]] = {}
         # (id(message), seconds) of the last visibility change SQS accepted.
         self._last_visibility: Optional[Tuple[int, int]] = None
+        #: (id(message), error) of the last message refused (for the status table).
+        self.last_refusal: Optional[Tuple[int, BaseException]] = None
 
     def settle(
         self,
@@ -126,8 +128,11 @@ class Settlement:
             handler.report_failure(error)
         context = context_of(handler)
         why = "stopped by shutdown"
-        if context is not None:
-            metrics.checkpoints_saved(task, context.checkpoints)
+        cancelled = None if fatal else cancel_of(handler)
+        if cancelled is not None:
+            outcome = Outcome.CANCELLED
+            error = settle_cancelled(handler, message, task, cancelled, error)
+        elif context is not None:
             if not fatal:
                 outcome, changed = continuation_outcome(outcome, context)
                 why = changed or why
@@ -144,6 +149,8 @@ class Settlement:
                 # Not at once (visibility 0): a continuation SQS refuses would be
                 # refused each time; the retry delay and the redrive policy bound it.
                 outcome = Outcome.FAILED
+        if context is not None:
+            metrics.checkpoints_saved(task, context.checkpoints)
         self.record(task, outcome, duration_s)
         if fatal:
             self.hand_back(message, task, f"{type(error).__name__} while running")
@@ -157,7 +164,9 @@ class Settlement:
             duration_s,
             "" if error is None else f" ({type(error).__name__}: {error})",
         )
-        if outcome is Outcome.CONTINUED:
+        if outcome is Outcome.CANCELLED:
+            pass  # deleted at once by settle_cancelled
+        elif outcome is Outcome.CONTINUED:
             # At once, not batched: until it is gone, a crash would bring it back
             # beside its continuation (the task would run twice).
             handler.delete_message()
@@ -185,6 +194,7 @@ class Settlement:
         self, message: Any, malformed: MalformedBodyError, count: int, policy: RetryPolicy
     ) -> None:
         """A body no task can be read from: notify, one log line (an excerpt), retry later."""
+        self.last_refusal = (id(message), malformed)
         self.record(None, Outcome.INVALID)
         self.notify(malformed.reported(), context=failure_context(message))
         logger.error("message %s receive %d: refused: %s", message_id_of(message), count, malformed)
@@ -200,6 +210,7 @@ class Settlement:
         policy: RetryPolicy,
     ) -> None:
         """The task's handler could not be built (its constructor raised): a failure, retried."""
+        self.last_refusal = (id(message), error)
         logger.error(
             "task %s message %s receive %d: cannot build its handler with kwargs %s",
             task,
@@ -298,6 +309,7 @@ class Settlement:
         outcome: Outcome = Outcome.REFUSED,
     ) -> None:
         """Never run: notify, log, and leave the message to the backoff and redrive policy."""
+        self.last_refusal = (id(message), error)
         self.record(task, outcome)
         self.notify(error, context=failure_context(message))
         logger.error(
@@ -308,70 +320,9 @@ class Settlement:
     def dead_letter(
         self, message: Any, task: Optional[str], count: int, why: str, policy: RetryPolicy
     ) -> bool:
-        """Move the message to its queue's dead-letter queue now; True if it was moved.
-
-        Without a redrive policy (or when the move fails) the message takes the
-        normal retry path, with a warning.
-        """
-        message_id = message_id_of(message)
-        try:
-            target = self.dead_letter_queue(message)
-        except Exception as error:
-            logger.exception(
-                "task %s message %s: cannot read the queue's redrive policy", task, message_id
-            )
-            self.notify(error, context=failure_context(message))
-            target = None
-        if target is None:
-            logger.warning(
-                "task %s message %s receive %d: rejected (%s), but the queue has no "
-                "dead-letter queue (redrive policy); retrying it as a failure instead. Give "
-                "the queue a redrive policy to dead-letter rejected tasks at once.",
-                task,
-                message_id,
-                count,
-                why,
-            )
-            self.retry_later(message, task, count, why, policy)
-            return False
-        try:
-            copy = {
-                "Id": "0",
-                "MessageBody": message.body,
-                "MessageAttributes": getattr(message, "message_attributes", None) or {},
-            }
-            sent = target.send_batch([copy])
-            _raise_if_failed(sent, "SendMessage to the dead-letter queue", message_id, task)
-        except Exception as error:
-            logger.exception(
-                "task %s message %s: copy to dead-letter queue %s failed", task, message_id, target
-            )
-            self.notify(error, context=failure_context(message))
-            self.retry_later(message, task, count, why, policy)
-            return False
-        try:
-            deleted = self.queue_of(message).delete_batch([("0", message)])
-            _raise_if_failed(deleted, "DeleteMessage", message_id, task)
-        except Exception as error:
-            # The copy is in the dead-letter queue; the original comes back and
-            # is rejected again: a duplicate there, never a loss.
-            logger.exception(
-                "task %s message %s: copied to dead-letter queue %s, but the delete failed",
-                task,
-                message_id,
-                target,
-            )
-            self.notify(error, context=failure_context(message))
-            return False
-        logger.warning(
-            "task %s message %s receive %d: rejected (%s); moved to dead-letter queue %s",
-            task,
-            message_id,
-            count,
-            why,
-            target,
-        )
-        return True
+        """Move the message to its queue's dead-letter queue now; True if it was moved
+        (:func:`.dead_letter.move_to_dead_letter`)."""
+        return move_to_dead_letter(self, message, task, count, why, policy)
 
     def queue_of(self, message: Any) -> Queue:
         """The queue that settles ``message``: the worker's, else the message's own."""
@@ -383,12 +334,3 @@ class Settlement:
         if queue not in self._dead_letter_queues:
             self._dead_letter_queues[queue] = queue.dead_letter_queue()
         return self._dead_letter_queues[queue]
-
-
-def _raise_if_failed(
-    response: Mapping[str, Any], action: str, message_id: Optional[str], task: Optional[str]
-) -> None:
-    """Raise BatchEntryError for the one entry of a one-entry batched call SQS failed."""
-    for entry in response.get("Failed") or ():
-        failure = EntryFailure.of(entry)
-        raise BatchEntryError(action, message_id, task, failure.code, failure.text)

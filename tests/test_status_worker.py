@@ -1,0 +1,354 @@
+"""The worker's side of the task status table: items through each state, progress, cancel.
+
+Workers run in this process or as ``python -m sqstaskmaster worker
+worker_apps:status_app`` subprocesses; the table is a real DynamoDB table on
+the test server (moto's; under LocalStack, the DynamoDB endpoint the suite is
+given). Faults are injected in the worker's DynamoDB client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+import worker_apps as apps
+from worker_process import traces, wait_for
+
+from sqstaskmaster.errors import TaskCancelled
+from sqstaskmaster.ops import status_requests
+from sqstaskmaster.ops.status_items import from_item, key, table_definition
+from sqstaskmaster.worker.loop import Worker
+
+STATUS_APP = "worker_apps:status_app"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.errors: List[BaseException] = []
+
+    def __call__(self, exception: BaseException, context: Optional[Dict[str, Any]] = None) -> None:
+        self.errors.append(exception)
+
+
+@pytest.fixture
+def table(sqs_server: Any) -> Any:
+    """A fresh status table on the test server: ``name`` and a DynamoDB ``client``."""
+    endpoint = getattr(sqs_server, "dynamodb_endpoint_url", sqs_server.endpoint_url)
+    client = sqs_server.session.client("dynamodb", endpoint_url=endpoint)
+    name = f"status-{time.monotonic_ns()}"
+    client.create_table(**table_definition(name))
+    return SimpleNamespace(name=name, client=client, endpoint=endpoint)
+
+
+def item(table: Any, message_id: str) -> Optional[Dict[str, Any]]:
+    found = table.client.get_item(TableName=table.name, Key=key(message_id), ConsistentRead=True)
+    return from_item(found["Item"]) if "Item" in found else None
+
+
+def cancel(table: Any, message_id: str, by: str = "tester@laptop") -> None:
+    table.client.update_item(
+        TableName=table.name,
+        Key=key(message_id),
+        UpdateExpression="SET cancel_requested_at = :t, cancel_requested_by = :b",
+        ExpressionAttributeValues={":t": {"N": str(time.time())}, ":b": {"S": by}},
+    )
+
+
+def in_process_worker(table: Any, notify: Any = None, **settings: Any) -> Worker:
+    defaults: Dict[str, Any] = dict(poll_wait_s=1, burst_idle_s=2, sqs_timeout=6, prefetch=10)
+    defaults.update(settings)
+    worker = Worker(notify=notify, status_table=table, **defaults)
+    for name, target, hard_timeout in (
+        ("answer", apps.answer, None),
+        ("fail", apps.fail, None),
+        ("stuck", apps.sleep, 1),
+        ("progressing", apps.progressing, None),
+    ):
+        worker.register(name, target, hard_timeout=hard_timeout)
+    return worker
+
+
+def submit(response: Any) -> str:
+    """The message id of a TaskManager.submit response."""
+    return str(response["MessageId"])
+
+
+def worker_env(table: Any) -> Dict[str, str]:
+    return {"AWS_ENDPOINT_URL_DYNAMODB": table.endpoint}
+
+
+# -- the item's life ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "signal-mode"])
+def test_each_ended_task_has_its_item_with_state_worker_result_and_error(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, isolate: bool
+) -> None:
+    worker = in_process_worker(table, isolate=isolate, retry=None)
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    manager = sqs_server.task_manager(sqs_queue)
+    ids = {
+        "done": submit(
+            manager.submit("answer", key="a", value={"accuracy": 0.93, "epochs": [1, 2]})
+        ),
+        "big": submit(manager.submit("answer", key="b", value="x" * 5000)),
+        "failed": submit(manager.submit("fail", key="f")),
+        "timed_out": submit(manager.submit("stuck", key="s", seconds=30)),
+        "refused": submit(manager.submit("no_such_task", key="n")),
+    }
+    worker.run_single()
+    items = {name: item(table, message_id) for name, message_id in ids.items()}
+    for name, found in items.items():
+        assert found is not None, name
+        assert found["queue"] == sqs_queue.name and found["host"] == socket.gethostname()
+        assert found["receive_count"] == 1 and found["expires_at"] > time.time() + 13 * 86400
+    assert items["done"]["state"] == "done" and items["done"]["task"] == "answer"
+    assert items["done"]["result"] == '{"accuracy":0.93,"epochs":[1,2]}'
+    assert items["done"]["ended_at"] >= items["done"]["started_at"]
+    assert "result" not in items["big"] and "over 4096" in items["big"]["result_dropped"]
+    assert items["failed"]["state"] == "failed"
+    assert items["failed"]["error_type"] == "RuntimeError"
+    assert "fails on purpose" in items["failed"]["error"]
+    assert items["timed_out"]["state"] == "timed_out"
+    assert items["timed_out"]["error_type"] == "HardTimeoutError"
+    assert items["refused"]["state"] == "refused" and items["refused"]["task"] == "no_such_task"
+    assert items["refused"]["error_type"] == "UnknownTaskError"
+    assert "kwargs" not in items["done"]  # no kwargs unless asked for
+    # Short tasks cost a fraction of a request each: one BatchGetItem per poll, and
+    # their items in BatchWriteItems (the 1 s task's start may be written too).
+    assert worker._status.requests <= 8, worker._status.requests
+
+
+def test_a_long_task_is_running_with_heartbeats_then_done_and_kwargs_on_request(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
+) -> None:
+    worker = start_worker(
+        sqs_queue.url,
+        *("--status-table", table.name, "--status-kwargs", "--sqs-timeout", "3"),
+        app=STATUS_APP,
+        env=worker_env(table),
+    )
+    message_id = submit(
+        sqs_server.task_manager(sqs_queue).submit("progressing", key="p", steps=8, step_s=0.5)
+    )
+    running = wait_for(
+        lambda: (
+            (item(table, message_id) or {}).get("state") == "running" and item(table, message_id)
+        ),
+        20,
+        "the running item",
+    )
+    assert running["task"] == "progressing" and running["pid"] == worker.pid
+    assert '"steps": 8' in running["kwargs"] and "ended_at" not in running
+    beats = {running["heartbeat_at"]}
+    progress = set()
+
+    def later() -> bool:
+        found = item(table, message_id) or {}
+        beats.add(found.get("heartbeat_at"))
+        progress.add((found.get("progress"), found.get("progress_note")))
+        return found.get("state") == "done"
+
+    wait_for(later, 30, "the done item", step_s=0.2)
+    done = item(table, message_id)
+    assert done is not None and done["result"] == '"8 steps"'
+    assert done["progress"] == 1 and done["progress_note"] == "step 8 of 8"
+    assert len(beats - {None}) >= 2  # heartbeats renewed the item while it ran
+    seen = [p for p, _ in progress if p is not None and 0 < p < 1]
+    assert seen, progress  # progress from the isolated child reached the table while it ran
+    assert worker.stop() == 0
+
+
+def test_a_continued_task_points_at_its_continuation_and_back(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any
+) -> None:
+    worker = in_process_worker(table, continue_after_s=1, shutdown_grace_s=2)
+    worker.register("stepper", apps.stepper, resumable=True, hard_timeout=60)
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    first = submit(
+        sqs_server.task_manager(sqs_queue).submit("stepper", key="c", total=6, step_s=0.5)
+    )
+    worker.run_single()
+    chain = [item(table, first)]
+    while chain[-1] is not None and chain[-1]["state"] == "continued":
+        chain.append(item(table, chain[-1]["continued_as"]))
+    assert chain[-1] is not None and chain[-1]["state"] == "done", chain
+    assert len(chain) >= 3
+    for number, later in enumerate(chain[1:], start=1):
+        assert later["first_message_id"] == first and later["continuation"] == number
+
+
+def test_a_task_stopped_by_shutdown_is_handed_back(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
+) -> None:
+    worker = start_worker(
+        sqs_queue.url,
+        *("--status-table", table.name, "--shutdown-grace", "1"),
+        app=STATUS_APP,
+        env=worker_env(table),
+    )
+    message_id = submit(
+        sqs_server.task_manager(sqs_queue).submit(
+            "until_stopped", key="h", seconds=60, cooperative=False
+        )
+    )
+    wait_for(lambda: traces(trace_dir, "start", "h"), 20, "the task started")
+    assert worker.stop() == 0
+    found = item(table, message_id)
+    assert found is not None and found["state"] == "handed_back", found
+
+
+# -- cancel -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode,cooperative",
+    [("--isolate", False), ("--signal-mode", False), ("--isolate", True)],
+    ids=["isolated", "signal-mode", "isolated-returns"],
+)
+def test_cancel_stops_a_running_task_within_a_heartbeat_and_the_grace_and_deletes_it(
+    sqs_server: Any,
+    sqs_queue: Any,
+    trace_dir: Path,
+    table: Any,
+    start_worker: Any,
+    mode: str,
+    cooperative: bool,
+) -> None:
+    worker = start_worker(
+        sqs_queue.url,
+        *("--status-table", table.name, mode, "--sqs-timeout", "3", "--shutdown-grace", "1"),
+        app=STATUS_APP,
+        env=worker_env(table),
+    )
+    message_id = submit(
+        sqs_server.task_manager(sqs_queue).submit(
+            "until_stopped", key="k", seconds=60, cooperative=cooperative
+        )
+    )
+    wait_for(lambda: (item(table, message_id) or {}).get("state") == "running", 20, "running")
+    cancelled_at = time.monotonic()
+    cancel(table, message_id)
+    wait_for(lambda: (item(table, message_id) or {}).get("state") == "cancelled", 20, "cancelled")
+    took = time.monotonic() - cancelled_at
+    # A heartbeat (1 s), the grace (1 s), the final write (up to 0.25 s) and this poll.
+    assert took < 6, took
+    assert traces(trace_dir, "stop_seen", "k")  # the task saw stop_requested
+    assert not traces(trace_dir, "done", "k")
+    found = item(table, message_id)
+    assert found is not None and found["error_type"] == "TaskCancelled"
+    assert "tester@laptop" in found["error"]
+    # Deleted: nothing comes back, nothing is retried.
+    time.sleep(3.5)  # past the visibility the message had
+    assert sqs_queue.queue.receive_messages(WaitTimeSeconds=1) == []
+    assert worker.stop() == 0
+    assert "cancelled" in worker.log and "TaskCancelled" in worker.log
+    assert len(traces(trace_dir, "start", "k")) == 1
+
+
+def test_a_message_cancelled_before_any_worker_received_it_is_deleted_unrun(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any
+) -> None:
+    notify = Recorder()
+    worker = in_process_worker(table, notify=notify)
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    manager = sqs_server.task_manager(sqs_queue)
+    doomed = submit(manager.submit("answer", key="doomed", value=1))
+    kept = submit(manager.submit("answer", key="kept", value=2))
+    cancel(table, doomed)
+    worker.run_single()
+    assert not traces(trace_dir, "done", "doomed") and traces(trace_dir, "done", "kept")
+    assert (item(table, doomed) or {}).get("state") == "cancelled"
+    assert (item(table, kept) or {}).get("state") == "done"
+    assert [type(error) for error in notify.errors] == [TaskCancelled]
+    assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
+
+
+# -- a table that fails or hangs ------------------------------------------------------------
+
+
+OUTCOME = re.compile(r"^task (\S+) message \S+ receive \d+: ([a-z ]+) in [\d.]+ s")
+
+
+def outcomes(caplog: Any) -> List[str]:
+    found = []
+    for record in caplog.records:
+        match = OUTCOME.match(record.getMessage())
+        if match:
+            found.append(f"{match.group(1)}: {match.group(2)}")
+    return sorted(found)
+
+
+def run_batch(sqs_server: Any, queue: Any, table: Any, caplog: Any) -> List[str]:
+    worker = in_process_worker(table, retry=None, burst_idle_s=1)
+    worker.connect(queue.url, sqs=sqs_server.sqs)
+    manager = sqs_server.task_manager(queue)
+    submit(manager.submit("answer", key="a", value=1))
+    submit(manager.submit("fail", key="f"))
+    submit(manager.submit("stuck", key="s", seconds=30))
+    submit(manager.submit("progressing", key="p", steps=3, step_s=0.5))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        worker.run_single()
+    return outcomes(caplog)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers (a hung table)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def faulty_client(table: Any, fault: str, black_hole: str, sqs_server: Any) -> Any:
+    if fault == "hangs":
+        return sqs_server.session.client(
+            "dynamodb", endpoint_url=black_hole, config=status_requests.writer_client_config()
+        )
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    client = sqs_server.session.client(
+        "dynamodb", endpoint_url=table.endpoint, config=status_requests.writer_client_config()
+    )
+
+    def inject(**_: Any) -> None:
+        if fault == "raises":
+            raise EndpointConnectionError(endpoint_url=table.endpoint)
+        raise ClientError(
+            {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem"
+        )
+
+    client.meta.events.register("before-send.dynamodb", inject)
+    return client
+
+
+@pytest.mark.parametrize("fault", ["raises", "throttles", "hangs"])
+def test_a_table_that_fails_or_hangs_leaves_every_outcome_as_without_a_table(
+    sqs_server: Any, trace_dir: Path, table: Any, caplog: Any, black_hole: str, fault: str
+) -> None:
+    without = run_batch(sqs_server, sqs_server.make_queue(), None, caplog)
+    broken = SimpleNamespace(
+        name=table.name, client=faulty_client(table, fault, black_hole, sqs_server)
+    )
+    started = time.monotonic()
+    with_fault = run_batch(sqs_server, sqs_server.make_queue(), broken, caplog)
+    took = time.monotonic() - started
+    assert (
+        with_fault
+        == without
+        == sorted(["answer: done", "fail: failed", "stuck: timed out", "progressing: done"])
+    )
+    firsts = [r.getMessage() for r in caplog.records if "tasks are not affected" in r.getMessage()]
+    assert firsts, "the failure was not logged"
+    kinds = [re.findall(r"Failures of this kind \((\w+)\)", text)[0] for text in firsts]
+    assert len(kinds) == len(set(kinds)), firsts  # each kind logged once
+    assert took < 30, took
