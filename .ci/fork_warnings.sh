@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tests that fork (isolation, execution, worker, control, operator logs,
-# prefetch, reused task children, checkpoints and continuations) on
+# prefetch, reused task children, checkpoints and continuations, the status
+# table's writes) on
 # Python 3.12 or 3.13, which warn
 # (DeprecationWarning) when a process forks while it has more than one thread:
 # a worker must have none but its main thread when it forks a task. Other
@@ -51,7 +52,7 @@ status=0
     --deselect tests/test_isolation.py::test_isolated_handlers_work_outside_the_main_thread \
     tests/test_isolation.py tests/test_execution.py tests/test_worker.py \
     tests/test_control.py tests/test_operator_logs.py tests/test_prefetch.py \
-    tests/test_task_process.py tests/test_continuation.py \
+    tests/test_task_process.py tests/test_continuation.py tests/test_status_worker.py \
     2>&1 | tee "$work_dir/pytest.log" || status=$?
 if [ "$status" -ne 0 ]; then
     exit "$status"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Usage: localstack.sh WORK_DIR COMMAND...
 # Installs LocalStack's SQS (no Docker) into WORK_DIR, starts it on a free port
-# of 127.0.0.1, runs COMMAND with SQSTASKMASTER_TEST_ENDPOINT pointing at it,
-# stops it, and exits with COMMAND's status. LocalStack 2026.3.0 needs Python 3.13.
+# of 127.0.0.1, runs COMMAND with SQSTASKMASTER_TEST_ENDPOINT pointing at it
+# (and SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT at a moto server, see below),
+# stops them, and exits with COMMAND's status. LocalStack 2026.3.0 needs Python 3.13.
 set -euo pipefail
 work_dir="$1"
 shift
@@ -57,4 +58,20 @@ if [ "$up" != 1 ]; then
     exit 1
 fi
 echo "LocalStack's SQS on $endpoint"
-SQSTASKMASTER_TEST_ENDPOINT="$endpoint" "$@"
+
+# LocalStack's DynamoDB runs "DynamoDB Local", a jar it downloads and whose
+# licence is not open source: the status table's tests use a moto server for
+# DynamoDB here (SQS stays LocalStack's). The command's Python has moto[server].
+ddb_port="$("$ls_venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$1" -m moto.server -H 127.0.0.1 -p "$ddb_port" >"$work_dir/moto-dynamodb.log" 2>&1 &
+ddb_pid=$!
+trap 'kill "$ls_pid" "$ddb_pid" 2>/dev/null || true; wait "$ls_pid" "$ddb_pid" 2>/dev/null || true' EXIT
+ddb_endpoint="http://127.0.0.1:$ddb_port"
+for _ in $(seq 1 60); do
+    if "$ls_venv/bin/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/moto-api/', timeout=1)" "$ddb_endpoint" 2>/dev/null; then
+        break
+    fi
+    sleep 0.5
+done
+echo "moto's DynamoDB on $ddb_endpoint"
+SQSTASKMASTER_TEST_ENDPOINT="$endpoint" SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT="$ddb_endpoint" "$@"

@@ -21,6 +21,7 @@ from sqstaskmaster.errors import (
     MalformedBodyError,
     Reject,
     Retry,
+    TaskCancelled,
     WorkerShutdownError,
 )
 from sqstaskmaster.sqs import facts as sqs
@@ -163,10 +164,12 @@ def test_outcomes_are_metric_labels_and_classify_errors() -> None:
         "rejected",
         "retried_by_task",
         "continued",
+        "cancelled",
     }
     assert Outcome.DONE == "done" and str(Outcome.TIMED_OUT) == "timed_out"
     assert classify(None) is Outcome.DONE
     assert classify(WorkerShutdownError("x")) is Outcome.HANDED_BACK
+    assert classify(TaskCancelled("by me", "t", "m")) is Outcome.CANCELLED
     assert classify(Retry(1)) is Outcome.RETRIED_BY_TASK
     assert classify(Reject()) is Outcome.REJECTED
     assert classify(KeyError("k"), (KeyError,)) is Outcome.REJECTED

@@ -20,9 +20,11 @@ import pytest
 import worker_apps as apps
 from worker_process import traces, wait_for
 
+from sqstaskmaster import TaskContext
 from sqstaskmaster.errors import TaskCancelled
 from sqstaskmaster.ops import status_requests
-from sqstaskmaster.ops.status_items import from_item, key, table_definition
+from sqstaskmaster.ops.status_items import MAX_NOTE_CHARS, from_item, key, table_definition
+from sqstaskmaster.run.checkpoint_box import CheckpointBox
 from sqstaskmaster.worker.loop import Worker
 
 STATUS_APP = "worker_apps:status_app"
@@ -81,6 +83,39 @@ def submit(response: Any) -> str:
 
 def worker_env(table: Any) -> Dict[str, str]:
     return {"AWS_ENDPOINT_URL_DYNAMODB": table.endpoint}
+
+
+# -- progress ---------------------------------------------------------------------------
+
+
+def test_progress_is_checked_clamped_and_kept_for_the_worker(caplog: Any) -> None:
+    context = TaskContext("m1", task="train")
+    assert context.reported_progress() is None
+    context.progress(0.25, "epoch 1 of 4")
+    assert context.reported_progress() == (0.25, "epoch 1 of 4")
+    with caplog.at_level(logging.WARNING):
+        context.progress(7, "x" * 500)
+    fraction, note = context.reported_progress() or (None, "")
+    assert fraction == 1.0 and len(note) == MAX_NOTE_CHARS and note.endswith("\u2026")
+    assert "outside 0 to 1; clamped" in caplog.text and "message m1" in caplog.text
+    for wrong in (float("nan"), float("inf"), "half"):
+        with pytest.raises(ValueError):
+            context.progress(wrong)  # type: ignore[arg-type]
+    assert context.reported_progress() == (1.0, note)  # a refused value changes nothing
+
+
+def test_progress_in_the_shared_box_wins_over_the_worker_side_copy() -> None:
+    box = CheckpointBox()
+    box.clear()
+    assert box.progress() is None
+    box.set_progress(0.5, "h\u00e9lf way")
+    box.set_progress(0.75, "three quarters")
+    assert box.progress() == (0.75, "three quarters")
+    context = TaskContext("m2", task="train")
+    context.progress(0.1, "worker side")
+    assert context.reported_progress(box) == (0.75, "three quarters")
+    box.clear()
+    assert context.reported_progress(box) == (0.1, "worker side")
 
 
 # -- the item's life ----------------------------------------------------------------------

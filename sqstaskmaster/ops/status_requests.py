@@ -43,6 +43,15 @@ def writer_client_config() -> Any:
     )
 
 
+def writer_client(session: Any = None) -> Any:
+    """A worker's DynamoDB client (bounded): from ``session``, else boto3's default session;
+    its endpoint from boto3's configuration (``AWS_ENDPOINT_URL_DYNAMODB``, ...)."""
+    import boto3
+
+    session = session or boto3.session.Session()
+    return session.client("dynamodb", config=writer_client_config())
+
+
 def failure_kind(error: BaseException) -> str:
     """What kind of failure ``error`` is (the metric's ``kind`` label)."""
     from botocore.exceptions import (

@@ -34,7 +34,7 @@ def settle_cancelled(
     if not isinstance(error, TaskCancelled):
         how = "it returned" if error is None else f"it ended with {type(error).__name__}"
         error = TaskCancelled(
-            f"by {stop.cancelled_by}; {how} after the cancel reached it",
+            f"by {getattr(stop, 'cancelled_by', 'someone')}; {how} after the cancel reached it",
             task,
             message_id_of(message),
         )

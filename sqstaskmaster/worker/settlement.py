@@ -29,6 +29,7 @@ from ..errors import (
     Notify,
     Reject,
     Retry,
+    TaskCancelled,
     WorkerShutdownError,
 )
 from ..ops import metrics
@@ -55,6 +56,8 @@ def classify(error: Optional[BaseException], throws: Tuple[type, ...] = ()) -> O
     """The outcome of a task that ran and ended with ``error`` (None: success)."""
     if error is None:
         return Outcome.DONE
+    if isinstance(error, TaskCancelled):
+        return Outcome.CANCELLED
     if isinstance(error, WorkerShutdownError):
         return Outcome.HANDED_BACK
     if isinstance(error, Retry):
@@ -129,7 +132,7 @@ class Settlement:
         context = context_of(handler)
         why = "stopped by shutdown"
         cancelled = None if fatal else cancel_of(handler)
-        if cancelled is not None:
+        if cancelled is not None or outcome is Outcome.CANCELLED:
             outcome = Outcome.CANCELLED
             error = settle_cancelled(handler, message, task, cancelled, error)
         elif context is not None:

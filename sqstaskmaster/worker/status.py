@@ -73,11 +73,7 @@ def writer_for(worker: Any) -> Optional[StatusWriter]:
     if not table:
         return None
     if isinstance(table, str):
-        import boto3
-
-        session = worker.session or boto3.session.Session()
-        client = session.client("dynamodb", config=requests.writer_client_config())
-        table = SimpleNamespace(name=table, client=client)
+        table = SimpleNamespace(name=table, client=requests.writer_client(worker.session))
     identity = Identity(queue_name(worker.queue_url), worker.status_kwargs)
     writer = StatusWriter(
         table, identity=identity, heartbeat_s=worker.heartbeat_s, notify=worker.notify
@@ -211,7 +207,9 @@ class StatusWriter:
         now = time.monotonic()
         record = self._running
         if record is not None and now >= record.next_write:
-            record.next_write = now + self.heartbeat_s
+            # On the heartbeats' own schedule: one write per heartbeat period.
+            periods = (now - record.begun) // self.heartbeat_s + 1
+            record.next_write = record.begun + periods * self.heartbeat_s
             if now >= self._paused_until:
                 self._queue_write(record)
         due = self.due_at()
@@ -237,8 +235,7 @@ class StatusWriter:
         if left:
             logger.warning(
                 "status table %s: %d task state(s) could not be written before the worker stopped",
-                self.name,
-                left,
+                *(self.name, left),
             )
 
     def send(self) -> None:
@@ -375,11 +372,8 @@ class StatusWriter:
                 {"cancel_requested_at": mark[0], "cancel_requested_by": mark[1]},
             )
             logger.warning(
-                "task %s message %s: cancelled as it continued: continuation %s is marked "
-                "cancelled too",
-                record.task,
-                record.message_id,
-                next_id,
+                "task %s message %s: cancelled as it continued: its continuation %s is too",
+                *(record.task, record.message_id, next_id),
             )
 
     def _requeue(self, update: Any, puts: List[Dict[str, Any]]) -> None:

@@ -72,7 +72,8 @@ class TaskRecord:
         self.stop: Any = None  # the task's TaskStop (a cancel is delivered to it)
         self.context: Any = None  # its TaskContext (its progress is read from it)
         self.box: Any = None  # the checkpoint box of its child (isolated tasks)
-        self.next_write = time.monotonic() + start_after_s
+        self.begun = time.monotonic()
+        self.next_write = self.begun + start_after_s
         self.start_sent = False  # its running item is written (or on its way)
 
     @property
