@@ -8,6 +8,7 @@ tells about what happens next. Nothing here calls DynamoDB.
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from typing import List, Optional, Sequence
 
@@ -220,7 +221,7 @@ def cancel_report(status: TaskStatus) -> str:
         )
     else:
         head = f"Cancel requested for message {marked}."
-    return f"{head}\n{_next(status)}\n"
+    return f"{textwrap.fill(head, 88)}\n{textwrap.fill(_next(status), 88)}\n"
 
 
 def _next(status: TaskStatus) -> str:
