@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, TextIO
 from ..errors import StatusTableExistsError, StatusTableMissingError
 from ..ops.status_items import DEFAULT_TTL_DAYS, STATE_INDEX, STATES, TTL_ATTRIBUTE
 from ..ops.status_table import StatusTable, TaskStatus
-from ..sqs.facts import error_code
+from ..sqs.facts import error_code, missing_configuration
 from ..worker.exitcodes import RET_CONNECT, RET_ERROR, RET_OK, RET_USAGE
 from .stats_watch import check_interval
 from .status_view import cancel_report, details, json_lines, table
@@ -116,22 +116,21 @@ def dynamodb_failure(doing: str, error: BaseException) -> int:
     """Log what went wrong ``doing`` something with the status table, in one line; its exit
     code: RET_USAGE for what the caller must change, RET_CONNECT for a missing table or
     an unreachable DynamoDB, RET_ERROR for a table that already exists."""
-    from botocore.exceptions import NoCredentialsError, NoRegionError
-
+    missing = missing_configuration(error)
     if isinstance(error, StatusTableExistsError):
         logger.error("cannot %s: %s", doing, error)
         return RET_ERROR
     if isinstance(error, StatusTableMissingError):
         logger.error("cannot %s: %s", doing, error)
         return RET_CONNECT
-    if isinstance(error, NoRegionError):
+    if missing == "region":
         logger.error(
             "cannot %s: no AWS region is configured: pass --region REGION or set "
             "AWS_DEFAULT_REGION.",
             doing,
         )
         return RET_USAGE
-    if isinstance(error, NoCredentialsError):
+    if missing == "credentials":
         logger.error(
             "cannot %s: no AWS credentials were found: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the machine a role.",

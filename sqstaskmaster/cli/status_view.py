@@ -8,12 +8,15 @@ tells about what happens next. Nothing here calls DynamoDB.
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 import time
 from typing import List, Optional, Sequence
 
 from ..ops.status_items import ATTRIBUTES, ENDED, HANDED_BACK, TIME_ATTRIBUTES
 from ..ops.task_status import STALE_HEARTBEAT_S, TaskStatus, iso_utc
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ("ID", "TASK", "STATE", "PROGRESS", "ELAPSED", "HEARTBEAT", "WORKER", "RECV")
 BAR_CELLS = 10
@@ -169,11 +172,15 @@ def _attribute_text(status: TaskStatus, name: str, now: float, stale_s: float) -
     return str(value)
 
 
-def _pretty_json(text: str) -> str:
+def _pretty_result(status: TaskStatus) -> str:
+    text = str(status.result)
     try:
         return json.dumps(json.loads(text), indent=2, sort_keys=True)
-    except ValueError:
-        return text  # shown as stored
+    except ValueError as error:
+        logger.warning(
+            "message %s: its result is not JSON (%s); shown as stored", status.message_id, error
+        )
+        return text
 
 
 def details(
@@ -202,7 +209,7 @@ def details(
         lines.append(_line(name, str(value)))
     if status.result is not None:
         lines.append("result:")
-        lines.extend("  " + line for line in _pretty_json(status.result).splitlines())
+        lines.extend("  " + line for line in _pretty_result(status).splitlines())
     if status.error is not None:
         lines.append(f"error: {status.error_type or 'Error'}: {status.error}")
     return "\n".join(lines) + "\n"

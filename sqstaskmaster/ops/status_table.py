@@ -195,7 +195,7 @@ class StatusTable:
         deletes it unrun. A ``continued`` item's continuation is marked too. A
         task that already ended is marked all the same, which changes nothing.
         """
-        by = by if by is not None else f"{getpass.getuser()}@{socket.gethostname()}"
+        by = by if by is not None else who()
         chain: List[str] = []
         target: Optional[str] = message_id
         status: Optional[TaskStatus] = None
@@ -278,3 +278,13 @@ class StatusTable:
             if error_code(error) == _MISSING:
                 raise StatusTableMissingError(self.name, self.region) from error
             raise
+
+
+def who() -> str:
+    """``user@host`` of this process (``?`` for a user the system cannot name)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError) as error:  # no login name and no passwd entry (a container)
+        logger.debug("cancel: no user name for uid (%s); using '?'", error)
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
