@@ -285,6 +285,14 @@ def test_the_server_points_workers_at_its_dynamodb(
     assert other.environment["AWS_ENDPOINT_URL"] == sqs_server.endpoint_url
 
 
+def test_a_server_without_dynamodb_says_so(sqs_server: SQSServer, monkeypatch: Any) -> None:
+    from sqstaskmaster.testing import free_port
+
+    assert sqs_server.has_dynamodb
+    monkeypatch.setenv(DYNAMODB_ENDPOINT_VARIABLE, f"http://127.0.0.1:{free_port()}")
+    assert not SQSServer(sqs_server.endpoint_url).has_dynamodb
+
+
 def test_a_table_made_from_boto3_defaults_reaches_the_same_dynamodb(
     env: Any, status_table: StatusTable
 ) -> None:

@@ -106,6 +106,7 @@ class SQSServer:
         self.sqs = self.session.resource("sqs", endpoint_url=endpoint_url)
         self.client = self.sqs.meta.client
         self._has_ecs: Optional[bool] = None
+        self._has_dynamodb: Optional[bool] = None
 
     @property
     def has_ecs(self) -> bool:
@@ -120,6 +121,26 @@ class SQSServer:
             except (ClientError, BotoCoreError):
                 self._has_ecs = False
         return self._has_ecs
+
+    @property
+    def has_dynamodb(self) -> bool:
+        """Whether :attr:`dynamodb_endpoint_url` answers DynamoDB (moto does; a LocalStack
+        started for SQS alone does not)."""
+        if self._has_dynamodb is None:
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            dynamodb = self.session.client(
+                "dynamodb",
+                endpoint_url=self.dynamodb_endpoint_url,
+                config=Config(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 2}),
+            )
+            try:
+                dynamodb.list_tables(Limit=1)
+                self._has_dynamodb = True
+            except (ClientError, BotoCoreError):
+                self._has_dynamodb = False
+        return self._has_dynamodb
 
     @property
     def environment(self) -> Dict[str, str]:

@@ -16,7 +16,8 @@ Registered through the ``pytest11`` entry point, so installing
 - ``status_table``: a fresh task status table (DynamoDB, TTL on) for each
   test, on the session's server or at ``$SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT``
   (a :class:`sqstaskmaster.ops.status_table.StatusTable`); workers started
-  with ``sqs_server.environment`` write to the same DynamoDB.
+  with ``sqs_server.environment`` write to the same DynamoDB. The test is
+  skipped where there is no DynamoDB.
 
 To run the same tests against an SQS-compatible server that is already
 running (LocalStack, ElasticMQ, an AWS account), pass ``--sqs-endpoint URL``
@@ -77,7 +78,16 @@ def ecs_client(sqs_server: SQSServer) -> Any:
 
 @pytest.fixture
 def status_table(sqs_server: SQSServer) -> Iterator[Any]:
-    """A new task status table with a unique name (a StatusTable); deleted after the test."""
+    """A new task status table with a unique name (a StatusTable); deleted after the test.
+
+    Skips the test where the server has no DynamoDB (and no
+    ``SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT`` names one).
+    """
+    if not sqs_server.has_dynamodb:
+        pytest.skip(
+            f"no DynamoDB at {sqs_server.dynamodb_endpoint_url}: set "
+            "SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT to a DynamoDB-compatible server (a moto server)"
+        )
     table = sqs_server.make_status_table()
     yield table
     try:
