@@ -34,6 +34,9 @@ _LAZY = {
     "RetryPolicy": "worker.retry",
     "Outcome": "ops.metrics",
     "TaskContext": "run.context",
+    # Watching and cancelling tasks: the status table
+    "StatusTable": "ops.status_table",
+    "TaskStatus": "ops.status_table",
     # Steering a task's message from the task
     "Retry": "errors",
     "Reject": "errors",
@@ -108,6 +111,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .local import LocalMessage, LocalQueue
     from .message_handler import MessageHandler
     from .ops.metrics import Outcome
+    from .ops.status_table import StatusTable, TaskStatus
     from .queue_scale import Provisioner, ServiceState
     from .run.strategies import Forked, InProcess
     from .run.timer import SignalTimer

@@ -186,7 +186,7 @@ LAYERS = {
     "ops": {"errors", "sqs", "ops"},
     "run": {"errors", "sqs", "ops", "run"},
     "worker": {"errors", "sqs", "ops", "run", "worker", *ZERO_ZERO_ELEVEN, "isolation"},
-    "testing": {"errors", "sqs", "testing", "task_manager", "local"},
+    "testing": {"errors", "sqs", "ops", "testing", "task_manager", "local"},
 }
 
 

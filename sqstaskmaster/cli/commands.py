@@ -8,10 +8,15 @@
     sqstaskmaster stats URL [--watch [SECONDS]]          # queue depths (and its DLQ's)
     sqstaskmaster purge URL [--yes]                      # empty a queue
     sqstaskmaster provision RULES.json [--dry-run]       # scale ECS services by queue depth
+    sqstaskmaster status-table create NAME               # the table workers write task status to
+    sqstaskmaster tasks --status-table NAME [--watch]    # tasks: state, progress, heartbeat
+    sqstaskmaster task ID --status-table NAME            # one task in full: result or error
+    sqstaskmaster cancel ID --status-table NAME          # cancel a task (running or waiting)
 
 The worker command is :mod:`sqstaskmaster.cli.worker_command` (its options:
 :mod:`sqstaskmaster.cli.worker_options`), the others that reach SQS
-:mod:`sqstaskmaster.cli.queue_commands`. Exit codes:
+:mod:`sqstaskmaster.cli.queue_commands`, those of the task status table
+:mod:`sqstaskmaster.cli.status_commands`. Exit codes:
 :mod:`sqstaskmaster.worker.exitcodes`.
 """
 
@@ -24,6 +29,7 @@ from typing import List, Optional
 from ..ops.logformat import FORMATS as LOG_FORMATS
 from ..worker.exitcodes import RET_CONNECT, RET_ERROR, RET_INTERRUPTED, RET_OK
 from .queue_commands import cmd_provision, cmd_purge, cmd_stats, cmd_submit
+from .status_commands import add_status_commands, cmd_cancel, cmd_status_table, cmd_task, cmd_tasks
 from .worker_command import cmd_worker
 from .worker_options import add_endpoint_option, add_setting_options
 
@@ -117,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("url", metavar="URL")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
     _add_connection(purge)
-    for command in (demo, worker, submit, stats, provision, purge):
+    status = add_status_commands(commands)
+    for command in (demo, worker, submit, stats, provision, purge, *status):
         # Also accepted after the subcommand; SUPPRESS keeps the main parser's default.
         command.add_argument(
             "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help
@@ -150,6 +157,10 @@ COMMANDS = {
     "stats": cmd_stats,
     "purge": cmd_purge,
     "provision": cmd_provision,
+    "status-table": cmd_status_table,
+    "tasks": cmd_tasks,
+    "task": cmd_task,
+    "cancel": cmd_cancel,
 }
 
 

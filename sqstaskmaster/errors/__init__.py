@@ -8,8 +8,9 @@ written for 0.0.11 still catches them.
 Every name is imported from here (``sqstaskmaster.errors``), the bottom of
 the package's layers. The modules below group them by what failed: ``task``
 (a task's run; Retry and Reject), ``messages`` (a message sent, received or
-settled), ``operation`` (running a worker: its queue, app, ECS protection, EC2 metadata);
-``root`` holds what they share, and ``Notify``.
+settled), ``operation`` (running a worker: its queue, app, ECS protection,
+EC2 metadata; and the task status table); ``root`` holds what they share,
+and ``Notify``.
 """
 
 from .messages import (
@@ -30,6 +31,9 @@ from .operation import (
     AppImportError,
     MetadataServiceError,
     PollFailedError,
+    StatusTableExistsError,
+    StatusTableMissingError,
+    StatusWaitTimeoutError,
     TaskProtectionError,
 )
 from .root import Notify, SQSTaskMasterError
@@ -74,6 +78,9 @@ __all__ = [
     "Reject",
     "Retry",
     "SQSTaskMasterError",
+    "StatusTableExistsError",
+    "StatusTableMissingError",
+    "StatusWaitTimeoutError",
     "TaskCancelled",
     "TaskControl",
     "TaskProtectionError",

@@ -1,4 +1,5 @@
-"""Errors met running a worker: its queue, its app, its ECS task protection, the EC2 metadata."""
+"""Errors met running a worker (its queue, its app, its ECS task protection, the EC2 metadata)
+and reading its task status table."""
 
 from __future__ import annotations
 
@@ -56,3 +57,37 @@ class MetadataServiceError(SQSTaskMasterError):
     endpoint: str
     request: str
     detail: str
+
+
+@error_type(
+    "No status table {table!r} in region {region}: create it with "
+    "`sqstaskmaster status-table create {table}` (check the region and the endpoint too)."
+)
+class StatusTableMissingError(SQSTaskMasterError, LookupError):
+    """The task status table (DynamoDB) does not exist where it was looked for."""
+
+    table: str
+    region: Optional[str]
+
+
+@error_type(
+    "Status table {table!r} already exists in region {region} (or is being created or "
+    "deleted): use it as it is, or create one under another name."
+)
+class StatusTableExistsError(SQSTaskMasterError, ValueError):
+    """``create`` found a table of that name already there."""
+
+    table: str
+    region: Optional[str]
+
+
+@error_type(
+    "Task of message {message_id} has not ended after {timeout_s:g} s: its state is still "
+    "{last_state}. Wait longer, or cancel it."
+)
+class StatusWaitTimeoutError(SQSTaskMasterError, TimeoutError):
+    """``StatusTable.wait`` gave up: the task did not end within its timeout."""
+
+    message_id: str
+    timeout_s: float
+    last_state: str

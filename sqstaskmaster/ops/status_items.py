@@ -70,6 +70,47 @@ STATES: Tuple[str, ...] = (
 #: continued one goes on in ``continued_as``.
 ENDED: Tuple[str, ...] = (DONE, FAILED, TIMED_OUT, CANCELLED, REFUSED)
 
+#: Every attribute an item may have, in the order of the table above.
+ATTRIBUTES: Tuple[str, ...] = (
+    "message_id",
+    "task",
+    "queue",
+    "state",
+    "first_message_id",
+    "continuation",
+    "continued_as",
+    "host",
+    "pid",
+    "ecs_task_arn",
+    "receive_count",
+    "started_at",
+    "heartbeat_at",
+    "ended_at",
+    "updated_at",
+    "duration_s",
+    "progress",
+    "progress_note",
+    "result",
+    "result_dropped",
+    "error_type",
+    "error",
+    "kwargs",
+    "cancel_requested_at",
+    "cancel_requested_by",
+    "expires_at",
+)
+#: The attributes that hold epoch seconds.
+TIME_ATTRIBUTES: Tuple[str, ...] = (
+    "started_at",
+    "heartbeat_at",
+    "ended_at",
+    "updated_at",
+    "cancel_requested_at",
+    "expires_at",
+)
+#: The attribute DynamoDB's TTL reads.
+TTL_ATTRIBUTE = "expires_at"
+
 KEY = "message_id"
 STATE_INDEX = "state-updated_at"
 #: Items expire (DynamoDB's TTL on ``expires_at``) this long after their last write.

@@ -315,6 +315,18 @@ def error_code(error: BaseException) -> Optional[str]:
     return str(code) if code else None
 
 
+def missing_configuration(error: BaseException) -> Optional[str]:
+    """``"region"`` or ``"credentials"`` when ``error`` is botocore's NoRegionError or
+    NoCredentialsError (boto3 found none configured); else None."""
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+
+    if isinstance(error, NoRegionError):
+        return "region"
+    if isinstance(error, NoCredentialsError):
+        return "credentials"
+    return None
+
+
 def caller_fault_advice(error: BaseException) -> Optional[str]:
     """What to change when ``error`` is the caller's fault (a bad request, no region or
     credentials); None when it is not, so that trying again later may work."""

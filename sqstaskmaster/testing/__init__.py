@@ -18,8 +18,12 @@ do. With pytest, the fixtures ``sqs_server`` (one server per test session) and
 (:mod:`sqstaskmaster.testing.metadata`) stands in for the EC2 metadata
 service, to test Spot interruption notices.
 
-This subpackage imports only :mod:`sqstaskmaster.errors`, :mod:`sqstaskmaster.sqs`
-and the 0.0.11 ``task_manager`` and ``local``: nothing of the worker.
+The server also holds task status tables (DynamoDB):
+``server.make_status_table()``, or the ``status_table`` fixture.
+
+This subpackage imports only :mod:`sqstaskmaster.errors`, :mod:`sqstaskmaster.sqs`,
+:mod:`sqstaskmaster.ops` (the status table) and the 0.0.11 ``task_manager``
+and ``local``: nothing of the worker.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ STARTUP_TIMEOUT_S = 30.0
 # Set to an SQS-compatible endpoint (LocalStack, ElasticMQ, ...) already
 # running on this machine, and :func:`sqs_server` uses it instead of starting moto.
 ENDPOINT_VARIABLE = "SQSTASKMASTER_TEST_ENDPOINT"
+# Set to a DynamoDB-compatible endpoint, and the status tables of the tests
+# live there instead of on the SQS server (for a server without DynamoDB).
+DYNAMODB_ENDPOINT_VARIABLE = "SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT"
 
 
 class ServerStartError(RuntimeError):
@@ -75,11 +82,20 @@ class TestQueue:
 
 
 class SQSServer:
-    """A running server: its endpoint, a boto3 session for it, and a queue factory."""
+    """A running server: its endpoint, a boto3 session for it, and queue and status table
+    factories.
+
+    ``dynamodb_endpoint_url`` is where its status tables live: the server's own
+    endpoint, unless the environment variable
+    ``SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT`` names another (a moto server beside
+    a LocalStack without DynamoDB, say).
+    """
 
     def __init__(self, endpoint_url: str, region: str = DEFAULT_REGION) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
+        dynamodb = os.environ.get(DYNAMODB_ENDPOINT_VARIABLE)
+        self.dynamodb_endpoint_url = dynamodb.rstrip("/") if dynamodb else endpoint_url
         import boto3
 
         self.session = boto3.session.Session(
@@ -90,6 +106,7 @@ class SQSServer:
         self.sqs = self.session.resource("sqs", endpoint_url=endpoint_url)
         self.client = self.sqs.meta.client
         self._has_ecs: Optional[bool] = None
+        self._has_dynamodb: Optional[bool] = None
 
     @property
     def has_ecs(self) -> bool:
@@ -106,15 +123,38 @@ class SQSServer:
         return self._has_ecs
 
     @property
+    def has_dynamodb(self) -> bool:
+        """Whether :attr:`dynamodb_endpoint_url` answers DynamoDB (moto does; a LocalStack
+        started for SQS alone does not)."""
+        if self._has_dynamodb is None:
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            dynamodb = self.session.client(
+                "dynamodb",
+                endpoint_url=self.dynamodb_endpoint_url,
+                config=Config(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 2}),
+            )
+            try:
+                dynamodb.list_tables(Limit=1)
+                self._has_dynamodb = True
+            except (ClientError, BotoCoreError):
+                self._has_dynamodb = False
+        return self._has_dynamodb
+
+    @property
     def environment(self) -> Dict[str, str]:
         """Environment variables that point boto3's default configuration at this server.
 
         The EC2 metadata service is off (``AWS_EC2_METADATA_DISABLED``): a worker
         started with them does not probe 169.254.169.254 for Spot interruption
         notices. Add a :class:`FakeMetadataService`'s ``environment()`` to test them.
+        DynamoDB's endpoint (``AWS_ENDPOINT_URL_DYNAMODB``) is
+        :attr:`dynamodb_endpoint_url`, where the status tables are.
         """
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb_endpoint_url,
             "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
             "AWS_DEFAULT_REGION": self.region,
@@ -162,6 +202,17 @@ class SQSServer:
             dead_letter_queue=dead_letter_queue,
             attributes=queue_attributes,
         )
+
+    def make_status_table(self, name: Optional[str] = None) -> Any:
+        """Create a task status table (a unique name by default) at
+        :attr:`dynamodb_endpoint_url`, TTL on; returns its
+        :class:`~sqstaskmaster.ops.status_table.StatusTable`."""
+        from ..ops.status_table import StatusTable
+
+        client = self.session.client("dynamodb", endpoint_url=self.dynamodb_endpoint_url)
+        table = StatusTable(name or f"status-{uuid.uuid4().hex[:12]}", client=client)
+        table.create()
+        return table
 
     def task_manager(self, queue: Any, **kwargs: Any) -> Any:
         """A TaskManager for ``queue`` (a TestQueue or a URL) talking to this server."""

@@ -13,6 +13,11 @@ Registered through the ``pytest11`` entry point, so installing
   when the server has no ECS (LocalStack's free edition).
 - ``metadata_service``: a :class:`sqstaskmaster.testing.FakeMetadataService`
   for one test (EC2 Spot interruption notices); pass its ``environment()`` on.
+- ``status_table``: a fresh task status table (DynamoDB, TTL on) for each
+  test, on the session's server or at ``$SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT``
+  (a :class:`sqstaskmaster.ops.status_table.StatusTable`); workers started
+  with ``sqs_server.environment`` write to the same DynamoDB. The test is
+  skipped where there is no DynamoDB.
 
 To run the same tests against an SQS-compatible server that is already
 running (LocalStack, ElasticMQ, an AWS account), pass ``--sqs-endpoint URL``
@@ -21,12 +26,15 @@ to pytest or set ``SQSTASKMASTER_TEST_ENDPOINT`` (see :mod:`sqstaskmaster.testin
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator
 
 import pytest
 
 from . import FakeMetadataService, SQSServer, TestQueue
 from . import sqs_server as _start_server
+
+logger = logging.getLogger(__name__)
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -66,6 +74,26 @@ def ecs_client(sqs_server: SQSServer) -> Any:
     if not sqs_server.has_ecs:
         pytest.skip(f"the test server at {sqs_server.endpoint_url} does not emulate ECS")
     return sqs_server.session.client("ecs", endpoint_url=sqs_server.endpoint_url)
+
+
+@pytest.fixture
+def status_table(sqs_server: SQSServer) -> Iterator[Any]:
+    """A new task status table with a unique name (a StatusTable); deleted after the test.
+
+    Skips the test where the server has no DynamoDB (and no
+    ``SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT`` names one).
+    """
+    if not sqs_server.has_dynamodb:
+        pytest.skip(
+            f"no DynamoDB at {sqs_server.dynamodb_endpoint_url}: set "
+            "SQSTASKMASTER_TEST_DYNAMODB_ENDPOINT to a DynamoDB-compatible server (a moto server)"
+        )
+    table = sqs_server.make_status_table()
+    yield table
+    try:
+        table.client.delete_table(TableName=table.name)
+    except Exception as error:  # the test may have deleted it; nothing else depends on it
+        logger.warning("status table %s not deleted after the test: %s", table.name, error)
 
 
 @pytest.fixture

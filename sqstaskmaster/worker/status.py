@@ -34,6 +34,7 @@ from ..ops.metrics import Outcome
 from ..ops.status_items import (
     CANCELLED,
     DEFAULT_TTL_DAYS,
+    DONE,
     FAILED,
     RUNNING,
     error_fields,
@@ -63,6 +64,9 @@ FLUSH_AFTER_S = 0.25
 PAUSE_S = 30.0
 #: Final states kept while the table cannot be written; older ones are dropped (logged).
 MAX_PENDING = 1000
+
+#: A short task's final state in these is one whole item, batched (its message is gone).
+WHOLE_ITEM_STATES = (DONE, CANCELLED)
 
 _Update = Tuple[TaskRecord, Dict[str, Any], Tuple[str, ...], bool]  # record, SET, REMOVE, final
 
@@ -321,10 +325,12 @@ class StatusWriter:
         fields.update(record.progress_fields())
         if record.context is not None:
             fields["continued_as"] = getattr(record.context, "continued_as", None)
-        if record.start_sent:  # (its start may not have landed: every field again)
-            self._enqueue_update(record, {**record.fields, **fields}, (), True)
-            return
         item = {**record.fields, **fields}
+        if record.start_sent or state not in WHOLE_ITEM_STATES:
+            # An update keeps a cancel asked meanwhile; all fields (the start may have failed).
+            stale = tuple(name for name in CLEARED_ON_START if item.get(name) is None)
+            self._enqueue_update(record, item, () if record.start_sent else stale, True)
+            return
         with self._lock:
             if not self._updates and not self._puts:
                 self._first_pending = time.monotonic()
