@@ -21,9 +21,10 @@ import worker_apps as apps
 from worker_process import traces, wait_for
 
 from sqstaskmaster import TaskContext
+from sqstaskmaster.cli.commands import main
 from sqstaskmaster.errors import TaskCancelled
 from sqstaskmaster.ops import status_requests
-from sqstaskmaster.ops.status_items import MAX_NOTE_CHARS, from_item, key, table_definition
+from sqstaskmaster.ops.status_items import MAX_NOTE_CHARS, from_item, key
 from sqstaskmaster.run.checkpoint_box import CheckpointBox
 from sqstaskmaster.worker.loop import Worker
 
@@ -39,13 +40,10 @@ class Recorder:
 
 
 @pytest.fixture
-def table(sqs_server: Any) -> Any:
-    """A fresh status table on the test server: ``name`` and a DynamoDB ``client``."""
-    endpoint = getattr(sqs_server, "dynamodb_endpoint_url", sqs_server.endpoint_url)
-    client = sqs_server.session.client("dynamodb", endpoint_url=endpoint)
-    name = f"status-{time.monotonic_ns()}"
-    client.create_table(**table_definition(name))
-    return SimpleNamespace(name=name, client=client, endpoint=endpoint)
+def table(status_table: Any, sqs_server: Any) -> Any:
+    """A fresh status table (a StatusTable) on the test server, and its ``endpoint``."""
+    status_table.endpoint = sqs_server.dynamodb_endpoint_url
+    return status_table
 
 
 def item(table: Any, message_id: str) -> Optional[Dict[str, Any]]:
@@ -53,13 +51,13 @@ def item(table: Any, message_id: str) -> Optional[Dict[str, Any]]:
     return from_item(found["Item"]) if "Item" in found else None
 
 
-def cancel(table: Any, message_id: str, by: str = "tester@laptop") -> None:
-    table.client.update_item(
-        TableName=table.name,
-        Key=key(message_id),
-        UpdateExpression="SET cancel_requested_at = :t, cancel_requested_by = :b",
-        ExpressionAttributeValues={":t": {"N": str(time.time())}, ":b": {"S": by}},
+def cancel_by_command(table: Any, message_id: str, capsys: Any) -> str:
+    """``sqstaskmaster cancel ID --status-table NAME``; what it printed."""
+    code = main(
+        ["cancel", message_id, "--status-table", table.name, "--endpoint-url", table.endpoint]
     )
+    assert code == 0
+    return str(capsys.readouterr().out)
 
 
 def in_process_worker(table: Any, notify: Any = None, **settings: Any) -> Worker:
@@ -239,12 +237,31 @@ def test_a_task_stopped_by_shutdown_is_handed_back(
     assert found is not None and found["state"] == "handed_back", found
 
 
+def test_submit_then_wait_for_the_result_without_another_service(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
+) -> None:
+    worker = start_worker(sqs_queue.url, "--status-table", table.name, app=STATUS_APP)
+    manager = sqs_server.task_manager(sqs_queue)
+    quick = submit(manager.submit("answer", key="q", value={"rows": 3}))
+    slow = submit(manager.submit("progressing", key="w", steps=3, step_s=0.5))
+    status = table.wait(quick, timeout=30, poll_s=0.2)
+    assert status.state == "done" and status.value == {"rows": 3}
+    status = table.wait(slow, timeout=30, poll_s=0.2)
+    assert status.state == "done" and status.value == "3 steps" and status.progress == 1
+    assert status.host == socket.gethostname() and status.receive_count == 1
+    assert worker.stop() == 0
+
+
 # -- cancel -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "mode,cooperative",
-    [("--isolate", False), ("--signal-mode", False), ("--isolate", True)],
+    "mode,cooperative,how",
+    [
+        ("--isolate", False, "python"),
+        ("--signal-mode", False, "command"),
+        ("--isolate", True, "python"),
+    ],
     ids=["isolated", "signal-mode", "isolated-returns"],
 )
 def test_cancel_stops_a_running_task_within_a_heartbeat_and_the_grace_and_deletes_it(
@@ -255,6 +272,9 @@ def test_cancel_stops_a_running_task_within_a_heartbeat_and_the_grace_and_delete
     start_worker: Any,
     mode: str,
     cooperative: bool,
+    how: str,
+    capsys: Any,
+    sqs_environment: Any,  # the command's region and credentials
 ) -> None:
     worker = start_worker(
         sqs_queue.url,
@@ -269,7 +289,11 @@ def test_cancel_stops_a_running_task_within_a_heartbeat_and_the_grace_and_delete
     )
     wait_for(lambda: (item(table, message_id) or {}).get("state") == "running", 20, "running")
     cancelled_at = time.monotonic()
-    cancel(table, message_id)
+    if how == "python":
+        table.cancel(message_id, by="tester@laptop")
+    else:
+        said = cancel_by_command(table, message_id, capsys)
+        assert "Cancel requested for message" in said and "stop_requested" in said, said
     wait_for(lambda: (item(table, message_id) or {}).get("state") == "cancelled", 20, "cancelled")
     took = time.monotonic() - cancelled_at
     # A heartbeat (1 s), the grace (1 s), the final write (up to 0.25 s) and this poll.
@@ -278,7 +302,7 @@ def test_cancel_stops_a_running_task_within_a_heartbeat_and_the_grace_and_delete
     assert not traces(trace_dir, "done", "k")
     found = item(table, message_id)
     assert found is not None and found["error_type"] == "TaskCancelled"
-    assert "tester@laptop" in found["error"]
+    assert found["cancel_requested_by"] in found["error"]
     # Deleted: nothing comes back, nothing is retried.
     time.sleep(3.5)  # past the visibility the message had
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=1) == []
@@ -296,7 +320,7 @@ def test_a_message_cancelled_before_any_worker_received_it_is_deleted_unrun(
     manager = sqs_server.task_manager(sqs_queue)
     doomed = submit(manager.submit("answer", key="doomed", value=1))
     kept = submit(manager.submit("answer", key="kept", value=2))
-    cancel(table, doomed)
+    table.cancel(doomed, by="tester@laptop")
     worker.run_single()
     assert not traces(trace_dir, "done", "doomed") and traces(trace_dir, "done", "kept")
     assert (item(table, doomed) or {}).get("state") == "cancelled"
