@@ -411,3 +411,59 @@ def test_a_table_that_fails_or_hangs_leaves_every_outcome_as_without_a_table(
     kinds = [re.findall(r"Failures of this kind \((\w+)\)", text)[0] for text in firsts]
     assert len(kinds) == len(set(kinds)), firsts  # each kind logged once
     assert took < 30, took
+
+
+# -- without a table; metrics ----------------------------------------------------------------
+
+
+def test_without_a_table_no_dynamodb_client_is_made(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, monkeypatch: Any
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a DynamoDB client was made without a status table")
+
+    monkeypatch.setattr(status_requests, "writer_client", refuse)
+    worker = in_process_worker(None)
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    sqs_server.task_manager(sqs_queue).submit("answer", key="plain", value=1)
+    assert worker.run_single() == 0
+    assert traces(trace_dir, "done", "plain") and worker._status is None
+
+
+def test_cancelled_outcomes_and_table_failures_are_counted(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any
+) -> None:
+    from test_metrics import scrape, tasks_total, value
+
+    from sqstaskmaster.ops import metrics
+    from sqstaskmaster.testing import free_port
+
+    port = free_port()
+    worker = in_process_worker(table, isolate=False, metrics_port=port)
+    seen: List[Any] = []
+    worker.register("probe", lambda: seen.append(scrape(port)))
+    worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
+    manager = sqs_server.task_manager(sqs_queue)
+    table.cancel(submit(manager.submit("answer", key="gone", value=1)), by="tester")
+    manager.submit("probe")
+    try:
+        worker.burst_tasks = 1  # the probe; the cancelled message is deleted unrun
+        worker.run_single()
+        assert seen and seen[-1] is not None
+        assert tasks_total(seen[-1]).get(("answer", "cancelled")) == 1
+        # Then the table breaks: its failures are counted while the tasks go on.
+        worker.settings = worker.settings.replace(
+            status_table=SimpleNamespace(
+                name=table.name, client=faulty_client(table, "raises", "", sqs_server)
+            ),
+            burst_tasks=2,
+        )
+        manager.submit("answer", key="after", value=2)
+        manager.submit("probe")
+        worker.tasks_run = 0
+        worker.run_single()
+    finally:
+        metrics.stop_serving()
+    assert traces(trace_dir, "done", "after") and not traces(trace_dir, "done", "gone")
+    assert len(seen) == 2 and seen[-1] is not None
+    assert value(seen[-1], "sqstaskmaster_status_table_failures_total", kind="unreachable") >= 1
