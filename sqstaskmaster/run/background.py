@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Callable, List, Optional, Protocol
 
 from ..errors import HardTimeoutError, WorkerShutdownError
@@ -61,6 +62,8 @@ class InlineFallback:
 
 # Helper threads started here that may still run (a fork must wait for them).
 _live: List[threading.Thread] = []
+# Those of them a fork may routinely meet (a status table write): waited for quietly.
+_routine: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 _live_lock = threading.Lock()
 #: The longest a task fork waits for helper threads still on (seconds); their
 #: SQS requests are bounded (sqs.clients), so this is reached only by a hang elsewhere.
@@ -76,7 +79,8 @@ def wait_before_fork(label: str, limit_s: float = FORK_WAIT_S) -> None:
         _live[:] = threads
     if not threads:
         return
-    logger.warning(
+    log = logger.debug if all(thread in _routine for thread in threads) else logger.warning
+    log(
         "%s: waiting for %d helper thread(s) still on (%s) before forking the task",
         label,
         len(threads),
@@ -100,7 +104,8 @@ class BackgroundCall:
 
     ``error`` is what ``work`` raised. ``on_done()`` (if given) runs once the
     work is over, in the helper thread (or inline), after ``finished`` turned
-    True; ``done`` turns True once the thread has ended too.
+    True; ``done`` turns True once the thread has ended too. A ``routine`` call
+    (a status table write) is one a task's fork may often wait for: quietly.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class BackgroundCall:
         fallback: InlineFallback,
         what: str = "heartbeat",
         on_done: Optional[Callable[[], None]] = None,
+        routine: bool = False,
     ) -> None:
         self.error: Optional[BaseException] = None
         self.label = f"{what} {label}"
@@ -128,6 +134,8 @@ class BackgroundCall:
             with _live_lock:
                 _live[:] = [thread for thread in _live if thread.is_alive()]
                 _live.append(self._thread)
+                if routine:
+                    _routine.add(self._thread)
 
     def _run(self, work: Callable[[], None]) -> None:
         try:

@@ -331,12 +331,18 @@ class Chores:
         times = [at for at, _, _ in self._sources() if at is not None]
         return min(times) if times else None
 
-    def run_due(self) -> None:
-        """Do whatever is due now; errors are logged and notified."""
+    def run_due(self, status: bool = True) -> None:
+        """Do whatever is due now; errors are logged and notified. ``status=False``
+        (between tasks) leaves the status table's writes to the next task's chores
+        or the next poll: a write started just before a task forks would hold it up."""
         now = time.monotonic()
         for due, action, what in self._sources():
-            if due is not None and due <= now:
+            if due is not None and due <= now and (status or action != self._status_run):
                 self._guarded(action, what)
+
+    @property
+    def _status_run(self) -> Any:
+        return None if self.status is None else self.status.run_due
 
     def flush(self) -> None:
         """Delete every finished task's message now (before a poll, a hand-back, an exit)."""

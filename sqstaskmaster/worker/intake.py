@@ -118,7 +118,7 @@ class Intake:
         (a worker's stop controller) says ``stopping`` then, None: the message
         stays waiting, to be handed back.
         """
-        self.chores.run_due()
+        self.chores.run_due(status=False)
         if stop is not None and stop.stopping:
             return None
         return self.waiting.take()

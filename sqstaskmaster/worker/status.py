@@ -34,7 +34,6 @@ from ..ops.metrics import Outcome
 from ..ops.status_items import (
     CANCELLED,
     DEFAULT_TTL_DAYS,
-    DONE,
     FAILED,
     RUNNING,
     error_fields,
@@ -47,6 +46,7 @@ from .cancelling import delete_unrun
 from .status_record import (
     CLEARED_ON_START,
     STATE_OF,
+    WHOLE_ITEM_STATES,
     Identity,
     TaskRecord,
     queue_name,
@@ -64,9 +64,6 @@ FLUSH_AFTER_S = 0.25
 PAUSE_S = 30.0
 #: Final states kept while the table cannot be written; older ones are dropped (logged).
 MAX_PENDING = 1000
-
-#: A short task's final state in these is one whole item, batched (its message is gone).
-WHOLE_ITEM_STATES = (DONE, CANCELLED)
 
 _Update = Tuple[TaskRecord, Dict[str, Any], Tuple[str, ...], bool]  # record, SET, REMOVE, final
 
@@ -96,14 +93,13 @@ class StatusWriter:
         identity: Identity,
         heartbeat_s: float,
         notify: Notify,
-        ttl_days: int = DEFAULT_TTL_DAYS,
     ) -> None:
         self.name = str(table.name)
         self.client = table.client
         self.identity = identity
         self.heartbeat_s = max(float(heartbeat_s), 0.5)
         self.notify = notify
-        self.ttl_s = ttl_days * 86400
+        self.ttl_s = DEFAULT_TTL_DAYS * 86400
         self.failures = requests.FailureLog(self.name)
         self.requests = 0  # DynamoDB requests made (for tests and benchmarks)
         self._running: Optional[TaskRecord] = None
@@ -112,7 +108,8 @@ class StatusWriter:
         self._puts: List[Dict[str, Any]] = []
         self._first_pending = 0.0
         self._paused_until = 0.0
-        self._lock = threading.Lock()
+        # Reentrant: a signal-mode timer may do the chores inline (no thread to be had).
+        self._lock = threading.RLock()
         self._call: Optional[BackgroundCall] = None
         self._fallback = InlineFallback(f"status table {self.name}")
 
@@ -155,7 +152,8 @@ class StatusWriter:
         record.context, record.stop = context, stop
         record.box = box_for_children() if isolated else None
         record.fields["started_at"] = time.time()
-        self._running = record
+        with self._lock:
+            self._running = record
 
     def ended(
         self,
@@ -167,10 +165,10 @@ class StatusWriter:
         duration_s: Optional[float] = None,
     ) -> None:
         """A message's outcome is settled: its final state is written soon."""
-        record = self._running
+        with self._lock:  # no heartbeat write of it is queued after this
+            record, self._running = self._running, None
         if record is None or record.message_id != message_id_of(message):
             record = self._record(message, task)
-        self._running = None
         self._ended_id = record.message_id
         if outcome is Outcome.CANCELLED and not isinstance(error, TaskCancelled):
             by = getattr(record.stop, "cancelled_by", "") or "someone"
@@ -178,9 +176,8 @@ class StatusWriter:
         self._end(record, STATE_OF.get(outcome, FAILED), error, result, duration_s)
 
     def settled(self, message: Any, outcome: Outcome, refusal: Any = None) -> None:
-        """After each message: its final state, if :meth:`ended` did not write it (a
-        message refused, or not started); ``refusal``: (id(message), the error) of the
-        last refusal, if any."""
+        """After each message: its final state unless :meth:`ended` wrote it (refused, not
+        started); ``refusal``: (id(message), error) of the last refusal, if any."""
         if self._ended_id == message_id_of(message):
             self._ended_id = None
             return
@@ -206,26 +203,32 @@ class StatusWriter:
 
     def run_due(self) -> None:
         """Start the writes that are due, in a helper thread; returns at once."""
-        if self._call is not None and not self._call.finished:
-            return
         now = time.monotonic()
-        record = self._running
-        if record is not None and now >= record.next_write:
-            # On the heartbeats' own schedule: one write per heartbeat period.
-            periods = (now - record.begun) // self.heartbeat_s + 1
-            record.next_write = record.begun + periods * self.heartbeat_s
-            if now >= self._paused_until:
-                self._queue_write(record)
-        due = self.due_at()
-        if due is not None and due <= now:
-            self.flush()
+        with self._lock:
+            if self._call is not None and not self._call.finished:
+                return
+            record = self._running
+            if record is not None and now >= record.next_write:
+                # On the heartbeats' own schedule: one write per heartbeat period, sent now.
+                periods = (now - record.begun) // self.heartbeat_s + 1
+                record.next_write = record.begun + periods * self.heartbeat_s
+                if now >= self._paused_until:
+                    self._queue_write(record)
+                    self.flush()
+                    return
+            due = self.due_at()
+            if due is not None and due <= now:
+                self.flush()
 
     def flush(self) -> None:
         """Start sending every queued write now, in a helper thread (also before a poll)."""
-        call = self._call
-        if (self._updates or self._puts) and not self._paused():
-            if call is None or call.finished:
-                self._call = BackgroundCall(self.send, self.name, self._fallback, "status write")
+        with self._lock:  # one send at a time: a message's writes land in order
+            call = self._call
+            if (self._updates or self._puts) and not self._paused():
+                if call is None or call.finished:
+                    self._call = BackgroundCall(
+                        self.send, self.name, self._fallback, "status write", routine=True
+                    )
 
     def close(self, timeout_s: float = 5.0) -> None:
         """On the worker's way out: send what is left (for at most ``timeout_s``)."""
@@ -289,14 +292,9 @@ class StatusWriter:
     def _record(self, message: Any, task: Optional[str], kwargs: Any = None) -> TaskRecord:
         return self.identity.record(message, task, kwargs, START_AFTER_S)
 
-    def _live_fields(self, record: TaskRecord) -> Dict[str, Any]:
-        now = time.time()
-        fields = {"heartbeat_at": now, "updated_at": now, "expires_at": int(now) + self.ttl_s}
-        return {**fields, **record.progress_fields()}
-
     def _queue_write(self, record: TaskRecord) -> None:
         """The running task's start (or heartbeat) write; it reads a cancel request back."""
-        fields = self._live_fields(record)
+        fields = record.live_fields(self.ttl_s)
         remove: Tuple[str, ...] = ()
         if not record.start_sent:
             record.start_sent = True

@@ -47,6 +47,9 @@ STATE_OF = {
     Outcome.CANCELLED: CANCELLED,
 }
 
+#: A short task's final state in these is one whole item, batched (its message is gone).
+WHOLE_ITEM_STATES = (DONE, CANCELLED)
+
 #: What a message's new receive clears of its item (a retry after a failure).
 CLEARED_ON_START = (
     "ended_at",
@@ -79,6 +82,12 @@ class TaskRecord:
     @property
     def task(self) -> Optional[str]:
         return self.fields.get("task")
+
+    def live_fields(self, ttl_s: int) -> Dict[str, Any]:
+        """A running task's heartbeat write: the time, its expiry and its progress."""
+        now = time.time()
+        fields = {"heartbeat_at": now, "updated_at": now, "expires_at": int(now) + ttl_s}
+        return {**fields, **self.progress_fields()}
 
     def progress_fields(self) -> Dict[str, Any]:
         """``progress`` and ``progress_note`` as the task last reported them (if it did)."""
