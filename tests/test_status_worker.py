@@ -27,6 +27,7 @@ from sqstaskmaster.ops import status_requests
 from sqstaskmaster.ops.status_items import MAX_NOTE_CHARS, from_item, key
 from sqstaskmaster.run.checkpoint_box import CheckpointBox
 from sqstaskmaster.worker.loop import Worker
+from sqstaskmaster.worker.retry import RetryPolicy
 
 STATUS_APP = "worker_apps:status_app"
 
@@ -69,6 +70,7 @@ def in_process_worker(table: Any, notify: Any = None, **settings: Any) -> Worker
         ("fail", apps.fail, None),
         ("stuck", apps.sleep, 1),
         ("progressing", apps.progressing, None),
+        ("snappy", apps.sleep, 2),
     ):
         worker.register(name, target, hard_timeout=hard_timeout)
     return worker
@@ -327,6 +329,47 @@ def test_a_message_cancelled_before_any_worker_received_it_is_deleted_unrun(
     assert (item(table, kept) or {}).get("state") == "done"
     assert [type(error) for error in notify.errors] == [TaskCancelled]
     assert sqs_queue.queue.receive_messages(WaitTimeSeconds=0) == []
+    # The mark stays: were the delete lost, the message would be deleted again.
+    assert (item(table, doomed) or {}).get("cancel_requested_by") == "tester@laptop"
+
+
+def test_a_message_cancelled_while_it_waited_in_the_prefetch_is_deleted_unrun(
+    sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
+) -> None:
+    worker = start_worker(
+        sqs_queue.url, "--status-table", table.name, "--prefetch", "2", app=STATUS_APP
+    )
+    manager = sqs_server.task_manager(sqs_queue)
+    ids = {key: submit(manager.submit("sleep", key=key, seconds=2.5)) for key in ("x", "y")}
+    first = wait_for(
+        lambda: [key for key in ids if traces(trace_dir, "start", key)], 20, "a task started"
+    )[0]
+    other = "y" if first == "x" else "x"
+    time.sleep(1.2)  # the poll's look at the other is now old
+    table.cancel(ids[other], by="tester@laptop")
+    wait_for(lambda: (item(table, ids[other]) or {}).get("state") == "cancelled", 20, "cancelled")
+    wait_for(lambda: traces(trace_dir, "done", first), 20, "the first task done")
+    assert not traces(trace_dir, "start", other)
+    assert worker.stop() == 0
+    assert "cancelled before it ran" in worker.log
+
+
+def test_a_cancel_that_comes_as_a_task_continues_reaches_its_continuation(
+    sqs_server: Any, table: Any
+) -> None:
+    from sqstaskmaster.worker.status_outbox import Outbox
+    from sqstaskmaster.worker.status_record import TaskRecord
+
+    table.cancel("first-message", by="tester@laptop")
+    outbox = Outbox(table.name, table.client, lambda record: False)
+    record = TaskRecord("first-message", {"message_id": "first-message", "task": "t"}, 1.0)
+    record.start_sent = True
+    fields = {"state": "continued", "continued_as": "second-message", "updated_at": time.time()}
+    outbox.update(record, fields, (), True)
+    outbox.send()
+    assert (item(table, "first-message") or {}).get("state") == "continued"
+    following = item(table, "second-message") or {}
+    assert following.get("cancel_requested_by") == "tester@laptop"
 
 
 # -- a table that fails or hangs ------------------------------------------------------------
@@ -345,13 +388,16 @@ def outcomes(caplog: Any) -> List[str]:
 
 
 def run_batch(sqs_server: Any, queue: Any, table: Any, caplog: Any) -> List[str]:
-    worker = in_process_worker(table, retry=None, burst_idle_s=1)
+    # A failed task comes back after a minute: each task runs once in the batch.
+    never_soon = RetryPolicy(first_s=60, jitter="none")
+    worker = in_process_worker(table, retry=never_soon, burst_idle_s=1)
     worker.connect(queue.url, sqs=sqs_server.sqs)
     manager = sqs_server.task_manager(queue)
     submit(manager.submit("answer", key="a", value=1))
     submit(manager.submit("fail", key="f"))
     submit(manager.submit("stuck", key="s", seconds=30))
     submit(manager.submit("progressing", key="p", steps=3, step_s=0.5))
+    submit(manager.submit("snappy", key="n", seconds=0.5))  # 2 s hard timeout
     caplog.clear()
     with caplog.at_level(logging.INFO):
         worker.run_single()
@@ -380,6 +426,9 @@ def faulty_client(table: Any, fault: str, black_hole: str, sqs_server: Any) -> A
     )
 
     def inject(**_: Any) -> None:
+        if fault == "slow":  # answers, each time just within the read timeout
+            time.sleep(status_requests.READ_TIMEOUT_S - 0.3)
+            return
         if fault == "raises":
             raise EndpointConnectionError(endpoint_url=table.endpoint)
         raise ClientError(
@@ -390,27 +439,27 @@ def faulty_client(table: Any, fault: str, black_hole: str, sqs_server: Any) -> A
     return client
 
 
-@pytest.mark.parametrize("fault", ["raises", "throttles", "hangs"])
+@pytest.mark.parametrize("fault", ["raises", "throttles", "hangs", "slow"])
 def test_a_table_that_fails_or_hangs_leaves_every_outcome_as_without_a_table(
     sqs_server: Any, trace_dir: Path, table: Any, caplog: Any, black_hole: str, fault: str
 ) -> None:
+    started = time.monotonic()
     without = run_batch(sqs_server, sqs_server.make_queue(), None, caplog)
+    baseline = time.monotonic() - started
     broken = SimpleNamespace(
         name=table.name, client=faulty_client(table, fault, black_hole, sqs_server)
     )
     started = time.monotonic()
     with_fault = run_batch(sqs_server, sqs_server.make_queue(), broken, caplog)
     took = time.monotonic() - started
-    assert (
-        with_fault
-        == without
-        == sorted(["answer: done", "fail: failed", "stuck: timed out", "progressing: done"])
-    )
+    expected = ["answer: done", "fail: failed", "stuck: timed out", "progressing: done"]
+    assert with_fault == without == sorted([*expected, "snappy: done"])
     firsts = [r.getMessage() for r in caplog.records if "tasks are not affected" in r.getMessage()]
-    assert firsts, "the failure was not logged"
+    assert firsts or fault == "slow", "the failure was not logged"
     kinds = [re.findall(r"Failures of this kind \((\w+)\)", text)[0] for text in firsts]
     assert len(kinds) == len(set(kinds)), firsts  # each kind logged once
-    assert took < 30, took
+    # At most one hung or slow look (two tries of 1 s + 2 s), then the table is left alone.
+    assert took < baseline + 10, (took, baseline)
 
 
 # -- without a table; metrics ----------------------------------------------------------------
@@ -419,15 +468,39 @@ def test_a_table_that_fails_or_hangs_leaves_every_outcome_as_without_a_table(
 def test_without_a_table_no_dynamodb_client_is_made(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, monkeypatch: Any
 ) -> None:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a DynamoDB client was made without a status table")
+    import botocore.session
 
-    monkeypatch.setattr(status_requests, "writer_client", refuse)
+    made: List[str] = []
+    create_client = botocore.session.Session.create_client
+
+    def record(self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        made.append(service_name)
+        return create_client(self, service_name, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", record)
     worker = in_process_worker(None)
     worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
     sqs_server.task_manager(sqs_queue).submit("answer", key="plain", value=1)
     assert worker.run_single() == 0
     assert traces(trace_dir, "done", "plain") and worker._status is None
+    assert "dynamodb" not in made, made
+
+
+def test_a_status_table_given_with_slow_timeouts_is_written_through_a_bounded_client(
+    sqs_server: Any, sqs_queue: Any, table: Any
+) -> None:
+    from sqstaskmaster import StatusTable
+    from sqstaskmaster.worker.status import writer_for
+
+    slow = StatusTable(table.name, session=sqs_server.session, endpoint_url=table.endpoint)
+    assert slow.client.meta.config.read_timeout == 60  # botocore's default
+    worker = in_process_worker(slow)
+    worker.queue_url = sqs_queue.url
+    writer = writer_for(worker)
+    assert writer is not None and writer.name == table.name
+    config = writer.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
+    assert writer.client.meta.endpoint_url == table.endpoint
 
 
 def test_cancelled_outcomes_and_table_failures_are_counted(

@@ -202,7 +202,7 @@ def result_fields(value: Any) -> Dict[str, Any]:
         return {}
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # TypeError, ValueError (NaN, a cycle), RecursionError (deep)
         return {"result_dropped": f"not stored: JSON cannot carry it ({type(error).__name__})"}
     size = len(text.encode("utf-8"))
     if size > MAX_RESULT_BYTES:

@@ -3,8 +3,8 @@
 The worker's DynamoDB client is bounded (:func:`writer_client_config`): a
 request that hangs ends within a few seconds, and a throttled one is tried
 once more. A failure is never raised to a task: :class:`FailureLog` logs it
-once per kind of failure (``timeout``, ``unreachable``, ``throttled``,
-``no_table``, ``denied``, ``refused``, ``error``), counts every one in
+once per kind of failure (``timeout``, ``slow``, ``unreachable``,
+``throttled``, ``no_table``, ``denied``, ``refused``, ``error``), counts every one in
 ``sqstaskmaster_status_table_failures_total{kind}``, and says so when the
 table answers again.
 """
@@ -28,8 +28,17 @@ TRIES = 2
 #: The most items one BatchWriteItem / BatchGetItem takes.
 MAX_BATCH_WRITE = 25
 MAX_BATCH_GET = 100
-#: Kinds of failure after which the table is left alone a while (it is down or unreachable).
-PAUSING_KINDS = frozenset({"timeout", "unreachable", "no_table", "denied"})
+#: An answer slower than this (s) counts as a failure of kind ``slow``.
+SLOW_ANSWER_S = 1.0
+#: Kinds of failure after which the table is left alone a while (down, unreachable, slow).
+PAUSING_KINDS = frozenset({"timeout", "unreachable", "no_table", "denied", "slow"})
+
+
+class SlowAnswer(Exception):
+    """A request the table answered, but slower than :data:`SLOW_ANSWER_S`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"answered in {seconds:.1f} s (over {SLOW_ANSWER_S:g} s)")
 
 
 def writer_client_config() -> Any:
@@ -52,6 +61,30 @@ def writer_client(session: Any = None) -> Any:
     return session.client("dynamodb", config=writer_client_config())
 
 
+def bounded_client(client: Any, session: Any = None) -> Any:
+    """``client`` if its timeouts are a worker's (or shorter), else a client like it (its
+    region and endpoint; ``session``'s credentials, else boto3's default ones) that has them."""
+    config = getattr(getattr(client, "meta", None), "config", None)
+    connect = getattr(config, "connect_timeout", None) or 60
+    read = getattr(config, "read_timeout", None) or 60
+    if connect <= CONNECT_TIMEOUT_S and read <= READ_TIMEOUT_S:
+        return client
+    import boto3
+
+    session = session or boto3.session.Session()
+    logger.info(
+        "the status table's client waits up to %s s for an answer: the worker writes through "
+        "a client like it with its own short timeouts",
+        read,
+    )
+    return session.client(
+        "dynamodb",
+        region_name=client.meta.region_name,
+        endpoint_url=client.meta.endpoint_url,
+        config=writer_client_config(),
+    )
+
+
 def failure_kind(error: BaseException) -> str:
     """What kind of failure ``error`` is (the metric's ``kind`` label)."""
     from botocore.exceptions import (
@@ -62,6 +95,8 @@ def failure_kind(error: BaseException) -> str:
         ReadTimeoutError,
     )
 
+    if isinstance(error, SlowAnswer):
+        return "slow"
     if isinstance(error, (ReadTimeoutError, ConnectTimeoutError, TimeoutError)):
         return "timeout"
     if isinstance(error, (EndpointConnectionError, ConnectionError, OSError)):

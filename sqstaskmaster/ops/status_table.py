@@ -73,6 +73,8 @@ class StatusTable:
                 f"not a DynamoDB table name: {name!r} (3 to 255 letters, digits, '_', '-', '.')"
             )
         self.name = name
+        #: The session the client was made from (None when a client was given).
+        self.session = session if client is None else None
         if client is None:
             session = session if session is not None else make_session(region_name)
             client = session.client("dynamodb", endpoint_url=endpoint_url, region_name=region_name)

@@ -73,23 +73,27 @@ FORK_WAIT_S = 120.0
 def wait_before_fork(label: str, limit_s: float = FORK_WAIT_S) -> None:
     """Wait for every helper thread still on, so that a task child is forked from
     one thread (a heartbeat or chores run given up on at a task's end may still be
-    in a request; a fork then could copy a lock it holds)."""
-    with _live_lock:
-        threads = [thread for thread in _live if thread.is_alive()]
-        _live[:] = threads
-    if not threads:
-        return
-    log = logger.debug if all(thread in _routine for thread in threads) else logger.warning
-    log(
-        "%s: waiting for %d helper thread(s) still on (%s) before forking the task",
-        label,
-        len(threads),
-        ", ".join(thread.name for thread in threads),
-    )
+    in a request, or start a status write meanwhile; a fork then could copy a
+    lock it holds)."""
     end = time.monotonic() + limit_s
-    for thread in threads:
-        thread.join(max(end - time.monotonic(), 0.0))
-    still = [thread.name for thread in threads if thread.is_alive()]
+    logged = False
+    threads = _alive()
+    while threads:
+        if not logged:
+            logged = True
+            routine = all(thread in _routine for thread in threads)
+            (logger.debug if routine else logger.warning)(
+                "%s: waiting for %d helper thread(s) still on (%s) before forking the task",
+                label,
+                len(threads),
+                ", ".join(thread.name for thread in threads),
+            )
+        for thread in threads:
+            thread.join(max(end - time.monotonic(), 0.0))
+        if time.monotonic() >= end:
+            break
+        threads = _alive()  # one of them may have started another
+    still = [thread.name for thread in _alive()]
     if still:
         logger.error(
             "%s: helper thread(s) %s still on after %.0f s; forking anyway",
@@ -97,6 +101,12 @@ def wait_before_fork(label: str, limit_s: float = FORK_WAIT_S) -> None:
             ", ".join(still),
             limit_s,
         )
+
+
+def _alive() -> List[threading.Thread]:
+    with _live_lock:
+        _live[:] = [thread for thread in _live if thread.is_alive()]
+        return list(_live)
 
 
 class BackgroundCall:

@@ -59,6 +59,10 @@ class CheckpointBox:
             start = _slot_start(slot)
             self._memory[start : start + _SLOT.size] = bytes(_SLOT.size)
 
+    def clear_progress(self) -> None:
+        """Forget the last task's progress (before the next task starts)."""
+        self._memory[_HEADER_BYTES:_SLOTS_AT] = bytes(_PROGRESS_BYTES)
+
     def set_stop(self, stop: bool) -> None:
         """Tell the task whether it is asked to stop."""
         self._memory[_STOP] = 1 if stop else 0

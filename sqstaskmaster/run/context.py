@@ -288,17 +288,16 @@ class TaskStop:
     def cancel(self, by: str, task: Optional[str], message_id: Optional[str]) -> None:
         """The task was cancelled (``by`` whom): ask it to stop, stop it after the grace.
 
-        Safe from any thread: it sets attributes and calls the listener (a
-        signal-mode timer re-arms); an isolated task's wait loop sees it within 50 ms.
+        Safe from any thread: it only sets attributes. An isolated task's wait
+        loop sees it within 50 ms; a signal-mode timer at its next firing (a
+        heartbeat at the latest), which arms it for the stop; ``stop_requested``
+        is true at once.
         """
         if self.cancel_at is not None:
             return
         self.cancelled_by = by
         self._cancel_names = (task, message_id)
         self.cancel_at = time.monotonic()
-        listener = self.listener
-        if listener is not None:
-            listener()
 
     @property
     def stopping(self) -> bool:

@@ -209,8 +209,11 @@ class SQSServer:
         :class:`~sqstaskmaster.ops.status_table.StatusTable`."""
         from ..ops.status_table import StatusTable
 
-        client = self.session.client("dynamodb", endpoint_url=self.dynamodb_endpoint_url)
-        table = StatusTable(name or f"status-{uuid.uuid4().hex[:12]}", client=client)
+        table = StatusTable(
+            name or f"status-{uuid.uuid4().hex[:12]}",
+            session=self.session,
+            endpoint_url=self.dynamodb_endpoint_url,
+        )
         table.create()
         return table
 

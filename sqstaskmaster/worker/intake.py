@@ -70,6 +70,7 @@ class Intake:
         self.notify = notify
         # The status table's writer (sqstaskmaster.worker.status), or None.
         self.status: Any = None
+        self._short_poll = True  # the last poll took fewer messages than it asked for
         self.failures = 0  # failed polls in a row
         # FIFO groups with a message to be retried -> until when (monotonic) that
         # may take: meanwhile a poll takes one message (see after()).
@@ -81,7 +82,7 @@ class Intake:
         SQS errors propagate (the worker counts failed polls).
         """
         self.chores.flush()
-        if self.status is not None:  # ended tasks' states, in a helper thread
+        if self.status is not None and self._short_poll:  # ended tasks' states, before a wait
             self.status.flush()
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
         if self.queue is not None:  # how many one receive may take
@@ -95,6 +96,7 @@ class Intake:
         # Received with VisibilityTimeout=sqs_timeout: invisible until at least
         # polled_at + sqs_timeout.
         self.failures = 0
+        self._short_poll = len(messages) < count  # else the writes go by their own schedule
         bind(messages, self.client)
         if self.status is not None:  # those cancelled before they ran are deleted unrun
             messages = self.status.screen(list(messages), self.deletes)
@@ -119,9 +121,19 @@ class Intake:
         stays waiting, to be handed back.
         """
         self.chores.run_due(status=False)
-        if stop is not None and stop.stopping:
-            return None
-        return self.waiting.take()
+        if self.status is not None:  # a write still on would hold up a task's fork
+            self.status.wait_idle()
+        while True:
+            if stop is not None and stop.stopping:
+                return None
+            item = self.waiting.take()
+            # One cancelled while it waited here is deleted unrun.
+            if (
+                item is None
+                or self.status is None
+                or self.status.still_wanted(item[0], self.deletes)
+            ):
+                return item
 
     def after(self, message: Any, outcome: str, visible_in_s: Optional[int]) -> List[Any]:
         """After ``message`` ended with ``outcome``: unless it is gone (done, or

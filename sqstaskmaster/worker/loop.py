@@ -306,7 +306,7 @@ class Worker(TaskRegistry, Configured):
         with task_context(message_id=message_id_of(message), receive_count=count):
             outcome = self._process(message, visible_until, count)
             if self._status is not None:  # its final state, unless run_attempt wrote it
-                self._status.settled(message, outcome, self._settlement.last_refusal)
+                self._status.settled(message, outcome, self._settlement)
         if self._intake is not None:  # a FIFO group runs in order: 1, 1, 2, 3
             given = self._settlement.visibility_given(message)
             for waiting in self._intake.after(message, str(outcome), given):

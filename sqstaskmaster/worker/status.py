@@ -4,29 +4,29 @@ One item per task message (:mod:`sqstaskmaster.ops.status_items`), written:
 
 - at each poll, one ``BatchGetItem`` for the messages it received: one
   someone cancelled before it ran is deleted unrun (:meth:`StatusWriter.screen`);
+  a message that waited in the prefetch is looked at again (one ``GetItem``)
+  when its turn comes, if the poll's look is over :data:`LOOK_AGAIN_AFTER_S` old;
 - when a task has run :data:`START_AFTER_S`, its ``running`` item
   (``UpdateItem``), then one ``UpdateItem`` per heartbeat period with the
   heartbeat time and the task's progress; each answers with the item, so a
   cancel is read at no extra request (and delivered to the task's stop);
-- when it ends, its final state: an ``UpdateItem`` for a task that had its
-  start written, else the whole item, batched (``BatchWriteItem`` of up to 25,
-  within :data:`FLUSH_AFTER_S`): a short task costs a fraction of a request.
+- when it ends, its final state: an ``UpdateItem`` (which keeps a cancel asked
+  meanwhile), or, for a short task done or cancelled, the whole item, batched
+  (``BatchWriteItem`` of up to 25): a short task costs a fraction of a request.
 
-Every write runs in a helper thread among the worker's chores, one request at
-a time; nothing here raises into a task or delays its deadline. A failure is
-logged once per kind and counted (:mod:`sqstaskmaster.ops.status_requests`);
-after a timeout or an unreachable table, the table is left alone for
-:data:`PAUSE_S` (final states wait, heartbeat writes are skipped).
+The writes go through the :class:`~.status_outbox.Outbox`, sent in a helper
+thread beside the task; the looks for cancels run in the worker's main thread
+between tasks, with the same short timeouts. Nothing here raises into a task
+or the worker's loop: what fails is logged once per kind and counted.
 """
 
 from __future__ import annotations
 
-import collections
+import functools
 import logging
-import threading
 import time
 from types import SimpleNamespace
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..errors import Notify, TaskCancelled
 from ..ops import status_requests as requests
@@ -39,10 +39,10 @@ from ..ops.status_items import (
     error_fields,
     result_fields,
 )
-from ..run.background import BackgroundCall, InlineFallback
 from ..run.checkpoint_box import box_for_children
 from ..sqs.facts import message_id_of
 from .cancelling import delete_unrun
+from .status_outbox import Outbox
 from .status_record import (
     CLEARED_ON_START,
     STATE_OF,
@@ -58,14 +58,31 @@ logger = logging.getLogger(__name__)
 #: A task's ``running`` item is written once it has run this long (s); a shorter one
 #: gets one write, when it ends.
 START_AFTER_S = 1.0
-#: Ended tasks' items are written at most this long (s) after the first of them ended.
-FLUSH_AFTER_S = 0.25
-#: After a timeout or an unreachable table, no request for this long (s).
-PAUSE_S = 30.0
-#: Final states kept while the table cannot be written; older ones are dropped (logged).
-MAX_PENDING = 1000
+#: A message whose poll-time look for a cancel is older than this (s) is looked at again.
+LOOK_AGAIN_AFTER_S = 1.0
+#: The longest the worker waits, before it takes the next isolated task, for a write still on.
+IDLE_WAIT_S = 10.0
+_CANCEL_FIELDS = ("cancel_requested_at", "cancel_requested_by")
 
-_Update = Tuple[TaskRecord, Dict[str, Any], Tuple[str, ...], bool]  # record, SET, REMOVE, final
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _never_raises(default: Any = None) -> Callable[[_Method], _Method]:
+    """A StatusWriter method called from the worker's loop: what it raises is logged once
+    per kind and counted, never raised (the task and the loop go on)."""
+
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def guarded(self: StatusWriter, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as error:
+                self.outbox.failures.failed(method.__name__.strip("_"), error)
+                return args[0] if default == "first" else default
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap
 
 
 def writer_for(worker: Any) -> Optional[StatusWriter]:
@@ -74,87 +91,128 @@ def writer_for(worker: Any) -> Optional[StatusWriter]:
     if not table:
         return None
     if isinstance(table, str):
-        table = SimpleNamespace(name=table, client=requests.writer_client(worker.session))
+        client = requests.writer_client(worker.session)
+    else:  # a StatusTable (or name and client): its client, unless its timeouts are long
+        client = requests.bounded_client(table.client, getattr(table, "session", None))
+        table = table.name
     identity = Identity(queue_name(worker.queue_url), worker.status_kwargs)
     writer = StatusWriter(
-        table, identity=identity, heartbeat_s=worker.heartbeat_s, notify=worker.notify
+        SimpleNamespace(name=table, client=client),
+        identity=identity,
+        heartbeat_s=worker.heartbeat_s,
+        notify=worker.notify,
     )
     logger.info("task states are written to status table %s", writer.name)
     return writer
 
 
 class StatusWriter:
-    """Writes one worker process's tasks to ``table`` (a StatusTable: ``name``, ``client``)."""
+    """Writes one worker process's tasks to ``table`` (``name`` and a DynamoDB ``client``)."""
 
-    def __init__(
-        self,
-        table: Any,
-        *,
-        identity: Identity,
-        heartbeat_s: float,
-        notify: Notify,
-    ) -> None:
+    def __init__(self, table: Any, *, identity: Identity, heartbeat_s: float, notify: Notify):
         self.name = str(table.name)
         self.client = table.client
         self.identity = identity
         self.heartbeat_s = max(float(heartbeat_s), 0.5)
         self.notify = notify
         self.ttl_s = DEFAULT_TTL_DAYS * 86400
-        self.failures = requests.FailureLog(self.name)
-        self.requests = 0  # DynamoDB requests made (for tests and benchmarks)
+        self.outbox = Outbox(self.name, self.client, lambda record: record is self._running)
         self._running: Optional[TaskRecord] = None
         self._ended_id: Optional[str] = None  # the last message ended() wrote
-        self._updates: Deque[_Update] = collections.deque()
-        self._puts: List[Dict[str, Any]] = []
-        self._first_pending = 0.0
-        self._paused_until = 0.0
-        # Reentrant: a signal-mode timer may do the chores inline (no thread to be had).
-        self._lock = threading.RLock()
-        self._call: Optional[BackgroundCall] = None
-        self._fallback = InlineFallback(f"status table {self.name}")
+        self._looked: Dict[str, float] = {}  # message id -> when its cancel was looked for
+        self._isolated = False  # the last task ran in a forked child
+
+    @property
+    def requests(self) -> int:
+        """DynamoDB requests made (for tests and benchmarks)."""
+        return self.outbox.requests
 
     # -- the worker's side (main thread) -----------------------------------------
 
+    @_never_raises(default="first")
     def screen(self, messages: List[Any], deletes: Any) -> List[Any]:
         """The received ``messages`` that are to run: those cancelled before they ran are
         deleted unrun (through ``deletes``) and left out. One request (up to 100 messages)."""
-        ids = [message_id_of(message) for message in messages]
-        if not messages or self._paused():
+        if not messages or self.outbox.paused:
             return messages
-        try:
-            self.requests += 1
-            found = requests.get_batch(
-                self.client,
-                self.name,
-                [i for i in ids if i],
-                ("cancel_requested_at", "cancel_requested_by"),
-            )
-        except Exception as error:
-            self._failed("looking for cancelled messages (BatchGetItem)", error)
+        ids = [message_id_of(message) or "" for message in messages]
+        found = self._look(ids, "looking for cancelled messages (BatchGetItem)")
+        if found is None:
             return messages
-        self.failures.worked()
+        now = time.monotonic()
+        if len(self._looked) > 1000:  # those handed back or lost never come to their turn
+            self._looked.clear()
         keep = []
         for message, message_id in zip(messages, ids):
-            mark = requests.cancel_mark(found.get(message_id or ""))
+            mark = requests.cancel_mark(found.get(message_id))
             if mark is None:
+                self._looked[message_id] = now
                 keep.append(message)
-                continue
-            task = task_name(message)
-            cancelled = delete_unrun(message, task, mark[1], deletes, self.notify)
-            self._end(self._record(message, task), CANCELLED, error=cancelled)
+            else:
+                self._delete_unrun(message, mark, deletes)
         return keep
 
+    @_never_raises(default=True)
+    def still_wanted(self, message: Any, deletes: Any) -> bool:
+        """Whether a message taken from the prefetch is to run: False (deleted unrun) if
+        it was cancelled while it waited. A ``GetItem`` if the poll's look is old."""
+        message_id = message_id_of(message) or ""
+        looked = self._looked.pop(message_id, None)
+        if looked is None or time.monotonic() - looked < LOOK_AGAIN_AFTER_S or self.outbox.paused:
+            return True
+        found = self._look([message_id], "looking for a cancel (BatchGetItem)")
+        mark = None if found is None else requests.cancel_mark(found.get(message_id))
+        if mark is not None:
+            self._delete_unrun(message, mark, deletes)
+        return mark is None
+
+    def _look(self, ids: List[str], doing: str) -> Optional[Dict[str, Any]]:
+        """The cancel marks of ``ids``' items; None (logged, counted) if the table failed
+        or was slow to answer (then it is left alone a while)."""
+        started = time.monotonic()
+        try:
+            self.outbox.requests += 1
+            found = requests.get_batch(self.client, self.name, ids, _CANCEL_FIELDS)
+        except Exception as error:
+            self.outbox.pause_after(doing, error)
+            return None
+        took = time.monotonic() - started
+        if took > requests.SLOW_ANSWER_S:
+            self.outbox.pause_after(doing, requests.SlowAnswer(took))
+        else:
+            self.outbox.failures.worked()
+        return found
+
+    def _delete_unrun(self, message: Any, mark: Tuple[float, str], deletes: Any) -> None:
+        task = task_name(message)
+        cancelled = delete_unrun(message, task, mark[1], deletes, self.notify)
+        record = self._record(message, task)
+        # The mark stays on the item: if the delete is lost, the message is deleted again.
+        record.fields.update(zip(_CANCEL_FIELDS, mark))
+        self._end(record, CANCELLED, error=cancelled)
+
+    def wait_idle(self) -> None:
+        """Before the next task: if it may fork, let a write still on finish first (a fork
+        waits for helper threads, and that wait would come out of the task's time)."""
+        if self._isolated:
+            self.outbox.wait_idle(IDLE_WAIT_S)
+
+    @_never_raises()
     def begin(
         self, message: Any, task: str, kwargs: Any, context: Any, stop: Any, isolated: bool
     ) -> None:
         """A task starts: its running item is written once it has run :data:`START_AFTER_S`."""
         record = self._record(message, task, kwargs)
         record.context, record.stop = context, stop
-        record.box = box_for_children() if isolated else None
+        self._isolated = isolated
+        if isolated:
+            record.box = box_for_children()
+            record.box.clear_progress()  # none of the last task's, even if no child starts
         record.fields["started_at"] = time.time()
-        with self._lock:
+        with self.outbox.lock:
             self._running = record
 
+    @_never_raises()
     def ended(
         self,
         message: Any,
@@ -165,7 +223,7 @@ class StatusWriter:
         duration_s: Optional[float] = None,
     ) -> None:
         """A message's outcome is settled: its final state is written soon."""
-        with self._lock:  # no heartbeat write of it is queued after this
+        with self.outbox.lock:  # no heartbeat write of it is queued after this
             record, self._running = self._running, None
         if record is None or record.message_id != message_id_of(message):
             record = self._record(message, task)
@@ -175,9 +233,11 @@ class StatusWriter:
             error = TaskCancelled(f"by {by}", task, record.message_id)
         self._end(record, STATE_OF.get(outcome, FAILED), error, result, duration_s)
 
-    def settled(self, message: Any, outcome: Outcome, refusal: Any = None) -> None:
+    @_never_raises()
+    def settled(self, message: Any, outcome: Outcome, settlement: Any) -> None:
         """After each message: its final state unless :meth:`ended` wrote it (refused, not
-        started); ``refusal``: (id(message), error) of the last refusal, if any."""
+        started); the error of a refusal from ``settlement.last_refusal``."""
+        refusal, settlement.last_refusal = settlement.last_refusal, None
         if self._ended_id == message_id_of(message):
             self._ended_id = None
             return
@@ -185,107 +245,46 @@ class StatusWriter:
         self.ended(message, task_name(message), outcome, error)
         self._ended_id = None
 
+    def flush(self) -> None:
+        """Start sending the queued writes now (before a poll)."""
+        self.outbox.flush()
+
+    @_never_raises()
+    def close(self) -> None:
+        """On the worker's way out: the last states (a few seconds at most)."""
+        self.outbox.close()
+
     # -- the chores' side (any thread) ----------------------------------------------
 
     def due_at(self) -> Optional[float]:
         """When a write is due (``time.monotonic()``); None while one is in flight."""
-        if self._call is not None and not self._call.finished:
+        if self.outbox.in_flight:
             return None
-        times = []
+        times = [self.outbox.due_at()]
         record = self._running
         if record is not None:
-            times.append(max(record.next_write, self._paused_until))
-        if self._updates or self._puts:
-            full = len(self._puts) >= requests.MAX_BATCH_WRITE
-            flush_at = self._first_pending + (0.0 if full else FLUSH_AFTER_S)
-            times.append(max(flush_at, self._paused_until))
-        return min(times) if times else None
+            times.append(record.next_write)
+        due = [at for at in times if at is not None]
+        return min(due) if due else None
 
     def run_due(self) -> None:
         """Start the writes that are due, in a helper thread; returns at once."""
         now = time.monotonic()
-        with self._lock:
-            if self._call is not None and not self._call.finished:
+        with self.outbox.lock:
+            if self.outbox.in_flight:
                 return
             record = self._running
             if record is not None and now >= record.next_write:
                 # On the heartbeats' own schedule: one write per heartbeat period, sent now.
                 periods = (now - record.begun) // self.heartbeat_s + 1
                 record.next_write = record.begun + periods * self.heartbeat_s
-                if now >= self._paused_until:
+                if not self.outbox.paused:
                     self._queue_write(record)
-                    self.flush()
+                    self.outbox.flush()
                     return
-            due = self.due_at()
+            due = self.outbox.due_at()
             if due is not None and due <= now:
-                self.flush()
-
-    def flush(self) -> None:
-        """Start sending every queued write now, in a helper thread (also before a poll)."""
-        with self._lock:  # one send at a time: a message's writes land in order
-            call = self._call
-            if (self._updates or self._puts) and not self._paused():
-                if call is None or call.finished:
-                    self._call = BackgroundCall(
-                        self.send, self.name, self._fallback, "status write", routine=True
-                    )
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """On the worker's way out: send what is left (for at most ``timeout_s``)."""
-        call = self._call
-        if call is not None:
-            call.join(timeout_s)
-        if self._updates or self._puts:
-            self._paused_until = 0.0
-            self.send()
-        left = len(self._updates) + len(self._puts)
-        if left:
-            logger.warning(
-                "status table %s: %d task state(s) could not be written before the worker stopped",
-                *(self.name, left),
-            )
-
-    def send(self) -> None:
-        """Send every queued write (one request each; whole items 25 a request)."""
-        while True:
-            with self._lock:
-                if not self._updates and not self._puts:
-                    return
-                if self._updates:
-                    update, puts = self._updates.popleft(), []
-                else:
-                    update, puts = None, self._puts[: requests.MAX_BATCH_WRITE]
-                    del self._puts[: len(puts)]
-                if not self._updates and not self._puts:
-                    self._first_pending = 0.0
-            if self._paused():
-                self._requeue(update, puts)
-                return
-            try:
-                self.requests += 1
-                if update is not None:
-                    self._send_update(*update)
-                else:
-                    left = requests.put_batch(self.client, self.name, puts)
-                    if left:
-                        self._requeue(None, left)
-                        return  # DynamoDB is busy: the rest waits for the next flush
-            except Exception as error:
-                kind = self._failed("writing task states", error)
-                if update is not None and not update[3]:
-                    if update[2]:  # the start's write: the next heartbeat's makes it again
-                        update[0].start_sent = False
-                    continue  # a heartbeat's write: the next one says the same
-                if kind in requests.PAUSING_KINDS or kind == "throttled":
-                    self._requeue(update, puts)
-                    return
-                ids = [update[0].message_id] if update else [p["message_id"] for p in puts]
-                logger.warning(
-                    "status table %s: final state of message(s) %s not written (%s)",
-                    *(self.name, ", ".join(ids), kind),
-                )
-                continue
-            self.failures.worked()
+                self.outbox.flush()
 
     # -- inside ---------------------------------------------------------------
 
@@ -299,8 +298,8 @@ class StatusWriter:
         if not record.start_sent:
             record.start_sent = True
             fields = {**record.fields, "state": RUNNING, **fields}
-            remove = CLEARED_ON_START
-        self._enqueue_update(record, fields, remove, False)
+            remove = tuple(name for name in CLEARED_ON_START if fields.get(name) is None)
+        self.outbox.update(record, fields, remove, False)
 
     def _end(
         self,
@@ -319,80 +318,14 @@ class StatusWriter:
             "duration_s": None if duration_s is None else round(duration_s, 3),
             **error_fields(error),
             **result_fields(result),
+            **record.progress_fields(),
         }
-        fields.update(record.progress_fields())
         if record.context is not None:
             fields["continued_as"] = getattr(record.context, "continued_as", None)
         item = {**record.fields, **fields}
         if record.start_sent or state not in WHOLE_ITEM_STATES:
             # An update keeps a cancel asked meanwhile; all fields (the start may have failed).
             stale = tuple(name for name in CLEARED_ON_START if item.get(name) is None)
-            self._enqueue_update(record, item, () if record.start_sent else stale, True)
-            return
-        with self._lock:
-            if not self._updates and not self._puts:
-                self._first_pending = time.monotonic()
-            self._puts.append({k: v for k, v in item.items() if v is not None})
-            self._trim()
-
-    def _enqueue_update(
-        self, record: TaskRecord, fields: Dict[str, Any], remove: Tuple[str, ...], final: bool
-    ) -> None:
-        with self._lock:
-            if not self._updates and not self._puts:
-                self._first_pending = time.monotonic()
-            self._updates.append((record, fields, remove, final))
-            self._trim()
-
-    def _trim(self) -> None:
-        """Drop the oldest writes past :data:`MAX_PENDING` (the table is down), saying so."""
-        extra = len(self._updates) + len(self._puts) - MAX_PENDING
-        for _ in range(max(extra, 0)):
-            self._puts.pop(0) if self._puts else self._updates.popleft()
-        if extra > 0:
-            logger.warning(
-                "status table %s: %d task state write(s) dropped: more than %d wait while the "
-                "table cannot be written",
-                *(self.name, extra, MAX_PENDING),
-            )
-
-    def _send_update(
-        self, record: TaskRecord, fields: Dict[str, Any], remove: Tuple[str, ...], final: bool
-    ) -> None:
-        item = requests.update(self.client, self.name, record.message_id, fields, remove, True)
-        mark = requests.cancel_mark(item)
-        if mark is None:
-            return
-        if not final and record.stop is not None and record is self._running:
-            record.stop.cancel(mark[1], record.task, record.message_id)
-        next_id = fields.get("continued_as")
-        if final and next_id:
-            # Cancelled while it continued: its continuation is cancelled too.
-            self.requests += 1
-            requests.update(
-                self.client,
-                self.name,
-                next_id,
-                {"cancel_requested_at": mark[0], "cancel_requested_by": mark[1]},
-            )
-            logger.warning(
-                "task %s message %s: cancelled as it continued: its continuation %s is too",
-                *(record.task, record.message_id, next_id),
-            )
-
-    def _requeue(self, update: Any, puts: List[Dict[str, Any]]) -> None:
-        with self._lock:
-            if update is not None:
-                self._updates.appendleft(update)
-            self._puts[:0] = puts
-            if self._updates or self._puts:
-                self._first_pending = self._first_pending or time.monotonic()
-
-    def _paused(self) -> bool:
-        return time.monotonic() < self._paused_until
-
-    def _failed(self, doing: str, error: BaseException) -> str:
-        kind = self.failures.failed(doing, error)
-        if kind in requests.PAUSING_KINDS:
-            self._paused_until = time.monotonic() + PAUSE_S
-        return kind
+            self.outbox.update(record, item, () if record.start_sent else stale, True)
+        else:
+            self.outbox.put(item)

@@ -59,6 +59,8 @@ CLEARED_ON_START = (
     "error_type",
     "error",
     "continued_as",
+    "progress",
+    "progress_note",
 )
 
 
