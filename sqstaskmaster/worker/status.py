@@ -102,6 +102,7 @@ def writer_for(worker: Any) -> Optional[StatusWriter]:
         heartbeat_s=worker.heartbeat_s,
         notify=worker.notify,
     )
+    writer._isolated = bool(worker.isolate)
     logger.info("task states are written to status table %s", writer.name)
     return writer
 
