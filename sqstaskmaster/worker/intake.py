@@ -70,7 +70,6 @@ class Intake:
         self.notify = notify
         # The status table's writer (sqstaskmaster.worker.status), or None.
         self.status: Any = None
-        self._short_poll = True  # the last poll took fewer messages than it asked for
         self.failures = 0  # failed polls in a row
         # FIFO groups with a message to be retried -> until when (monotonic) that
         # may take: meanwhile a poll takes one message (see after()).
@@ -82,7 +81,7 @@ class Intake:
         SQS errors propagate (the worker counts failed polls).
         """
         self.chores.flush()
-        if self.status is not None and self._short_poll:  # ended tasks' states, before a wait
+        if self.status is not None:  # ended tasks' states, sent while the poll waits
             self.status.flush()
         count = self.prefetch if most is None else max(1, min(self.prefetch, most))
         if self.queue is not None:  # how many one receive may take
@@ -96,7 +95,6 @@ class Intake:
         # Received with VisibilityTimeout=sqs_timeout: invisible until at least
         # polled_at + sqs_timeout.
         self.failures = 0
-        self._short_poll = len(messages) < count  # else the writes go by their own schedule
         bind(messages, self.client)
         if self.status is not None:  # those cancelled before they ran are deleted unrun
             messages = self.status.screen(list(messages), self.deletes)
@@ -121,8 +119,8 @@ class Intake:
         stays waiting, to be handed back.
         """
         self.chores.run_due(status=False)
-        if self.status is not None:  # a write still on would hold up a task's fork
-            self.status.wait_idle()
+        if self.status is not None:  # (a write still on would hold up a task's fork)
+            self.status.between_tasks()
         while True:
             if stop is not None and stop.stopping:
                 return None

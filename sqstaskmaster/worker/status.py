@@ -42,7 +42,7 @@ from ..ops.status_items import (
 from ..run.checkpoint_box import box_for_children
 from ..sqs.facts import message_id_of
 from .cancelling import delete_unrun
-from .status_outbox import Outbox
+from .status_outbox import FLUSH_AFTER_S, ISOLATED_FLUSH_AFTER_S, Outbox
 from .status_record import (
     CLEARED_ON_START,
     STATE_OF,
@@ -192,11 +192,15 @@ class StatusWriter:
         record.fields.update(zip(_CANCEL_FIELDS, mark))
         self._end(record, CANCELLED, error=cancelled)
 
-    def wait_idle(self) -> None:
+    def between_tasks(self) -> None:
         """Before the next task: if it may fork, let a write still on finish first (a fork
-        waits for helper threads, and that wait would come out of the task's time)."""
+        waits for helper threads, and that wait would come out of the task's time); if
+        not, start the writes that are due (a flood of short tasks leaves the chores no
+        other time)."""
         if self._isolated:
             self.outbox.wait_idle(IDLE_WAIT_S)
+        else:
+            self.run_due()
 
     @_never_raises()
     def begin(
@@ -261,7 +265,7 @@ class StatusWriter:
         """When a write is due (``time.monotonic()``); None while one is in flight."""
         if self.outbox.in_flight:
             return None
-        times = [self.outbox.due_at()]
+        times = [self.outbox.due_at(self._flush_after_s)]
         record = self._running
         if record is not None:
             times.append(record.next_write)
@@ -283,9 +287,13 @@ class StatusWriter:
                     self._queue_write(record)
                     self.outbox.flush()
                     return
-            due = self.outbox.due_at()
+            due = self.outbox.due_at(self._flush_after_s)
             if due is not None and due <= now:
                 self.outbox.flush()
+
+    @property
+    def _flush_after_s(self) -> float:
+        return ISOLATED_FLUSH_AFTER_S if self._isolated else FLUSH_AFTER_S
 
     # -- inside ---------------------------------------------------------------
 

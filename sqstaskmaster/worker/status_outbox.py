@@ -26,8 +26,10 @@ from .status_record import TaskRecord
 
 logger = logging.getLogger(__name__)
 
-#: Ended tasks' items are written at most this long (s) after the first of them ended.
+#: Ended tasks' items are written at most this long (s) after the first of them ended
+#: (besides before each poll); isolated tasks' the longer, to go out while a poll waits.
 FLUSH_AFTER_S = 0.25
+ISOLATED_FLUSH_AFTER_S = 1.0
 #: After a timeout or an unreachable table, no request for this long (s).
 PAUSE_S = 30.0
 #: Final states kept while the table cannot be written; older ones are dropped (logged).
@@ -106,13 +108,13 @@ class Outbox:
     def paused(self) -> bool:
         return time.monotonic() < self._paused_until
 
-    def due_at(self) -> Optional[float]:
-        """When the queued writes are due (``time.monotonic()``); None if none is, or a
-        send is on."""
+    def due_at(self, after_s: float = FLUSH_AFTER_S) -> Optional[float]:
+        """When the queued writes are due (``time.monotonic()``): ``after_s`` after the
+        first of them, at once for a full batch; None if none is, or a send is on."""
         if self.in_flight or not self.pending:
             return None
         full = len(self._puts) >= requests.MAX_BATCH_WRITE
-        return max(self._first_pending + (0.0 if full else FLUSH_AFTER_S), self._paused_until)
+        return max(self._first_pending + (0.0 if full else after_s), self._paused_until)
 
     def flush(self) -> None:
         """Start sending every queued write now, in a helper thread, unless one is on."""
