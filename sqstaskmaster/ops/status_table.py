@@ -172,7 +172,8 @@ class StatusTable:
         }
         if task is None:
             request["Limit"] = limit  # else Limit counts items before the filter drops some
-        else:
+        else:  # pages of a bounded size (the filter applies after the read)
+            request["Limit"] = max(4 * limit, 200)
             request["FilterExpression"] = "#task = :task"
             request["ExpressionAttributeNames"]["#task"] = "task"
             request["ExpressionAttributeValues"][":task"] = to_attribute(task)
