@@ -81,8 +81,14 @@ def submit(response: Any) -> str:
     return str(response["MessageId"])
 
 
-def worker_env(table: Any) -> Dict[str, str]:
-    return {"AWS_ENDPOINT_URL_DYNAMODB": table.endpoint}
+def status_worker(start_worker: Any, queue: Any, table: Any, *args: str) -> Any:
+    """``sqstaskmaster worker worker_apps:status_app --status-table NAME ARGS`` on ``queue``."""
+    return start_worker(queue.url, "--status-table", table.name, *args, app=STATUS_APP)
+
+
+def send(server: Any, queue: Any, task: str, **kwargs: Any) -> str:
+    """Submit one task to ``queue``; its message id."""
+    return submit(server.task_manager(queue).submit(task, **kwargs))
 
 
 # -- progress ---------------------------------------------------------------------------
@@ -163,15 +169,8 @@ def test_each_ended_task_has_its_item_with_state_worker_result_and_error(
 def test_a_long_task_is_running_with_heartbeats_then_done_and_kwargs_on_request(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
 ) -> None:
-    worker = start_worker(
-        sqs_queue.url,
-        *("--status-table", table.name, "--status-kwargs", "--sqs-timeout", "3"),
-        app=STATUS_APP,
-        env=worker_env(table),
-    )
-    message_id = submit(
-        sqs_server.task_manager(sqs_queue).submit("progressing", key="p", steps=8, step_s=0.5)
-    )
+    worker = status_worker(start_worker, sqs_queue, table, "--status-kwargs", "--sqs-timeout", "3")
+    message_id = send(sqs_server, sqs_queue, "progressing", key="p", steps=8, step_s=0.5)
     running = wait_for(
         lambda: (
             (item(table, message_id) or {}).get("state") == "running" and item(table, message_id)
@@ -206,9 +205,7 @@ def test_a_continued_task_points_at_its_continuation_and_back(
     worker = in_process_worker(table, continue_after_s=1, shutdown_grace_s=2)
     worker.register("stepper", apps.stepper, resumable=True, hard_timeout=60)
     worker.connect(sqs_queue.url, sqs=sqs_server.sqs)
-    first = submit(
-        sqs_server.task_manager(sqs_queue).submit("stepper", key="c", total=6, step_s=0.5)
-    )
+    first = send(sqs_server, sqs_queue, "stepper", key="c", total=6, step_s=0.5)
     worker.run_single()
     chain = [item(table, first)]
     while chain[-1] is not None and chain[-1]["state"] == "continued":
@@ -222,16 +219,9 @@ def test_a_continued_task_points_at_its_continuation_and_back(
 def test_a_task_stopped_by_shutdown_is_handed_back(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
 ) -> None:
-    worker = start_worker(
-        sqs_queue.url,
-        *("--status-table", table.name, "--shutdown-grace", "1"),
-        app=STATUS_APP,
-        env=worker_env(table),
-    )
-    message_id = submit(
-        sqs_server.task_manager(sqs_queue).submit(
-            "until_stopped", key="h", seconds=60, cooperative=False
-        )
+    worker = status_worker(start_worker, sqs_queue, table, "--shutdown-grace", "1")
+    message_id = send(
+        sqs_server, sqs_queue, "until_stopped", key="h", seconds=60, cooperative=False
     )
     wait_for(lambda: traces(trace_dir, "start", "h"), 20, "the task started")
     assert worker.stop() == 0
@@ -242,7 +232,7 @@ def test_a_task_stopped_by_shutdown_is_handed_back(
 def test_submit_then_wait_for_the_result_without_another_service(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
 ) -> None:
-    worker = start_worker(sqs_queue.url, "--status-table", table.name, app=STATUS_APP)
+    worker = status_worker(start_worker, sqs_queue, table)
     manager = sqs_server.task_manager(sqs_queue)
     quick = submit(manager.submit("answer", key="q", value={"rows": 3}))
     slow = submit(manager.submit("progressing", key="w", steps=3, step_s=0.5))
@@ -278,16 +268,11 @@ def test_cancel_stops_a_running_task_within_a_heartbeat_and_the_grace_and_delete
     capsys: Any,
     sqs_environment: Any,  # the command's region and credentials
 ) -> None:
-    worker = start_worker(
-        sqs_queue.url,
-        *("--status-table", table.name, mode, "--sqs-timeout", "3", "--shutdown-grace", "1"),
-        app=STATUS_APP,
-        env=worker_env(table),
+    worker = status_worker(
+        start_worker, sqs_queue, table, mode, "--sqs-timeout", "3", "--shutdown-grace", "1"
     )
-    message_id = submit(
-        sqs_server.task_manager(sqs_queue).submit(
-            "until_stopped", key="k", seconds=60, cooperative=cooperative
-        )
+    message_id = send(
+        sqs_server, sqs_queue, "until_stopped", key="k", seconds=60, cooperative=cooperative
     )
     wait_for(lambda: (item(table, message_id) or {}).get("state") == "running", 20, "running")
     cancelled_at = time.monotonic()
@@ -336,11 +321,8 @@ def test_a_message_cancelled_before_any_worker_received_it_is_deleted_unrun(
 def test_a_message_cancelled_while_it_waited_in_the_prefetch_is_deleted_unrun(
     sqs_server: Any, sqs_queue: Any, trace_dir: Path, table: Any, start_worker: Any
 ) -> None:
-    worker = start_worker(
-        sqs_queue.url, "--status-table", table.name, "--prefetch", "2", app=STATUS_APP
-    )
-    manager = sqs_server.task_manager(sqs_queue)
-    ids = {key: submit(manager.submit("sleep", key=key, seconds=2.5)) for key in ("x", "y")}
+    worker = status_worker(start_worker, sqs_queue, table, "--prefetch", "2")
+    ids = {key: send(sqs_server, sqs_queue, "sleep", key=key, seconds=2.5) for key in ("x", "y")}
     first = wait_for(
         lambda: [key for key in ids if traces(trace_dir, "start", key)], 20, "a task started"
     )[0]

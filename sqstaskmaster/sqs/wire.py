@@ -66,6 +66,14 @@ def task_label(task: str, limit: int = 100) -> str:
     return task if len(task) <= limit else task[:limit] + "..."
 
 
+def task_label_of(body: Any) -> Optional[str]:
+    """The task a message body names, as log lines show it; None if it names none readable."""
+    try:
+        return task_label(decode_task(body)[0])
+    except Exception:  # an undecodable body: it is refused when it runs
+        return None
+
+
 def check_task_name(task: Any, index: Optional[int] = None) -> None:
     """Raise InvalidTaskNameError unless ``task`` is a non-empty str."""
     if not isinstance(task, str) or not task:

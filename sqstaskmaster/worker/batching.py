@@ -267,21 +267,13 @@ class Waiting:
         for message in done:
             logger.warning(
                 "task %s message %s receive %d: %s; handed back (visibility %d)",
-                _task_of(message),
+                wire.task_label_of(message.body),
                 message_id_of(message),
                 receive_count_of(message),
                 why,
                 seconds,
             )
         return [h.message for h in held_now]
-
-
-def _task_of(message: Any) -> Optional[str]:
-    """The task name a waiting message's body names (for a log line), None if it names none."""
-    try:
-        return wire.task_label(wire.decode_task(message.body)[0])
-    except Exception:  # an undecodable body: the worker never got to read it
-        return None
 
 
 def _warn_lapsed(held: _Held, what: str) -> None:
@@ -311,7 +303,9 @@ class Chores:
         # starts its own helper thread, so a slow table never holds the others up.
         self.status: Any = None
 
-    def _sources(self) -> List[Tuple[Optional[float], Callable[[], None], str]]:
+    def _sources(
+        self, status: bool = True
+    ) -> List[Tuple[Optional[float], Callable[[], None], str]]:
         sources = [
             (self.deletes.due_at(), self.deletes.flush, "flush of finished tasks' deletes"),
             (self.waiting.due_at(), self.waiting.extend, "heartbeat of waiting messages"),
@@ -321,9 +315,9 @@ class Chores:
             sources.append(
                 (protection.due_at(), protection.run_due, "ECS task scale-in protection retry")
             )
-        status = self.status
-        if status is not None:
-            sources.append((status.due_at(), status.run_due, "status table writes"))
+        writer = self.status
+        if writer is not None and status:
+            sources.append((writer.due_at(), writer.run_due, "status table writes"))
         return sources
 
     def due_at(self) -> Optional[float]:
@@ -336,13 +330,9 @@ class Chores:
         (between tasks) leaves the status table's writes to the next task's chores
         or the next poll: a write started just before a task forks would hold it up."""
         now = time.monotonic()
-        for due, action, what in self._sources():
-            if due is not None and due <= now and (status or action != self._status_run):
+        for due, action, what in self._sources(status):
+            if due is not None and due <= now:
                 self._guarded(action, what)
-
-    @property
-    def _status_run(self) -> Any:
-        return None if self.status is None else self.status.run_due
 
     def flush(self) -> None:
         """Delete every finished task's message now (before a poll, a hand-back, an exit)."""

@@ -40,6 +40,7 @@ from ..ops.status_items import (
     result_fields,
 )
 from ..run.checkpoint_box import box_for_children
+from ..sqs import wire
 from ..sqs.facts import message_id_of
 from .cancelling import delete_unrun
 from .status_outbox import FLUSH_AFTER_S, ISOLATED_FLUSH_AFTER_S, Outbox
@@ -50,7 +51,6 @@ from .status_record import (
     Identity,
     TaskRecord,
     queue_name,
-    task_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class StatusWriter:
         return found
 
     def _delete_unrun(self, message: Any, mark: Tuple[float, str], deletes: Any) -> None:
-        task = task_name(message)
+        task = wire.task_label_of(message.body)
         cancelled = delete_unrun(message, task, mark[1], deletes, self.notify)
         record = self._record(message, task)
         # The mark stays on the item: if the delete is lost, the message is deleted again.
@@ -247,7 +247,7 @@ class StatusWriter:
             self._ended_id = None
             return
         error = refusal[1] if refusal is not None and refusal[0] == id(message) else None
-        self.ended(message, task_name(message), outcome, error)
+        self.ended(message, wire.task_label_of(message.body), outcome, error)
         self._ended_id = None
 
     def flush(self) -> None:

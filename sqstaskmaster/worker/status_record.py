@@ -131,16 +131,6 @@ class Identity:
         return TaskRecord(message_id, fields, start_after_s)
 
 
-def task_name(message: Any) -> Optional[str]:
-    """The task a message's body names (None if it names none readable)."""
-    from ..sqs import wire
-
-    try:
-        return wire.task_label(wire.decode_task(message.body)[0])
-    except Exception:  # an undecodable body: it is refused when it runs
-        return None
-
-
 def queue_name(queue_url: Optional[str]) -> str:
     """A queue's name: the last part of its URL."""
     return (queue_url or "").rstrip("/").rsplit("/", 1)[-1]
